@@ -1,0 +1,9 @@
+"""The one exception type for problems with what the user gave us."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a file, a recipe key, a value, a model.
+
+    The message names the offending key, value or file and says what would be valid. The CLI prints it
+    on one line and exits with status 2; the library lets it propagate.
+    """

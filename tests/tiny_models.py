@@ -1,0 +1,52 @@
+"""Tiny randomly initialised transformers built from config: no downloads."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+VOCAB = 100
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+              max_position_embeddings=64)
+
+
+def tiny_classifier(family: str = "bert", num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A 3-layer, 4-head sequence classifier of the given family, eval mode, fixed seed."""
+    torch.manual_seed(seed)
+    if family == "bert":
+        model = BertForSequenceClassification(BertConfig(**COMMON, num_labels=num_labels))
+    elif family == "roberta":
+        model = RobertaForSequenceClassification(RobertaConfig(**COMMON, pad_token_id=1, num_labels=num_labels))
+    elif family == "electra":
+        model = ElectraForSequenceClassification(ElectraConfig(**COMMON, embedding_size=32, num_labels=num_labels))
+    elif family == "distilbert":
+        config = DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=3, n_heads=4, hidden_dim=37,
+                                  max_position_embeddings=64, num_labels=num_labels)
+        model = DistilBertForSequenceClassification(config)
+    else:
+        raise ValueError(family)
+    return model.eval()
+
+
+def random_batch(batch_size: int = 4, length: int = 11, seed: int = 0, num_labels: int = 2) -> dict:
+    """Token ids with right padding of varied lengths, and labels (floats when num_labels is 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, VOCAB, (batch_size, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    for row in range(1, batch_size):
+        attention_mask[row, length - 2 * row :] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)
+    if num_labels == 1:
+        labels = torch.rand(batch_size, generator=generator) * 5
+    else:
+        labels = torch.randint(0, num_labels, (batch_size,), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
