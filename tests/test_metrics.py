@@ -1,0 +1,100 @@
+"""Metrics against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from addrop_cli.errors import UserError
+from addrop_cli.metrics import compute_metrics, validate_metric
+from addrop_cli.tasks import custom_task, get_task
+
+
+def test_accuracy() -> None:
+    assert compute_metrics(["accuracy"], [1, 0, 1, 1], [1, 1, 1, 0]) == {"accuracy": 0.5}
+
+
+def test_binary_f1_is_f1_of_class_one() -> None:
+    # tp=2, fp=1, fn=1 -> precision = recall = 2/3 -> F1 = 2/3.
+    result = compute_metrics(["f1"], np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
+    assert result["f1"] == pytest.approx(2 / 3)
+
+
+def test_multiclass_f1_is_macro() -> None:
+    # Per class (tp, fp, fn): 0 -> (1, 0, 1) F1 2/3; 1 -> (1, 1, 0) F1 2/3; 2 -> (1, 0, 0) F1 1.
+    result = compute_metrics(["f1"], [0, 1, 1, 2], [0, 0, 1, 2])
+    assert result["f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def test_num_labels_forces_macro_f1_when_a_batch_shows_only_two_classes() -> None:
+    predictions, references = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
+    binary = compute_metrics(["f1"], predictions, references)["f1"]
+    macro = compute_metrics(["f1"], predictions, references, num_labels=3)["f1"]
+    # Class 0: tp=1, fp=1, fn=1 -> 1/2; class 1: 2/3; macro over the classes present = 7/12.
+    assert binary == pytest.approx(2 / 3)
+    assert macro == pytest.approx(7 / 12)
+
+
+def test_mcc() -> None:
+    # tp=2, fn=1, tn=1, fp=1 -> (2*1 - 1*1) / sqrt(3*3*2*2) = 1/6.
+    result = compute_metrics(["mcc"], [1, 1, 0, 0, 1], [1, 1, 1, 0, 0])
+    assert result["mcc"] == pytest.approx(1 / 6)
+
+
+def test_pearson_and_spearman() -> None:
+    # Pearson of (1, 2, 3) and (1, 2, 4): covariance sum 3 over sqrt(2) * sqrt(42)/3 = 9 / sqrt(84).
+    result = compute_metrics(["pearson", "spearman"], np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
+    assert result["pearson"] == pytest.approx(9 / math.sqrt(84))
+    assert result["spearman"] == pytest.approx(1.0)
+    # Ranks (1, 2, 3) vs (1, 3, 2): 1 - 6 * 2 / (3 * 8) = 0.5.
+    assert compute_metrics(["spearman"], [1.0, 2.0, 3.0], [1.0, 3.0, 2.0])["spearman"] == pytest.approx(0.5)
+
+
+def test_values_are_plain_floats_and_column_arrays_are_flattened() -> None:
+    result = compute_metrics(
+        ["accuracy", "f1", "mcc"], np.array([[1], [0], [1]]), np.array([1, 0, 0], dtype=np.int64)
+    )
+    assert all(type(value) is float for value in result.values())
+    regression = compute_metrics(["pearson"], np.array([[0.5], [1.5], [2.0]]), np.array([0.0, 2.0, 2.5]))
+    assert type(regression["pearson"]) is float
+
+
+def test_constant_predictions_give_zero_correlation_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = compute_metrics(["pearson", "spearman", "mcc"], [2.0, 2.0, 2.0], [1.0, 2.0, 3.0])
+    assert result == {"pearson": 0.0, "spearman": 0.0, "mcc": 0.0}
+
+
+def test_unknown_metric_is_a_user_error() -> None:
+    with pytest.raises(
+        UserError, match=r"unknown metric 'acuracy'; valid: accuracy, f1, mcc, pearson, spearman"
+    ):
+        compute_metrics(["acuracy"], [1], [1])
+
+
+def test_mismatched_lengths_are_rejected() -> None:
+    with pytest.raises(ValueError, match="2 predictions for 3 references"):
+        compute_metrics(["accuracy"], [1, 0], [1, 0, 1])
+
+
+def test_validate_metric_accepts_the_task_metrics() -> None:
+    assert validate_metric("F1", get_task("mrpc")) == "f1"
+    assert validate_metric("mcc", get_task("cola")) == "mcc"
+    assert validate_metric("mcc", custom_task(1, "classification", ["a", "b"])) == "mcc"
+
+
+def test_validate_metric_lists_valid_names_for_the_task() -> None:
+    with pytest.raises(UserError) as caught:
+        validate_metric("acc", get_task("mrpc"))
+    assert str(caught.value).startswith("unknown metric 'acc' for task mrpc; valid: accuracy, f1")
+    with pytest.raises(
+        UserError, match=r"for task stsb; valid: pearson, spearman \(did you mean 'pearson'\?\)"
+    ):
+        validate_metric("pearsn", get_task("stsb"))
+    # A metric that exists, but not for this task.
+    with pytest.raises(UserError, match="unknown metric 'accuracy' for task cola; valid: mcc"):
+        validate_metric("accuracy", get_task("cola"))
