@@ -53,6 +53,10 @@ class ADDropConfig:
         _require(self.strategy in STRATEGIES, "addrop.strategy", self.strategy,
                  f"choose one of {', '.join(STRATEGIES)}")
         _require(self.iga_steps >= 1, "addrop.iga_steps", self.iga_steps, "use a positive number of steps")
+        if isinstance(self.layers, str) and self.layers not in ("first", "all"):
+            parts = [part.strip() for part in self.layers.split(",")]
+            if all(part.isdigit() for part in parts):
+                self.layers = [int(part) for part in parts]  # "0,3,5" from the command line
         if isinstance(self.layers, str):
             _require(self.layers in ("first", "all"), "addrop.layers", self.layers,
                      "use first, all, or a list of layer indices such as [0, 3, 5]")

@@ -6,7 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from transformers import BertTokenizerFast, PreTrainedTokenizerBase
+from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerBase
+
+# Tests never reach a hub: a missing model or dataset must fail fast, as it does for offline users.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = [
@@ -64,3 +68,17 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data is absent: real GLUE files not available")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A saved 2-layer random BERT encoder with the tiny tokenizer: a model directory the CLI can train."""
+    import torch
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=128)
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(config).save_pretrained(directory)
+    tiny_tokenizer.save_pretrained(directory)
+    return directory

@@ -41,16 +41,6 @@ def reports_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def parse_layers(value: str | None) -> str | list[int] | None:
-    """``first``, ``all`` or a comma-separated list of layer indices such as ``0,3,5``."""
-    if value is None or value in ("first", "all"):
-        return value
-    try:
-        return [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--layers {value!r} is invalid: use first, all, or indices such as 0,3,5") from None
-
-
 def nested(flags: dict[str, Any]) -> dict[str, Any]:
     """``{"train.lr": 1e-5, "task": None}`` -> ``{"train": {"lr": 1e-5}}``: only flags the user gave."""
     out: dict[str, Any] = {}

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from addrop_cli.cli.common import nested, parse_layers, quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import nested, quiet_libraries, reports_user_errors
 from addrop_cli.recipes import resolve_recipe
 
 Opt = typer.Option
@@ -48,7 +48,7 @@ def train(
         "data.test_file": test_file, "data.max_length": max_length, "data.max_train_samples": max_train_samples,
         "data.max_eval_samples": max_eval_samples, "train.output_dir": output_dir, "train.seed": seed,
         "train.epochs": epochs, "train.lr": lr, "train.batch_size": batch_size,
-        "train.mixed_precision": mixed_precision, "addrop.p": p, "addrop.q": q, "addrop.layers": parse_layers(layers),
+        "train.mixed_precision": mixed_precision, "addrop.p": p, "addrop.q": q, "addrop.layers": layers,
         "addrop.attribution": attribution, "addrop.labels": labels, "addrop.cross_tuning": cross_tuning,
         "addrop.enabled": False if no_addrop else None,
     })

@@ -1,0 +1,116 @@
+"""Bad input: one line on stderr naming the problem and what would be valid, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from transformers import DebertaV2Config, DebertaV2Model
+from typer.testing import CliRunner
+
+from addrop_cli.cli import app
+
+runner = CliRunner()
+
+
+def fails(args, *fragments, out=None):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    if out is not None:
+        assert not out.exists() or not any(out.iterdir())
+    return lines[0]
+
+
+@pytest.fixture
+def mrpc_args(tmp_path, tiny_checkpoint, shared_data):
+    out = tmp_path / "run"
+    return out, ["train", "--task", "mrpc", "--model", str(tiny_checkpoint), "--output-dir", str(out),
+                 "--train-file", str(shared_data / "MRPC/train.tsv"),
+                 "--validation-file", str(shared_data / "MRPC/dev.tsv"), "--max-train-samples", "16",
+                 "--max-eval-samples", "16", "--epochs", "1"]
+
+
+def test_p_out_of_range(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--p", "1.5"], "addrop.p=1.5", "between 0 and 1", out=out)
+
+
+def test_unknown_task(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--task", "mrcp"], "unknown task 'mrcp'", "mrpc", out=out)
+
+
+def test_missing_file(mrpc_args, tmp_path):
+    out, args = mrpc_args
+    fails([*args, "--train-file", str(tmp_path / "nope.tsv")], "nope.tsv does not exist", out=out)
+
+
+def test_malformed_tsv_row(mrpc_args, tmp_path, shared_data):
+    out, args = mrpc_args
+    bad = tmp_path / "bad.tsv"
+    lines = (shared_data / "MRPC/train.tsv").read_text(encoding="utf-8-sig").splitlines()[:5]
+    lines[3] = "1\tonly three\tfields"
+    bad.write_text("\n".join(lines) + "\n")
+    fails([*args, "--train-file", str(bad)], "bad.tsv line 4", "expected 5", "got 3", out=out)
+
+
+def test_unknown_metric(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--set", "train.metric=acc"], "unknown metric 'acc'", "accuracy, f1", out=out)
+
+
+def test_unknown_recipe_key_suggests(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--set", "addrop.qq=0.1"], "unknown recipe key 'addrop.qq'", "did you mean 'q'", out=out)
+
+
+def test_layer_index_out_of_range(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--layers", "0,7"], "out of range", "valid indices are 0 to 1", out=out)
+
+
+def test_model_path_that_does_not_exist(mrpc_args, tmp_path):
+    out, args = mrpc_args
+    fails([*args, "--model", str(tmp_path / "missing-model")], "missing-model does not exist", out=out)
+
+
+def test_model_without_attention_interface(mrpc_args, tmp_path, tiny_tokenizer):
+    out, args = mrpc_args
+    path = tmp_path / "deberta"
+    DebertaV2Model(DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=37)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    fails([*args, "--model", str(path)], "deberta-v2", "AttentionInterface", "--no-addrop", out=out)
+
+
+def test_max_length_above_model_limit(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--max-length", "4096"], "data.max_length=4096 exceeds", "128 tokens", out=out)
+
+
+def test_offline_hub_dataset_is_a_clear_error(tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    fails(["train", "--task", "mrpc", "--model", str(tiny_checkpoint), "--output-dir", str(out)],
+          "cannot load dataset 'nyu-mll/glue'", out=out)
+
+
+def test_unknown_recipe_and_bad_set_syntax():
+    fails(["train", "--recipe", "mrcp"], "unknown recipe 'mrcp'", "did you mean 'mrpc'")
+    fails(["train", "--set", "epochs"], "use KEY=VALUE")
+
+
+def test_eval_of_missing_checkpoint(tmp_path):
+    fails(["eval", "--checkpoint", str(tmp_path / "none")], "is not a directory")
+
+
+def test_no_traceback_through_python_dash_m(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "addrop_cli", "train", "--task", "nosuch"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: unknown task 'nosuch'")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,64 @@
+"""Recipe dataclasses: validation on construction, YAML loading, dotted overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from addrop_cli.config import ADDropConfig, Recipe, build, load_yaml, parse_override
+from addrop_cli.errors import UserError
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"p": 1.5}, r"addrop.p=1.5 is invalid: p is the candidate share, strictly between 0 and 1"),
+        ({"p": 0}, r"addrop.p=0 is invalid"),
+        ({"q": -0.1}, r"addrop.q=-0.1 is invalid: q is a dropout rate, between 0 and 1"),
+        ({"attribution": "sal"}, r"addrop.attribution='sal' is invalid: choose one of ga, iga, aa, rd"),
+        ({"labels": "silver"}, r"addrop.labels='silver' is invalid: choose pseudo or gold"),
+        ({"layers": "last"}, r"addrop.layers='last' is invalid: use first, all, or a list"),
+        ({"layers": [-1]}, r"non-negative integers"),
+        ({"attention": ["encoder", "bogus"]}, r"a list drawn from encoder, decoder, cross"),
+    ],
+)
+def test_addrop_config_rejects_bad_values(values, message):
+    with pytest.raises(UserError, match=message):
+        ADDropConfig(**values)
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(UserError, match=r"unknown recipe key 'addrop.qq'; did you mean 'q'\?"):
+        build(Recipe, {"addrop": {"qq": 0.2}})
+    with pytest.raises(UserError, match=r"unknown recipe key 'trian'; did you mean 'train'\?"):
+        build(Recipe, {"trian": {}})
+
+
+def test_values_are_coerced_to_their_types():
+    recipe = build(Recipe, {"train": {"lr": "1e-5", "epochs": "3"}, "addrop": {"layers": [0, 2],
+                                                                             "cross_tuning": "false"}})
+    assert recipe.train.lr == 1e-5 and recipe.train.epochs == 3
+    assert recipe.addrop.layers == [0, 2] and recipe.addrop.cross_tuning is False
+    assert build(Recipe, {"addrop": {"layers": "0,3"}}).addrop.layers == [0, 3]
+    with pytest.raises(UserError, match=r"train.epochs='many' is invalid: expected an integer"):
+        build(Recipe, {"train": {"epochs": "many"}})
+
+
+def test_override_parsing():
+    assert parse_override("train.lr=2e-5") == {"train": {"lr": "2e-5"}}  # YAML 1.1 reads it as a string
+    assert build(Recipe, parse_override("train.lr=2e-5")).train.lr == 2e-5
+    assert parse_override("addrop.layers=[0, 3]") == {"addrop": {"layers": [0, 3]}}
+    assert parse_override("data.text_columns=a,b") == {"data": {"text_columns": "a,b"}}
+    with pytest.raises(UserError, match="use KEY=VALUE"):
+        parse_override("train.lr")
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: mrpc\ntrain:\n  lr: [1e-5\n  epochs: 3\n")
+    with pytest.raises(UserError, match=r"bad.yaml line \d+: YAML syntax error"):
+        load_yaml(path)
+
+
+def test_recipe_round_trips_through_dict():
+    recipe = build(Recipe, {"task": "cola", "addrop": {"p": 0.7, "layers": "all"}})
+    assert build(Recipe, recipe.to_dict()) == recipe
