@@ -10,7 +10,7 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 from addrop_cli.attention import ForwardState
 from addrop_cli.config import ADDropConfig
 from addrop_cli.errors import UserError
-from addrop_cli.regularizer import ADDrop
+from addrop_cli.regularizer import ADDrop, epoch_phase
 
 
 def per_layer_gradient(model, batch, call, labels):
@@ -137,3 +137,10 @@ def test_dropped_positions_are_high_attribution_ones():
     for head in range(4):
         kept = cls_row_scores[head][~cls_row_dropped[head]]
         assert cls_row_scores[head][cls_row_dropped[head]].min() >= kept.max()
+
+
+def test_cross_tuning_schedule():
+    phases = [epoch_phase(epoch, ADDropConfig()) for epoch in range(1, 7)]
+    assert phases == ["ft", "addrop", "ft", "addrop", "ft", "addrop"]
+    assert {epoch_phase(e, ADDropConfig(cross_tuning=False)) for e in range(1, 5)} == {"addrop"}
+    assert {epoch_phase(e, ADDropConfig(enabled=False)) for e in range(1, 5)} == {"ft"}
