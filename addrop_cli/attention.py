@@ -136,7 +136,7 @@ def addrop_attention_forward(
         base = additive_mask(attention_mask, query, key, _is_causal(module, kwargs))
         if base is None:
             base = torch.zeros((), dtype=query.dtype, device=query.device)
-        attention_mask = base.masked_fill(drops, torch.finfo(query.dtype).min)
+        attention_mask = torch.where(drops, torch.finfo(query.dtype).min, base)
         kwargs["is_causal"] = False  # causality, if any, is now inside the mask
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 

@@ -29,35 +29,62 @@ def keep_counts(num_real_keys: torch.Tensor, p: float) -> torch.Tensor:
     return ((frac.denominator - frac.numerator) * num_real_keys) // frac.denominator
 
 
+def padding_fill(key_mask: torch.Tensor, p: float) -> torch.Tensor:
+    """Values to put at padding keys so that ONE kthvalue call thresholds rows of every length.
+
+    A row with n real keys needs the k_n-th smallest real score, k_n = floor((1 - p) n). Over the padded
+    width K, take j = k_K for every row and fill j - k_n of the row's padding with -inf (sorting before
+    every real key) and the rest with +inf (after): the j-th smallest of the whole row is then the
+    k_n-th smallest real score. This is possible because k_K - k_n <= K - n and k_K <= K - ceil(p n).
+
+    Args:
+        key_mask: (B, K) bool, True for real keys.
+    Returns:
+        (B, K) float: 0 at real keys, -inf or +inf at padding.
+    """
+    key_mask = key_mask.to(torch.bool)
+    width = key_mask.shape[-1]
+    below = keep_counts(torch.tensor(width), p) - keep_counts(key_mask.sum(-1), p)  # (B,) pads to put first
+    padding_rank = (~key_mask).cumsum(-1) - 1
+    fill = torch.where(padding_rank < below[:, None], float("-inf"), float("inf"))
+    return fill.masked_fill(key_mask, 0.0)
+
+
 def candidate_region(
-    scores: torch.Tensor, key_mask: torch.Tensor, p: float, *, highest: bool = True
+    scores: torch.Tensor,
+    key_mask: torch.Tensor,
+    p: float,
+    *,
+    highest: bool = True,
+    query_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Candidate discard region S of Eq. 6, per example, head and query row, over real keys only.
 
     With n real keys in a row and k = floor((1 - p) n), the threshold is the k-th smallest score
     (0-based) among the real keys; the candidates are the real keys scoring >= threshold, about
     ceil(p n) of them (ties can add more). ``highest=False`` mirrors it (the lowest-scoring keys),
-    for the paper's prior experiment (Section 2.2).
+    for the paper's prior experiment (Section 2.2). One kthvalue call for the whole batch, no host
+    synchronisation (see :func:`padding_fill`).
 
     Args:
         scores: (B, H, Q, K) attribution scores.
         key_mask: (B, K) bool, True for real (non-padding) keys.
         p: share of real keys that are candidates, in (0, 1).
+        query_mask: (B, Q) bool, True for real queries; padding query rows get no candidates.
+            None treats every query row as real.
     Returns:
         (B, H, Q, K) bool, True for candidates; padding keys are never candidates.
     """
     scores = scores.detach() if highest else -scores.detach()
     key_mask = key_mask.to(torch.bool)
-    real = key_mask[:, None, None, :]
-    # Padding sorts last, so the (k+1)-th smallest over all keys is the k-th among the real ones.
-    padded = scores.masked_fill(~real, float("inf"))
-    k = keep_counts(key_mask.sum(-1), p)
-    threshold = torch.empty(scores.shape[:-1], dtype=scores.dtype, device=scores.device)
-    # One kthvalue per distinct k (that is, per distinct length), not one full sort per row.
-    for k_value in torch.unique(k).tolist():
-        rows = (k == k_value).nonzero(as_tuple=True)[0]
-        threshold[rows] = padded[rows].kthvalue(int(k_value) + 1, dim=-1).values
-    return (padded >= threshold[..., None]) & real
+    real_keys = key_mask[:, None, None, :]
+    padded = torch.where(real_keys, scores, padding_fill(key_mask, p)[:, None, None, :].to(scores.dtype))
+    k = int(keep_counts(torch.tensor(scores.shape[-1]), p))
+    threshold = padded.kthvalue(k + 1, dim=-1, keepdim=True).values
+    region = (padded >= threshold) & real_keys
+    if query_mask is not None:
+        region &= query_mask.to(torch.bool)[:, None, :, None]
+    return region
 
 
 def sample_drops(candidates: torch.Tensor, q: float, generator: torch.Generator | None = None) -> torch.Tensor:

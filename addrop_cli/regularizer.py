@@ -167,11 +167,13 @@ class ADDrop:
     def candidates(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) bool candidate discard region (Eq. 6)."""
         highest = self.config.strategy != "low"
-        return {
-            call: candidate_region(score, key_padding_mask(batch, self.sites[call].kind), self.config.p,
-                                   highest=highest)
-            for call, score in self.scores(batch).items()
-        }
+        regions = {}
+        for call, score in self.scores(batch).items():
+            kind = self.sites[call].kind
+            queries = key_padding_mask(batch, ENCODER if kind == ENCODER else DECODER)
+            regions[call] = candidate_region(score, key_padding_mask(batch, kind), self.config.p, highest=highest,
+                                             query_mask=queries)
+        return regions
 
     def scores(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) attribution scores for the configured method."""

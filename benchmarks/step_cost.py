@@ -1,0 +1,203 @@
+"""Relative cost of an AD-DROP step against a plain fine-tuning step (the paper's Table 7, measured here).
+
+Plain and AD-DROP steps (GA on all layers and on the first layer, AA, RD, IGA) are interleaved in one process
+on the same batches, so drift in machine load hits every variant alike. A step is what the training loop does:
+forward, backward, clip-free fused AdamW update. Peak memory per variant is measured in a fresh subprocess
+(CPU: peak RSS above the loaded model and optimizer state; CUDA: max_memory_allocated).
+
+    python benchmarks/step_cost.py                      # MiniLM-L6, MRPC batches of 16, CPU
+    python benchmarks/step_cost.py --json step_cost.json
+    python benchmarks/step_cost.py --model bert-base-random --device cuda   # a BERT-base-sized random model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from addrop_cli import ADDrop, ADDropConfig
+from addrop_cli.data import make_collator, read_examples
+from addrop_cli.models import resolve_model
+from addrop_cli.tasks import get_task
+
+SHARED_MRPC = Path(__file__).resolve().parents[2] / "shared" / "data" / "MRPC" / "train.tsv"
+VARIANTS = {
+    "ga_all": {"attribution": "ga", "layers": "all"},
+    "ga_first": {"attribution": "ga", "layers": "first"},
+    "aa_all": {"attribution": "aa", "layers": "all"},
+    "rd_all": {"attribution": "rd", "layers": "all"},
+    "iga_all": {"attribution": "iga", "layers": "all"},
+}
+
+
+def load_model_and_tokenizer(name: str, device: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    minilm = resolve_model("minilm")
+    if name == "bert-base-random":  # BERT-base shape, random weights, MiniLM's (BERT uncased) vocabulary
+        tokenizer = AutoTokenizer.from_pretrained(minilm)
+        model = BertForSequenceClassification(BertConfig(num_labels=2))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name), num_labels=2)
+    return model.to(device).train(), tokenizer
+
+
+def make_batches(tokenizer, batch_size: int, count: int, max_length: int, seed: int) -> list[dict]:
+    """Real MRPC pairs when ../shared/data is there, random word pairs of MRPC-like length otherwise."""
+    rng = random.Random(seed)
+    if SHARED_MRPC.is_file():
+        examples = read_examples(SHARED_MRPC, get_task("mrpc"))
+        pairs = [(e.text_a, e.text_b, e.label) for e in examples]
+        rng.shuffle(pairs)
+        source = "MRPC train pairs"
+    else:
+        words = [w for w in tokenizer.get_vocab() if w.isalpha() and len(w) > 2]
+        pairs = [(" ".join(rng.choices(words, k=rng.randint(12, 30))),
+                  " ".join(rng.choices(words, k=rng.randint(12, 30))), rng.randint(0, 1))
+                 for _ in range(batch_size * count)]
+        source = "random word pairs"
+    collate = make_collator(tokenizer)
+    batches = []
+    for i in range(count):
+        chunk = pairs[i * batch_size : (i + 1) * batch_size]
+        encoded = tokenizer([a for a, _, _ in chunk], [b for _, b, _ in chunk], truncation=True,
+                            max_length=max_length)
+        features = [{**{k: encoded[k][j] for k in encoded}, "labels": chunk[j][2]} for j in range(len(chunk))]
+        batches.append(collate(features))
+    return batches, source
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Stepper:
+    """One optimizer step per call, plain or AD-DROP, on a shared model and optimizer."""
+
+    def __init__(self, model, device: str, iga_steps: int):
+        self.model, self.device = model, device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+        self.addrop = {name: ADDrop(model, ADDropConfig(iga_steps=iga_steps, **settings))
+                       for name, settings in VARIANTS.items()}
+
+    def step(self, variant: str, batch: dict) -> None:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        loss = self.model(**batch).loss if variant == "plain" else self.addrop[variant].loss(batch)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def time_steps(args) -> dict:
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device)
+    batches, source = make_batches(tokenizer, args.batch_size, args.steps + args.warmup, args.max_length, args.seed)
+    stepper = Stepper(model, args.device, args.iga_steps)
+    names = ["plain", *[v for v in VARIANTS if v != "iga_all"]]
+    times: dict[str, list[float]] = {name: [] for name in [*names, "iga_all"]}
+    for index, batch in enumerate(batches):
+        order = names[index % len(names):] + names[: index % len(names)]  # rotate who goes first
+        for name in order:
+            sync(args.device)
+            start = time.perf_counter()
+            stepper.step(name, batch)
+            sync(args.device)
+            if index >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+        if args.iga_batches and index >= args.warmup and len(times["iga_all"]) < args.iga_batches:
+            start = time.perf_counter()
+            stepper.step("iga_all", batch)
+            sync(args.device)
+            times["iga_all"].append(time.perf_counter() - start)
+    return {"times": times, "source": source, "mean_tokens": sum(int(b["attention_mask"].sum()) for b in batches)
+            / (len(batches) * args.batch_size), "padded_length": statistics.mean(b["input_ids"].shape[1] for b in batches)}
+
+
+def peak_memory(args, variant: str) -> float:
+    """Peak bytes of one step of ``variant`` above the loaded model and optimizer, in a fresh process."""
+    code = f"""
+import resource, sys, torch
+sys.argv = ['x']
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import step_cost as sc
+model, tok = sc.load_model_and_tokenizer({args.model!r}, {args.device!r})
+batches, _ = sc.make_batches(tok, {args.batch_size}, 3, {args.max_length}, {args.seed})
+stepper = sc.Stepper(model, {args.device!r}, {args.iga_steps})
+stepper.step('plain', batches[0])  # optimizer state now exists
+if {args.device!r}.startswith('cuda'):
+    torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
+else:
+    import gc; gc.collect(); base = int(open('/proc/self/statm').read().split()[1]) * 4096
+    base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+for batch in batches[1:]:
+    stepper.step({variant!r}, batch)
+if {args.device!r}.startswith('cuda'):
+    torch.cuda.synchronize(); print(torch.cuda.max_memory_allocated() - base)
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(max(peak, base_peak) - base)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm", help="minilm, bert-base-random, or a checkpoint path")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20, help="timed batches per variant")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iga-steps", type=int, default=20, help="m in Eq. 3")
+    parser.add_argument("--iga-batches", type=int, default=2, help="timed IGA steps (each costs ~m x layers)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+
+    result = time_steps(args)
+    times = result["times"]
+    plain = statistics.median(times["plain"])
+    ratios = {name: statistics.median(values) / plain for name, values in times.items() if name != "plain" and values}
+    memory_ratios = {}
+    if not args.no_memory:
+        plain_peak = peak_memory(args, "plain")
+        memory_ratios = {name: peak_memory(args, name) / plain_peak for name in ("ga_all", "ga_first")}
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"model {args.model}, batch {args.batch_size}, {result['source']}, mean real length "
+          f"{result['mean_tokens']:.1f}, mean padded length {result['padded_length']:.1f}, device {device}")
+    print(f"{'variant':<10} {'relative time':>14} {'median s':>10} {'spread (min-max) s':>20} {'steps':>6}")
+    for name in ["plain", *ratios]:
+        values = times[name]
+        ratio = 1.0 if name == "plain" else ratios[name]
+        print(f"{name:<10} {ratio:>13.2f}x {statistics.median(values):>10.4f} "
+              f"{min(values):>9.4f}-{max(values):<10.4f} {len(values):>6}")
+    for name, value in memory_ratios.items():
+        print(f"peak memory {name} / plain: {value:.2f}")
+    if args.json:
+        payload = {"plain_step_s": plain, "ratios": ratios, "memory_ratios": memory_ratios, "model": args.model,
+                   "batch_size": args.batch_size, "device": device, "data": result["source"],
+                   "steps": args.steps, "times_s": times}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
