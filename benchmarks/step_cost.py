@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,12 @@ VARIANTS = {
 
 
 def load_model_and_tokenizer(name: str, device: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
 
     minilm = resolve_model("minilm")
     if name == "bert-base-random":  # BERT-base shape, random weights, MiniLM's (BERT uncased) vocabulary
@@ -122,8 +126,9 @@ def time_steps(args) -> dict:
             stepper.step("iga_all", batch)
             sync(args.device)
             times["iga_all"].append(time.perf_counter() - start)
-    return {"times": times, "source": source, "mean_tokens": sum(int(b["attention_mask"].sum()) for b in batches)
-            / (len(batches) * args.batch_size), "padded_length": statistics.mean(b["input_ids"].shape[1] for b in batches)}
+    real_tokens = sum(int(b["attention_mask"].sum()) for b in batches) / (len(batches) * args.batch_size)
+    padded = statistics.mean(b["input_ids"].shape[1] for b in batches)
+    return {"times": times, "source": source, "mean_tokens": real_tokens, "padded_length": padded}
 
 
 def peak_memory(args, variant: str) -> float:
