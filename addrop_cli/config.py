@@ -109,6 +109,8 @@ class TrainConfig:
     metric: str | None = None
     patience: int | None = None
     log_every: int = 10
+    save_steps: int | None = None
+    save_total_limit: int | None = 2
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
@@ -122,6 +124,9 @@ class TrainConfig:
                  f"choose one of {', '.join(MIXED_PRECISION)}")
         _require(self.patience is None or self.patience >= 1, "train.patience", self.patience,
                  "use a positive number of epochs or leave it unset")
+        for key in ("save_steps", "save_total_limit"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, f"train.{key}", value, "use a positive integer or leave it unset")
 
 
 @dataclass

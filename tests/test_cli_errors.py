@@ -114,3 +114,70 @@ def test_no_traceback_through_python_dash_m(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: unknown task 'nosuch'")
     assert "Traceback" not in result.stderr
+
+
+def test_data_file_that_is_a_directory(mrpc_args, tmp_path):
+    out, args = mrpc_args
+    fails([*args, "--validation-file", str(tmp_path)], "is a directory", out=out)
+
+
+def test_missing_columns(mrpc_args, tmp_path):
+    out, args = mrpc_args
+    bad = tmp_path / "cols.csv"
+    bad.write_text("premise,label\nA cat sat.,1\n")
+    fails([*args, "--train-file", str(bad)], "cols.csv", "#1 String", out=out)
+
+
+def test_label_outside_the_label_set(mrpc_args, tmp_path):
+    out, args = mrpc_args
+    bad = tmp_path / "labels.jsonl"
+    row = '{{"sentence1": "a", "sentence2": "b", "label": {}}}\n'
+    bad.write_text(row.format(0) + row.format(7))
+    fails([*args, "--train-file", str(bad)], "labels.jsonl line 2", "7", out=out)
+
+
+def test_empty_split(mrpc_args, tmp_path):
+    out, args = mrpc_args
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    fails([*args, "--validation-file", str(empty)], "empty.tsv has no examples", out=out)
+
+
+def test_non_numeric_regression_target(tmp_path, tiny_checkpoint, shared_data):
+    out = tmp_path / "run"
+    bad = tmp_path / "stsb.tsv"
+    lines = (shared_data / "STS-B-sample/dev-sample.tsv").read_text().splitlines()[:4]
+    fields = lines[2].split("\t")
+    fields[-1] = "high"
+    lines[2] = "\t".join(fields)
+    bad.write_text("\n".join(lines) + "\n")
+    fails(["train", "--task", "stsb", "--model", str(tiny_checkpoint), "--train-file", str(bad),
+           "--validation-file", str(bad), "--output-dir", str(out)], "stsb.tsv line 3", "high", out=out)
+
+
+def test_q_out_of_range(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--q", "1.2"], "addrop.q=1.2", "between 0 and 1", out=out)
+
+
+def test_unknown_attribution(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--attribution", "shap"], "addrop.attribution='shap'", "ga, iga, aa, rd", out=out)
+
+
+def test_yaml_syntax_error_names_its_line(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("task: mrpc\ntrain:\n  lr: [1e-5\n  epochs: 3\n")
+    fails(["train", "--recipe", str(recipe)], "broken.yaml line", "YAML syntax error")
+
+
+def test_output_dir_holding_a_different_run(mrpc_args):
+    _, args = mrpc_args
+    assert runner.invoke(app, args).exit_code == 0
+    fails([*args, "--lr", "3e-4"], "holds a different run", "--overwrite")
+    assert runner.invoke(app, [*args, "--lr", "3e-4", "--overwrite"]).exit_code == 0
+
+
+def test_resume_without_checkpoint(mrpc_args):
+    out, args = mrpc_args
+    fails([*args, "--resume"], "holds no checkpoint to resume from", out=out)

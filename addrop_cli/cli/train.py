@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -38,7 +39,13 @@ def train(
     max_train_samples: Annotated[int | None, Opt(help="Use only the first N training examples.")] = None,
     max_eval_samples: Annotated[int | None, Opt(help="Use only the first N evaluation examples.")] = None,
     mixed_precision: Annotated[str | None, Opt(help="no, fp16 or bf16 (handed to Accelerate).")] = None,
+    save_steps: Annotated[int | None, Opt(help="Also checkpoint every N optimizer updates (always at epoch ends).")]
+    = None,
+    save_total_limit: Annotated[int | None, Opt(help="Keep the newest K checkpoints (default 2).")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --output-dir.")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a different run in --output-dir.")] = False,
+    trust_remote_code: Annotated[bool, Opt("--trust-remote-code",
+                                           help="Allow model code from the checkpoint (off by default).")] = False,
     set_: Annotated[list[str] | None, Opt("--set", help="Override any recipe key: KEY=VALUE, dotted.")] = None,
 ) -> None:
     """Fine-tune a model with cross-tuned AD-DROP (or plain, with --no-addrop). No options: the demo."""
@@ -48,15 +55,25 @@ def train(
         "data.test_file": test_file, "data.max_length": max_length, "data.max_train_samples": max_train_samples,
         "data.max_eval_samples": max_eval_samples, "train.output_dir": output_dir, "train.seed": seed,
         "train.epochs": epochs, "train.lr": lr, "train.batch_size": batch_size,
-        "train.mixed_precision": mixed_precision, "addrop.p": p, "addrop.q": q, "addrop.layers": layers,
+        "train.mixed_precision": mixed_precision, "train.save_steps": save_steps,
+        "train.save_total_limit": save_total_limit, "addrop.p": p, "addrop.q": q, "addrop.layers": layers,
         "addrop.attribution": attribution, "addrop.labels": labels, "addrop.cross_tuning": cross_tuning,
         "addrop.enabled": False if no_addrop else None,
     })
     resolved = resolve_recipe(recipe, task, flags, set_)
+    from addrop_cli.training import TrainingDiverged, TrainingInterrupted
     from addrop_cli.training import train as run_training  # heavy imports only once the input is valid
 
     console = Console(stderr=True)
-    result = run_training(resolved, overwrite=overwrite, console=console)
+    try:
+        result = run_training(resolved, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code,
+                              console=console)
+    except TrainingInterrupted as stop:
+        print(f"{stop}; run the same command again (or add --resume) to continue", file=sys.stderr)
+        raise typer.Exit(stop.exit_code) from None
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise typer.Exit(1) from None
     shown = ", ".join(f"{name} {value:.4f}" for name, value in result.best_eval.items())
     console.print(f"best epoch {result.best_epoch}: {shown}")
     if result.test is not None:
