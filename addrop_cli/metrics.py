@@ -1,10 +1,13 @@
-"""Evaluation metrics reported in the AD-DROP paper (GLUE conventions), computed with scikit-learn/scipy."""
+"""Evaluation metrics reported in the AD-DROP paper: GLUE conventions (scikit-learn/scipy), entity-level
+NER scores (seqeval) and corpus BLEU (sacrebleu)."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -101,3 +104,55 @@ def validate_metric(name: str, task: TaskSpec) -> str:
     if folded not in task.metrics:
         raise _unknown_metric(name, task.metrics, f" for task {task.name}")
     return folded
+
+
+# ------------------------------------------------------------------------------- NER and translation
+
+
+def _optional(module: str, purpose: str) -> Any:
+    """Import a package only some tasks need, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise UserError(f"{purpose} need the {module} package: pip install {module}") from err
+
+
+def seqeval_metrics(predictions: list[list[str]], references: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (micro-averaged over entities) and token accuracy, as floats.
+
+    Tags are IOB strings ("B-PER", "I-PER", "O"), one list per sentence. Entities are read as conlleval
+    does (seqeval's default mode, as HF's run_ner): a stray I- tag starts an entity. Undefined scores
+    (no predicted or no true entities) are 0.0 rather than a warning.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predicted sentences for {len(references)} references")
+    if not references:
+        raise ValueError("cannot compute metrics of zero sentences")
+    for index, (predicted, reference) in enumerate(zip(predictions, references, strict=True)):
+        if len(predicted) != len(reference):
+            raise ValueError(f"sentence {index}: {len(predicted)} predicted tags for {len(reference)} references")
+    metrics = _optional("seqeval.metrics", "NER metrics")
+    return {
+        "precision": float(metrics.precision_score(references, predictions, zero_division=0)),
+        "recall": float(metrics.recall_score(references, predictions, zero_division=0)),
+        "f1": float(metrics.f1_score(references, predictions, zero_division=0)),
+        "accuracy": float(metrics.accuracy_score(references, predictions)),
+    }
+
+
+def bleu_metrics(
+    hypotheses: list[str], references: list[str], generated_lengths: list[int] | None = None
+) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenization, one reference per sentence, 0-100 scale), and
+    `gen_len`, the mean generated length in tokens, when `generated_lengths` is given (as HF run_translation)."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    if not references:
+        raise ValueError("cannot compute BLEU of zero sentences")
+    sacrebleu = _optional("sacrebleu", "BLEU scores")
+    results = {"bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score)}
+    if generated_lengths is not None:
+        if len(generated_lengths) != len(hypotheses):
+            raise ValueError(f"{len(generated_lengths)} generated lengths for {len(hypotheses)} hypotheses")
+        results["gen_len"] = float(np.mean(generated_lengths))
+    return results
