@@ -235,9 +235,11 @@ def train(
 
     def checkpoint_now() -> Path:
         if not math.isfinite(state.loss_sum):
+            last = latest_checkpoint(output_dir)
             raise TrainingDiverged(
                 f"the training loss became non-finite at epoch {state.epoch}, step {state.step_in_epoch} "
-                f"(lower --lr or use --mixed-precision no); last good checkpoint: {latest_checkpoint(output_dir)}"
+                f"(lower --lr or use --mixed-precision no); last good checkpoint: "
+                + (str(last) if last else "none was written before it")
             )
         return save_checkpoint(accelerator, output_dir, state, cfg.save_total_limit)
 
