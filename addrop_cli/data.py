@@ -226,13 +226,7 @@ def load_hub_examples(
     """
     import datasets  # imported here: it is slow to import and only this path needs it
 
-    source = f"dataset {dataset!r}" + (f" (config {config!r})" if config else "") + f" split {split!r}"
-    try:
-        loaded = datasets.load_dataset(dataset, config, split=split, cache_dir=cache_dir)
-    except Exception as err:  # datasets raises many unrelated types for a bad name, config or split
-        raise UserError(f"cannot load {source}: {_describe(err)}") from err
-    if len(loaded) == 0:
-        raise UserError(f"{source} has no examples")
+    loaded, source = load_hub_split(dataset, config, split, "examples", cache_dir)
     text_keys, label_key = _resolve_columns(
         source, loaded.column_names, task, text_columns, label_column, require_labels
     )
@@ -248,6 +242,37 @@ def load_hub_examples(
     table = _Table(source, "row", list(loaded.column_names), rows)
     return _to_examples(table, task, text_columns, label_column, require_labels)
 
+
+
+def load_hub_split(dataset: str, config: str | None, split: str, what: str, cache_dir: str | Path | None = None):
+    """``datasets.load_dataset`` with one-line errors; returns the split and its name for messages.
+
+    ``what`` names the rows in the "has no ..." error (examples, sentences, sentence pairs).
+    """
+    import datasets  # imported here: it is slow to import and only the hub paths need it
+
+    source = f"dataset {dataset!r}" + (f" (config {config!r})" if config else "") + f" split {split!r}"
+    try:
+        loaded = datasets.load_dataset(dataset, config, split=split, cache_dir=cache_dir)
+    except Exception as err:  # datasets raises many unrelated types for a bad name, config or split
+        raise UserError(f"cannot load {source}: {_describe(err)}") from err
+    if len(loaded) == 0:
+        raise UserError(f"{source} has no {what}")
+    return loaded, source
+
+
+def read_json_items(path: Path, what: str) -> tuple[str, list[tuple[int, Any]]]:
+    """The objects of a .json (numbered by item) or .jsonl (by line) file, with the unit that numbers them."""
+    text = _read_text(path)
+    if not text.strip():
+        raise UserError(f"{path} has no {what}")
+    if path.suffix.lower() == ".json":
+        unit, items = "item", _json_items(path, text)
+    else:
+        unit, items = "line", _jsonl_items(path, text)
+    if not items:
+        raise UserError(f"{path} has no {what}")
+    return unit, items
 
 def _describe(err: BaseException) -> str:
     """One line for an exception: its first line, then its cause's (datasets wraps the telling error)."""

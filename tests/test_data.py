@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from helpers import write
 from torch.utils.data import DataLoader
 
 from addrop_cli.data import (
@@ -104,12 +105,6 @@ def test_real_mrpc_dev_through_a_dataloader(shared_data: Path, tiny_tokenizer) -
 
 
 # ------------------------------------------------------------------------------------ small files
-
-
-def write(path: Path, text: str) -> Path:
-    """Write `text` byte for byte (no newline translation) and return the path."""
-    path.write_bytes(text.encode("utf-8"))
-    return path
 
 
 def test_tsv_quoting_off_crlf_bom_blank_lines_and_no_final_newline(tmp_path: Path) -> None:

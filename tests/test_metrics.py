@@ -7,9 +7,10 @@ import warnings
 
 import numpy as np
 import pytest
+import sacrebleu
 
 from addrop_cli.errors import UserError
-from addrop_cli.metrics import compute_metrics, validate_metric
+from addrop_cli.metrics import bleu_metrics, compute_metrics, seqeval_metrics, validate_metric
 from addrop_cli.tasks import custom_task, get_task
 
 
@@ -98,3 +99,62 @@ def test_validate_metric_lists_valid_names_for_the_task() -> None:
     # A metric that exists, but not for this task.
     with pytest.raises(UserError, match="unknown metric 'accuracy' for task cola; valid: mcc"):
         validate_metric("accuracy", get_task("cola"))
+
+
+# ------------------------------------------------------------------------------- NER and translation
+
+
+def test_seqeval_one_of_two_entities_right() -> None:
+    references = [["B-PER", "I-PER", "O", "B-LOC"]]
+    # PER is found exactly; LOC is predicted as ORG: 1 of 2 predicted entities right, 1 of 2 true ones found.
+    result = seqeval_metrics([["B-PER", "I-PER", "O", "B-ORG"]], references)
+    assert result == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "accuracy": 0.75}
+    assert all(type(value) is float for value in result.values())
+
+
+def test_seqeval_is_entity_level_across_sentences() -> None:
+    references = [["B-PER", "I-PER", "O"], ["B-LOC", "O"], ["O", "B-MISC"]]
+    # A PER with the wrong span is a miss, although 2 of its 3 tokens are right; LOC is right; MISC is missed.
+    predictions = [["B-PER", "O", "O"], ["B-LOC", "O"], ["O", "O"]]
+    result = seqeval_metrics(predictions, references)
+    assert result["precision"] == pytest.approx(1 / 2)  # 1 of 2 predicted entities
+    assert result["recall"] == pytest.approx(1 / 3)  # 1 of 3 true entities
+    assert result["f1"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))  # 0.4
+    assert result["accuracy"] == pytest.approx(5 / 7)
+
+
+def test_seqeval_without_predicted_entities_is_zero_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = seqeval_metrics([["O", "O"]], [["B-PER", "O"]])
+    assert result == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.5}
+
+
+def test_seqeval_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="1 predicted sentences for 2 references"):
+        seqeval_metrics([["O"]], [["O"], ["O"]])
+    with pytest.raises(ValueError, match="sentence 0: 1 predicted tags for 2 references"):
+        seqeval_metrics([["O"]], [["O", "O"]])
+
+
+def test_bleu_of_identical_corpora_is_100_and_gen_len_is_the_mean() -> None:
+    corpus = ["the cat sat on the mat .", "a very good film , with a great man ."]
+    assert bleu_metrics(corpus, corpus) == {"bleu": pytest.approx(100.0)}
+    result = bleu_metrics(corpus, corpus, generated_lengths=[9, 12])
+    assert result == {"bleu": pytest.approx(100.0), "gen_len": 10.5}
+    assert all(type(value) is float for value in result.values())
+
+
+def test_bleu_matches_sacrebleu() -> None:
+    hypotheses = ["the cat sat on a mat .", "it was a good film"]
+    references = ["the cat sat on the mat .", "it was a very good film"]
+    expected = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    assert 0 < expected < 100
+    assert bleu_metrics(hypotheses, references)["bleu"] == pytest.approx(expected)
+
+
+def test_bleu_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="1 hypotheses for 2 references"):
+        bleu_metrics(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="1 generated lengths for 2 hypotheses"):
+        bleu_metrics(["a", "b"], ["a", "b"], generated_lengths=[3])

@@ -1,0 +1,26 @@
+"""Small helpers shared by the data-reader tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from addrop_cli.errors import UserError
+
+
+def write(path: Path, text: str) -> Path:
+    """Write `text` byte for byte (no newline translation) and return the path."""
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def one_line_error(call, *parts: str) -> str:
+    """Run `call`, expecting a UserError on one line that contains every part; return its message."""
+    with pytest.raises(UserError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+    return message
