@@ -55,15 +55,18 @@ def install(model: PreTrainedModel) -> list[AttentionSite]:
         "transformers' AttentionInterface, so AD-DROP cannot reach it; use a model such as bert, roberta, "
         "electra, distilbert, albert, xlm-roberta, bart, t5 or marian, or train with --no-addrop"
     )
-    if not getattr(type(model), "_supports_attention_backend", False):
-        raise refusal
+    # Decided by probing, not by the class's _supports_attention_backend flag, which some models that do
+    # dispatch through the interface (Marian) leave False.
     model.set_attn_implementation(IMPLEMENTATION)
     # EncoderDecoderModel keeps stale copies of its sub-configs: set the implementation on every config.
     for module in model.modules():
         config = getattr(module, "config", None)
         if isinstance(config, PreTrainedConfig):
             config._attn_implementation = IMPLEMENTATION
-    sites = probe_sites(model)
+    try:
+        sites = probe_sites(model)
+    except TypeError:  # a forward that rejects the per-forward state keyword does not dispatch through it
+        raise refusal from None
     if not sites:
         raise refusal
     return sites
