@@ -82,6 +82,7 @@ class DataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     group_by_length: bool = True
+    label_all_tokens: bool = False
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 8, "data.max_length", self.max_length, "use at least 8 tokens")

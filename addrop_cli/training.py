@@ -29,15 +29,14 @@ from addrop_cli.checkpoints import (
     save_checkpoint,
 )
 from addrop_cli.config import Recipe, dump_yaml, load_yaml
-from addrop_cli.data import EncodedDataset, LengthGroupedBatchSampler, encode_examples, make_collator
+from addrop_cli.data import EncodedDataset, LengthGroupedBatchSampler
 from addrop_cli.errors import UserError
-from addrop_cli.evaluation import evaluate, evaluate_checkpoint
+from addrop_cli.evaluation import evaluate_checkpoint
 from addrop_cli.metrics import validate_metric
-from addrop_cli.models import load_classifier, load_tokenizer, max_model_length
+from addrop_cli.models import load_tokenizer, max_model_length
 from addrop_cli.outputs import write_dir, write_json, write_jsonl, write_text
+from addrop_cli.pipelines import pipeline_for
 from addrop_cli.regularizer import ADDrop, epoch_phase
-from addrop_cli.splits import load_split
-from addrop_cli.tasks import get_task
 
 RECIPE_FILE, HISTORY_FILE, METRICS_FILE, BEST_DIR = "recipe.yaml", "history.jsonl", "metrics.json", "best"
 VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
@@ -174,13 +173,13 @@ def train(
     :class:`TrainingDiverged` on a non-finite loss.
     """
     cfg = recipe.train
-    task = get_task(recipe.task)
-    metric = validate_metric(cfg.metric or task.default_metric, task)
+    pipeline = pipeline_for(recipe.task)
+    metric = validate_metric(cfg.metric or pipeline.default_metric, pipeline.task)
     output_dir = Path(cfg.output_dir)
     checkpoint = _prepare_output_dir(output_dir, recipe, overwrite, resume)
-    train_examples = load_split(recipe, task, "train")
-    eval_examples = load_split(recipe, task, "validation")
-    test_examples = load_split(recipe, task, "test")
+    train_items = pipeline.read(recipe, "train")
+    eval_items = pipeline.read(recipe, "validation")
+    test_items = pipeline.read(recipe, "test")
 
     try:
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
@@ -193,14 +192,14 @@ def train(
     set_seed(cfg.seed)
 
     tokenizer = load_tokenizer(recipe.model, trust_remote_code)
-    model = load_classifier(recipe.model, task, trust_remote_code)
+    model = pipeline.load_model(recipe.model, trust_remote_code)
     limit = max_model_length(model, tokenizer)
     if limit is not None and recipe.data.max_length > limit:
         raise UserError(f"data.max_length={recipe.data.max_length} exceeds what model '{recipe.model}' accepts "
                         f"({limit} tokens); use --max-length {limit} or less")
-    train_set = EncodedDataset(encode_examples(train_examples, tokenizer, recipe.data.max_length))
-    eval_set = EncodedDataset(encode_examples(eval_examples, tokenizer, recipe.data.max_length))
-    collate = make_collator(tokenizer)
+    train_set = EncodedDataset(pipeline.encode(train_items, tokenizer, recipe))
+    eval_set = EncodedDataset(pipeline.encode(eval_items, tokenizer, recipe))
+    collate = pipeline.collator(tokenizer)
     # Global batches (per-device size x processes), split across processes by Accelerate: the same examples
     # make up each update whatever the number of processes.
     batches = _train_batches(train_set, recipe, cfg.batch_size * accelerator.num_processes)
@@ -216,8 +215,7 @@ def train(
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler
     )
-    task_type = "regression" if task.is_regression else "classification"
-    addrop = ADDrop(model, recipe.addrop, task_type) if recipe.addrop.enabled else None
+    addrop = ADDrop(model, recipe.addrop, pipeline.task_type) if recipe.addrop.enabled else None
 
     recipe_text = dump_yaml(recipe.to_dict(), header="# Resolved by addrop; "
                             + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + "\n")
@@ -295,7 +293,7 @@ def train(
             seconds = time.perf_counter() - started
             train_loss = accelerator.gather(loss_sum[None]).mean().item() / max(len(train_loader), 1)
             progress.remove_task(bar)
-            result = evaluate(model, eval_loader, accelerator, task)
+            result = pipeline.evaluate(model, eval_loader, accelerator)
             record = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "eval": result.metrics,
                       "eval_loss": result.loss, "eval_predictions": result.prediction_counts,
                       "seconds": round(seconds, 3), "train_samples_per_second": round(state.samples / seconds, 3)}
@@ -322,7 +320,7 @@ def train(
             state.finished = early_stop or state.epoch > cfg.epochs
             checkpoint_now()
 
-    if test_examples is not None and test_examples[0].label is not None:
+    if test_items is not None and _labelled(test_items):
         accelerator.wait_for_everyone()
         state.test = evaluate_checkpoint(str(output_dir / BEST_DIR), recipe, "test").metrics
         if show:
@@ -346,6 +344,11 @@ def _metrics_summary(recipe: Recipe, metric: str, state: TrainingState) -> dict[
     if state.test is not None:
         summary["test"] = state.test
     return summary
+
+
+def _labelled(items: list) -> bool:
+    first = items[0] if items else None
+    return first is not None and getattr(first, "label", getattr(first, "tags", None)) is not None
 
 
 def read_history(output_dir: Path) -> list[dict[str, Any]]:

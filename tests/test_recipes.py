@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from addrop_cli.errors import UserError
+from addrop_cli.pipelines import pipeline_for
 from addrop_cli.recipes import bundled_recipes, find_recipe, resolve_path, resolve_recipe
-from addrop_cli.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ["sst2", "mnli", "qnli", "qqp", "cola", "stsb", "mrpc", "rte"]
@@ -21,11 +21,11 @@ def test_every_glue_task_and_the_demo_have_a_recipe():
     assert set(GLUE) | {"demo"} <= set(bundled_recipes())
 
 
-@pytest.mark.parametrize("name", [*GLUE, "demo"])
+@pytest.mark.parametrize("name", [*GLUE, "demo", "conll2003"])
 def test_recipe_loads_validates_and_documents_itself(name):
     path = find_recipe(name)
     recipe = resolve_recipe(name)
-    get_task(recipe.task)
+    pipeline_for(recipe.task)
     header = path.read_text().splitlines()[:4]
     assert all(line.startswith("#") for line in header)
     assert any("addrop train" in line for line in header)  # the exact command
