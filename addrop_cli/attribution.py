@@ -18,8 +18,9 @@ def attribution_labels(
 ) -> torch.Tensor:
     """The labels the target is built on: the pseudo label c = argmax (Eq. 4) or the gold label.
 
-    Regression always uses the gold score (there is no pseudo label for a score). Positions whose gold
-    label is ``IGNORE_INDEX`` (padding, continuation sub-words) keep it, so they stay out of the target.
+    Regression always uses the gold score (there is no pseudo label for a score). For seq2seq, target
+    positions whose gold label is ``IGNORE_INDEX`` (padding) keep it, so they stay out of the target; token
+    tasks attribute pseudo labels on every real token (their ``valid`` mask in :func:`attribution_target`).
 
     Args:
         logits: (B, C) for sequence tasks, (B, T, C) for token and seq2seq tasks.
@@ -32,7 +33,7 @@ def attribution_labels(
             raise ValueError("gold labels are needed for regression or labels=gold attribution")
         return gold.detach()
     pseudo = logits.detach().argmax(-1)
-    if gold is not None and task_type in (TOKEN, SEQ2SEQ):
+    if gold is not None and task_type == SEQ2SEQ:  # target padding; token tasks use the attention mask
         pseudo = pseudo.masked_fill(gold == IGNORE_INDEX, IGNORE_INDEX)
     return pseudo
 

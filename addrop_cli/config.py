@@ -83,6 +83,10 @@ class DataConfig:
     max_eval_samples: int | None = None
     group_by_length: bool = True
     label_all_tokens: bool = False
+    source_lang: str | None = None
+    target_lang: str | None = None
+    max_target_length: int = 128
+    source_prefix: str = ""
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 8, "data.max_length", self.max_length, "use at least 8 tokens")
@@ -112,6 +116,7 @@ class TrainConfig:
     log_every: int = 10
     save_steps: int | None = None
     save_total_limit: int | None = 2
+    num_beams: int = 1
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):

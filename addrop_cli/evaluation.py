@@ -14,7 +14,7 @@ from addrop_cli.pipelines import EvalResult, pipeline_for
 
 def evaluate_checkpoint(checkpoint: str, recipe: Recipe, split: str = "validation") -> EvalResult:
     """Score a saved checkpoint (e.g. a run's ``best/``) on ``split`` of the recipe's data."""
-    pipeline = pipeline_for(recipe.task)
+    pipeline = pipeline_for(recipe)
     items = pipeline.read(recipe, split)
     tokenizer = load_tokenizer(checkpoint)
     features = pipeline.encode(items, tokenizer, recipe) if items is not None else []

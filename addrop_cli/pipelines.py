@@ -2,7 +2,7 @@
 
 A pipeline reads a split, loads the model with the task's head, encodes and collates examples, and scores a
 model on an evaluation loader. :class:`SequencePipeline` covers GLUE-style classification and regression,
-:class:`TokenPipeline` named-entity recognition (CoNLL-2003 tags).
+:class:`TokenPipeline` named-entity recognition (CoNLL-2003 tags), :class:`Seq2SeqPipeline` translation.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ import transformers
 from accelerate import Accelerator
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForTokenClassification, PreTrainedModel
 
-from addrop_cli.attribution import CLASSIFICATION, IGNORE_INDEX, REGRESSION, TOKEN
+from addrop_cli.attribution import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.config import Recipe
 from addrop_cli.data import encode_examples, make_collator, select_samples
 from addrop_cli.errors import UserError
-from addrop_cli.metrics import compute_metrics, seqeval_metrics
+from addrop_cli.metrics import bleu_metrics, compute_metrics, seqeval_metrics
 from addrop_cli.models import _load, load_classifier
 from addrop_cli.recipes import resolve_path
+from addrop_cli.seq2seq_data import encode_translation, load_hub_translation, read_translation, seq2seq_collator
 from addrop_cli.splits import load_split
 from addrop_cli.tasks import TaskSpec, get_task
 from addrop_cli.token_data import encode_tagged, load_hub_tagged, read_tagged, token_collator
@@ -146,6 +147,85 @@ class TokenPipeline:
         return EvalResult(seqeval_metrics(predicted_tags, reference_tags), loss, dict(zip(names, tally, strict=True)))
 
 
+@dataclass(frozen=True)
+class Seq2SeqTaskSpec:
+    """A translation task: its language pair (overridable by data.source_lang / data.target_lang) and hub data."""
+
+    name: str
+    source_lang: str
+    target_lang: str
+    hub_dataset: tuple[str, str] | None = None
+    metrics: tuple[str, ...] = ("bleu", "gen_len")
+    default_metric: str = "bleu"
+
+
+SEQ2SEQ_TASKS = {
+    "wmt16enro": Seq2SeqTaskSpec("wmt16-en-ro", "en", "ro", ("wmt16", "ro-en")),
+    "wmt16tren": Seq2SeqTaskSpec("wmt16-tr-en", "tr", "en", ("wmt16", "tr-en")),
+}
+
+
+class Seq2SeqPipeline:
+    """Translation: teacher-forced loss for training, generation scored with sacrebleu for evaluation."""
+
+    task_type = SEQ2SEQ
+
+    def __init__(self, task: Seq2SeqTaskSpec, recipe: Recipe):
+        self.task = task
+        self.metrics, self.default_metric = task.metrics, task.default_metric
+        self.source_lang = recipe.data.source_lang or task.source_lang
+        self.target_lang = recipe.data.target_lang or task.target_lang
+        self.max_target_length = recipe.data.max_target_length
+        self.num_beams = recipe.train.num_beams
+        self._tokenizer = None
+
+    def read(self, recipe: Recipe, split: str) -> list | None:
+        data = recipe.data
+        path = resolve_path(getattr(data, f"{split}_file"))
+        if path:
+            pairs = read_translation(path, self.source_lang, self.target_lang)
+        elif data.dataset and split != "test":
+            pairs = load_hub_translation(data.dataset, data.dataset_config, split, self.source_lang, self.target_lang)
+        elif split == "test":
+            return None
+        else:
+            raise UserError(f"no {split} data: give --{split}-file (a Moses-style prefix such as "
+                            "wmt16_en_ro/newsdev2016, or JSON/JSONL translation rows) or set data.dataset")
+        return select_samples(pairs, data.max_train_samples if split == "train" else data.max_eval_samples)
+
+    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+        return _load(AutoModelForSeq2SeqLM.from_pretrained, name, "model", trust_remote_code=trust_remote_code)
+
+    def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
+        return encode_translation(items, tokenizer, max_source_length=recipe.data.max_length,
+                                  max_target_length=self.max_target_length, source_prefix=recipe.data.source_prefix)
+
+    def collator(self, tokenizer):
+        self._tokenizer = tokenizer  # generation output is decoded with it
+        return seq2seq_collator(tokenizer)
+
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator) -> EvalResult:
+        """Teacher-forced loss, then generation (``train.num_beams``) scored with corpus BLEU and mean length."""
+        model.eval()
+        generator = accelerator.unwrap_model(model)
+        pad = self._tokenizer.pad_token_id
+        losses, hypotheses, references, lengths = [], [], [], []
+        with torch.no_grad():
+            for batch in loader:
+                losses.append(accelerator.gather_for_metrics(model(**batch).loss.detach()[None]).float())
+                generated = generator.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                               num_beams=self.num_beams, max_length=self.max_target_length)
+                generated = accelerator.pad_across_processes(generated, dim=1, pad_index=pad)
+                labels = accelerator.pad_across_processes(batch["labels"], dim=1, pad_index=IGNORE_INDEX)
+                generated, labels = accelerator.gather_for_metrics((generated, labels))
+                labels = labels.masked_fill(labels == IGNORE_INDEX, pad)
+                hypotheses += self._tokenizer.batch_decode(generated, skip_special_tokens=True)
+                references += self._tokenizer.batch_decode(labels, skip_special_tokens=True)
+                lengths += (generated != pad).sum(-1).tolist()
+        metrics = bleu_metrics([h.strip() for h in hypotheses], [r.strip() for r in references], lengths)
+        return EvalResult(metrics, torch.cat(losses).mean().item(), {})
+
+
 def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator, pad_dim: int | None = None):
     """Logits and labels of a whole split, gathered from every process (padding duplicates dropped)."""
     model.eval()
@@ -166,12 +246,15 @@ def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator, pad_dim
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def pipeline_for(task_name: str) -> SequencePipeline | TokenPipeline:
-    """The pipeline of a task name: a token task (conll2003) or a GLUE task."""
-    token_task = TOKEN_TASKS.get(task_name.strip().lower().replace("-", "").replace("_", ""))
-    if token_task is not None:
-        return TokenPipeline(token_task)
+def pipeline_for(recipe: Recipe) -> SequencePipeline | TokenPipeline | Seq2SeqPipeline:
+    """The pipeline of the recipe's task: translation (wmt16-en-ro, wmt16-tr-en), NER (conll2003) or GLUE."""
+    key = recipe.task.strip().lower().replace("-", "").replace("_", "")
+    if key in TOKEN_TASKS:
+        return TokenPipeline(TOKEN_TASKS[key])
+    if key in SEQ2SEQ_TASKS:
+        return Seq2SeqPipeline(SEQ2SEQ_TASKS[key], recipe)
     try:
-        return SequencePipeline(get_task(task_name))
+        return SequencePipeline(get_task(recipe.task))
     except UserError as error:
-        raise UserError(f"{error}; token-classification tasks: {', '.join(TOKEN_TASKS)}") from None
+        others = [*TOKEN_TASKS, *(task.name for task in SEQ2SEQ_TASKS.values())]
+        raise UserError(f"{error}; token and translation tasks: {', '.join(others)}") from None

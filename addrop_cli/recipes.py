@@ -25,6 +25,11 @@ def bundled_recipes() -> dict[str, Path]:
     return {path.stem: path for path in sorted(recipes_dir().rglob("*.yaml"))}
 
 
+def _key(name: str) -> str:
+    """Recipe and task names match ignoring case, dashes and underscores (wmt16-en-ro is wmt16_en_ro)."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
 def find_recipe(name_or_path: str) -> Path:
     """A recipe file path, or the bundled recipe of that name."""
     path = Path(name_or_path).expanduser()
@@ -33,9 +38,8 @@ def find_recipe(name_or_path: str) -> Path:
             raise UserError(f"recipe file {path} does not exist")
         return path
     recipes = bundled_recipes()
-    key = name_or_path.lower().replace("-", "").replace("_", "")
     for name, recipe_path in recipes.items():
-        if name.replace("_", "").replace("-", "") == key:
+        if _key(name) == _key(name_or_path):
             return recipe_path
     close = difflib.get_close_matches(name_or_path, list(recipes), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -64,7 +68,7 @@ def resolve_recipe(
     """
     if recipe is None:
         recipe = task if task is not None else DEMO
-        if task is not None and task.lower() not in {n.replace("_", "").replace("-", "") for n in bundled_recipes()}:
+        if task is not None and _key(task) not in {_key(name) for name in bundled_recipes()}:
             recipe = None  # a task without a bundled recipe starts from the defaults
     values = load_yaml(find_recipe(recipe)) if recipe is not None else {}
     if task is not None:

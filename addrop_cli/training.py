@@ -173,7 +173,7 @@ def train(
     :class:`TrainingDiverged` on a non-finite loss.
     """
     cfg = recipe.train
-    pipeline = pipeline_for(recipe.task)
+    pipeline = pipeline_for(recipe)
     metric = validate_metric(cfg.metric or pipeline.default_metric, pipeline.task)
     output_dir = Path(cfg.output_dir)
     checkpoint = _prepare_output_dir(output_dir, recipe, overwrite, resume)
@@ -348,7 +348,9 @@ def _metrics_summary(recipe: Recipe, metric: str, state: TrainingState) -> dict[
 
 def _labelled(items: list) -> bool:
     first = items[0] if items else None
-    return first is not None and getattr(first, "label", getattr(first, "tags", None)) is not None
+    # Examples carry a label, tagged sentences tags, translation pairs a target.
+    return first is not None and getattr(first, "label", getattr(first, "tags", getattr(first, "target", None))) \
+        is not None
 
 
 def read_history(output_dir: Path) -> list[dict[str, Any]]:

@@ -152,3 +152,15 @@ def test_token_classification_attribution_is_the_negative_loss_gradient(family):
         torch.testing.assert_close(scores[call], -grad)
     pseudo = ADDrop(model, ADDropConfig(layers="all")).drop_masks(batch)
     assert all(not mask[1][..., 6:].any() for mask in pseudo.values())
+
+
+def test_token_pseudo_labels_cover_every_real_token():
+    from addrop_cli.attribution import attribution_labels, attribution_target
+
+    logits = torch.randn(1, 4, 3)
+    gold = torch.tensor([[-100, 1, -100, 2]])  # special token and a continuation sub-word unlabelled
+    pseudo = attribution_labels(logits, gold, "token", use_gold=False)
+    assert torch.equal(pseudo, logits.argmax(-1))
+    valid = torch.tensor([[1, 1, 1, 0]])  # the last position is padding
+    expected = -torch.nn.functional.cross_entropy(logits[0, :3], pseudo[0, :3])
+    torch.testing.assert_close(attribution_target(logits, pseudo, "token", valid), expected)

@@ -25,7 +25,7 @@ def test_every_glue_task_and_the_demo_have_a_recipe():
 def test_recipe_loads_validates_and_documents_itself(name):
     path = find_recipe(name)
     recipe = resolve_recipe(name)
-    pipeline_for(recipe.task)
+    pipeline_for(recipe)
     header = path.read_text().splitlines()[:4]
     assert all(line.startswith("#") for line in header)
     assert any("addrop train" in line for line in header)  # the exact command
