@@ -19,13 +19,12 @@ from transformers import AutoConfig, AutoModelForTokenClassification, PreTrained
 
 from addrop_cli.attribution import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.config import Recipe
-from addrop_cli.data import encode_examples, make_collator, select_samples
+from addrop_cli.data import encode_examples, make_collator
 from addrop_cli.errors import UserError
 from addrop_cli.metrics import bleu_metrics, compute_metrics, seqeval_metrics
 from addrop_cli.models import _load, load_classifier, load_seq2seq
-from addrop_cli.recipes import resolve_path
 from addrop_cli.seq2seq_data import encode_translation, load_hub_translation, read_translation, seq2seq_collator
-from addrop_cli.splits import load_split
+from addrop_cli.splits import load_split, read_split
 from addrop_cli.tasks import TaskSpec, get_task
 from addrop_cli.token_data import encode_tagged, load_hub_tagged, read_tagged, token_collator
 
@@ -101,17 +100,9 @@ class TokenPipeline:
 
     def read(self, recipe: Recipe, split: str) -> list | None:
         data = recipe.data
-        path = resolve_path(getattr(data, f"{split}_file"))
-        if path:
-            sentences = read_tagged(path)
-        elif data.dataset and split != "test":
-            sentences = load_hub_tagged(data.dataset, data.dataset_config, split)
-        elif split == "test":
-            return None
-        else:
-            raise UserError(f"no {split} data: give --{split}-file (CoNLL columns, JSON or JSONL with tokens and "
-                            "ner_tags) or set data.dataset to a hub dataset")
-        return select_samples(sentences, data.max_train_samples if split == "train" else data.max_eval_samples)
+        return read_split(recipe, split, read_tagged,
+                          lambda name: load_hub_tagged(data.dataset, data.dataset_config, name),
+                          "CoNLL columns, or JSON/JSONL with tokens and ner_tags")
 
     def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
         names = self.task.label_names
@@ -180,18 +171,10 @@ class Seq2SeqPipeline:
         self._tokenizer = None
 
     def read(self, recipe: Recipe, split: str) -> list | None:
-        data = recipe.data
-        path = resolve_path(getattr(data, f"{split}_file"))
-        if path:
-            pairs = read_translation(path, self.source_lang, self.target_lang)
-        elif data.dataset and split != "test":
-            pairs = load_hub_translation(data.dataset, data.dataset_config, split, self.source_lang, self.target_lang)
-        elif split == "test":
-            return None
-        else:
-            raise UserError(f"no {split} data: give --{split}-file (a Moses-style prefix such as "
-                            "wmt16_en_ro/newsdev2016, or JSON/JSONL translation rows) or set data.dataset")
-        return select_samples(pairs, data.max_train_samples if split == "train" else data.max_eval_samples)
+        data, source, target = recipe.data, self.source_lang, self.target_lang
+        return read_split(recipe, split, lambda path: read_translation(path, source, target),
+                          lambda name: load_hub_translation(data.dataset, data.dataset_config, name, source, target),
+                          "a Moses-style prefix such as wmt16_en_ro/newsdev2016, or JSON/JSONL translation rows")
 
     def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
         return load_seq2seq(name, trust_remote_code)

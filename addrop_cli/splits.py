@@ -1,6 +1,8 @@
-"""Which examples a run reads for each split: local files first, then a hub dataset."""
+"""Which items a run reads for each split: local files first, then a hub dataset."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from addrop_cli.config import Recipe
 from addrop_cli.data import Example, load_hub_examples, read_examples, select_samples
@@ -9,23 +11,37 @@ from addrop_cli.recipes import resolve_path
 from addrop_cli.tasks import TaskSpec
 
 
-def load_split(recipe: Recipe, task: TaskSpec, split: str) -> list[Example] | None:
-    """Examples of ``split`` (train, validation, test) from local files or a hub dataset.
-
-    Local files win over ``data.dataset``. Returns None for a test split that is not configured.
+def read_split(
+    recipe: Recipe, split: str, read_file: Callable[[str], list], read_hub: Callable[[str], list], formats: str
+) -> list | None:
+    """Items of ``split`` (train, validation, test): ``read_file`` on the split's file when given, else
+    ``read_hub`` on the split name when ``data.dataset`` is set (never for test). ``formats`` names the file
+    formats in the error. Returns None for a test split that is not configured.
     """
     data = recipe.data
     path = resolve_path(getattr(data, f"{split}_file"))
     if path:
-        examples = read_examples(path, task, text_columns=data.text_columns, label_column=data.label_column,
-                                 require_labels=split != "test")
-    elif data.dataset and split in task.hub_splits and split != "test":
-        examples = load_hub_examples(data.dataset, data.dataset_config, task.hub_splits[split], task)
+        items = read_file(path)
+    elif data.dataset and split != "test":
+        items = read_hub(split)
     elif split == "test":
         return None
     else:
-        raise UserError(
-            f"no {split} data: give --{split}-file (TSV, CSV, JSON or JSONL) or set data.dataset to a hub dataset"
-        )
-    limit = data.max_train_samples if split == "train" else data.max_eval_samples
-    return select_samples(examples, limit)
+        raise UserError(f"no {split} data: give --{split}-file ({formats}) or set data.dataset to a hub dataset")
+    return select_samples(items, data.max_train_samples if split == "train" else data.max_eval_samples)
+
+
+def load_split(recipe: Recipe, task: TaskSpec, split: str) -> list[Example] | None:
+    """GLUE-style examples of ``split`` from local files or a hub dataset (see :func:`read_split`)."""
+    data = recipe.data
+
+    def read_file(path: str) -> list[Example]:
+        return read_examples(path, task, text_columns=data.text_columns, label_column=data.label_column,
+                             require_labels=split != "test")
+
+    def read_hub(name: str) -> list[Example]:
+        if name not in task.hub_splits:
+            raise UserError(f"task {task.name} has no hub split {name!r}; valid: {', '.join(task.hub_splits)}")
+        return load_hub_examples(data.dataset, data.dataset_config, task.hub_splits[name], task)
+
+    return read_split(recipe, split, read_file, read_hub, "TSV, CSV, JSON or JSONL")
