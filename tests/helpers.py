@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,9 @@ def one_line_error(call, *parts: str) -> str:
     for part in parts:
         assert part in message, f"{part!r} not in {message!r}"
     return message
+
+
+def run_without_addrop(code: str) -> subprocess.CompletedProcess:
+    """Run Python ``code`` in a fresh interpreter where ``import addrop_cli`` fails (plain transformers only)."""
+    return subprocess.run([sys.executable, "-c", "import sys; sys.modules['addrop_cli'] = None\n" + code],
+                          capture_output=True, text=True)

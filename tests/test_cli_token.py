@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_without_addrop
 from transformers import ElectraConfig, ElectraModel
 from typer.testing import CliRunner
 
@@ -92,10 +91,9 @@ def test_minilm_ner_learns_and_loads_without_addrop(tmp_path, shared_data):
     evaluated = runner.invoke(app, ["eval", "--checkpoint", str(out / "best"), "--output", str(tmp_path / "e.json")])
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "e.json").read_text())["eval"] == pytest.approx(metrics["eval"], abs=1e-6)
-    script = ("import sys; sys.modules['addrop_cli'] = None\n"
-              "from transformers import AutoModelForTokenClassification, AutoTokenizer\n"
+    script = ("from transformers import AutoModelForTokenClassification, AutoTokenizer\n"
               f"m = AutoModelForTokenClassification.from_pretrained({str(out / 'best')!r})\n"
               f"t = AutoTokenizer.from_pretrained({str(out / 'best')!r})\n"
               "print(m(**t('EU rejects German call', return_tensors='pt')).logits.shape[-1])\n")
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    loaded = run_without_addrop(script)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "9", loaded.stderr

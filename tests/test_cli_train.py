@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import yaml
+from helpers import run_without_addrop
 from typer.testing import CliRunner
 
 from addrop_cli.cli import app
@@ -90,14 +91,13 @@ def test_minilm_mrpc_end_to_end_eval_reproduces_and_loads_without_addrop(tmp_pat
 
     # best/ is a plain transformers checkpoint: load and run it with addrop made unimportable.
     script = (
-        "import sys; sys.modules['addrop_cli'] = None\n"
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
         f"path = {str(out / 'best')!r}\n"
         "model = AutoModelForSequenceClassification.from_pretrained(path)\n"
         "tokens = AutoTokenizer.from_pretrained(path)('A cat sat.', 'A cat was sitting.', return_tensors='pt')\n"
         "print(model.config.id2label, tuple(model(**tokens).logits.shape))\n"
     )
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    loaded = run_without_addrop(script)
     assert loaded.returncode == 0, loaded.stderr
     assert "(1, 2)" in loaded.stdout and "equivalent" in loaded.stdout
 

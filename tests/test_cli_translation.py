@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from helpers import run_without_addrop
 from test_encoder_decoder import tiny_seq2seq
 from typer.testing import CliRunner
 
@@ -70,10 +69,9 @@ def test_minilm_to_minilm_encoder_decoder_trains_and_loads_without_addrop(tmp_pa
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["ft", "addrop"] and rows[-1]["train_loss"] < rows[0]["train_loss"]
-    script = ("import sys; sys.modules['addrop_cli'] = None\n"
-              "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
+    script = ("from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
               f"m = AutoModelForSeq2SeqLM.from_pretrained({str(out / 'best')!r})\n"
               f"t = AutoTokenizer.from_pretrained({str(out / 'best')!r})\n"
               "print(type(m).__name__, m.generate(**t('A short test.', return_tensors='pt'), max_length=8).shape[0])\n")
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    loaded = run_without_addrop(script)
     assert loaded.returncode == 0 and loaded.stdout.split() == ["EncoderDecoderModel", "1"], loaded.stderr
