@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 import shutil
 import signal
@@ -352,7 +351,3 @@ def _labelled(items: list) -> bool:
     return first is not None and getattr(first, "label", getattr(first, "tags", getattr(first, "target", None))) \
         is not None
 
-
-def read_history(output_dir: Path) -> list[dict[str, Any]]:
-    path = output_dir / HISTORY_FILE
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
