@@ -81,6 +81,8 @@ class DataConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    k_shot: int | None = None
+    train_fraction: float | None = None
     group_by_length: bool = True
     label_all_tokens: bool = False
     source_lang: str | None = None
@@ -90,9 +92,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 8, "data.max_length", self.max_length, "use at least 8 tokens")
-        for key in ("max_train_samples", "max_eval_samples"):
+        for key in ("max_train_samples", "max_eval_samples", "k_shot"):
             value = getattr(self, key)
             _require(value is None or value >= 1, f"data.{key}", value, "use a positive number or leave it unset")
+        _require(self.train_fraction is None or 0 < self.train_fraction <= 1, "data.train_fraction",
+                 self.train_fraction, "use a fraction in (0, 1] or leave it unset")
+        _require(self.k_shot is None or self.train_fraction is None, "data.k_shot", self.k_shot,
+                 "give either data.k_shot or data.train_fraction, not both")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from addrop_cli.config import Recipe
@@ -28,7 +29,36 @@ def read_split(
         return None
     else:
         raise UserError(f"no {split} data: give --{split}-file ({formats}) or set data.dataset to a hub dataset")
+    if split == "train":
+        items = training_regime(items, data.k_shot, data.train_fraction, recipe.train.seed)
     return select_samples(items, data.max_train_samples if split == "train" else data.max_eval_samples)
+
+
+def training_regime(items: list, k_shot: int | None, fraction: float | None, seed: int) -> list:
+    """The few-shot or data-size subset of a training set (paper Table 5 and Fig. 5), drawn with ``seed``.
+
+    ``k_shot``: exactly k examples of every class (classification only); ``fraction``: a share of all
+    examples (at least one). The kept examples stay in their file order.
+    """
+    rng = random.Random(seed)
+    if fraction is not None:
+        keep = rng.sample(range(len(items)), max(1, round(fraction * len(items))))
+        return [items[i] for i in sorted(keep)]
+    if k_shot is None:
+        return items
+    labels = [getattr(item, "label", None) for item in items]
+    if any(label is None or isinstance(label, float) for label in labels):
+        raise UserError("data.k_shot needs a classification task with labelled training examples")
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    keep = []
+    for label in sorted(by_class):
+        if len(by_class[label]) < k_shot:
+            raise UserError(f"data.k_shot={k_shot}: class {label} has only {len(by_class[label])} training "
+                            "examples; use a smaller k")
+        keep += rng.sample(by_class[label], k_shot)
+    return [items[i] for i in sorted(keep)]
 
 
 def load_split(recipe: Recipe, task: TaskSpec, split: str) -> list[Example] | None:
