@@ -25,4 +25,4 @@ def evaluate_checkpoint(checkpoint: str, recipe: Recipe, split: str = "validatio
     loader = DataLoader(EncodedDataset(features), batch_size=recipe.train.eval_batch_size,
                         collate_fn=pipeline.collator(tokenizer))
     model, loader = accelerator.prepare(model, loader)
-    return pipeline.evaluate(model, loader, accelerator)
+    return pipeline.evaluate(model, loader, accelerator, tokenizer)

@@ -56,7 +56,7 @@ class SequencePipeline:
     def collator(self, tokenizer):
         return make_collator(tokenizer)
 
-    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator) -> EvalResult:
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
         """Metrics, mean loss and predicted-label counts over a (possibly sharded) evaluation split."""
         logits, labels = _gather_outputs(model, loader, accelerator)
         task = self.task
@@ -124,7 +124,7 @@ class TokenPipeline:
     def collator(self, tokenizer):
         return token_collator(tokenizer)
 
-    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator) -> EvalResult:
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
         """seqeval over the first sub-word of each word (positions labelled -100 are skipped)."""
         logits, labels = _gather_outputs(model, loader, accelerator, pad_dim=1)
         real = labels != IGNORE_INDEX
@@ -168,7 +168,6 @@ class Seq2SeqPipeline:
         self.target_lang = recipe.data.target_lang or task.target_lang
         self.max_target_length = recipe.data.max_target_length
         self.num_beams = recipe.train.num_beams
-        self._tokenizer = None
 
     def read(self, recipe: Recipe, split: str) -> list | None:
         data, source, target = recipe.data, self.source_lang, self.target_lang
@@ -184,14 +183,13 @@ class Seq2SeqPipeline:
                                   max_target_length=self.max_target_length, source_prefix=recipe.data.source_prefix)
 
     def collator(self, tokenizer):
-        self._tokenizer = tokenizer  # generation output is decoded with it
         return seq2seq_collator(tokenizer)
 
-    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator) -> EvalResult:
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
         """Teacher-forced loss, then generation (``train.num_beams``) scored with corpus BLEU and mean length."""
         model.eval()
         generator = accelerator.unwrap_model(model)
-        pad = self._tokenizer.pad_token_id
+        pad = tokenizer.pad_token_id
         losses, hypotheses, references, lengths = [], [], [], []
         with torch.no_grad():
             for batch in loader:
@@ -202,8 +200,8 @@ class Seq2SeqPipeline:
                 labels = accelerator.pad_across_processes(batch["labels"], dim=1, pad_index=IGNORE_INDEX)
                 generated, labels = accelerator.gather_for_metrics((generated, labels))
                 labels = labels.masked_fill(labels == IGNORE_INDEX, pad)
-                hypotheses += self._tokenizer.batch_decode(generated, skip_special_tokens=True)
-                references += self._tokenizer.batch_decode(labels, skip_special_tokens=True)
+                hypotheses += tokenizer.batch_decode(generated, skip_special_tokens=True)
+                references += tokenizer.batch_decode(labels, skip_special_tokens=True)
                 lengths += (generated != pad).sum(-1).tolist()
         metrics = bleu_metrics([h.strip() for h in hypotheses], [r.strip() for r in references], lengths)
         return EvalResult(metrics, torch.cat(losses).mean().item(), {})

@@ -292,7 +292,7 @@ def train(
             seconds = time.perf_counter() - started
             train_loss = accelerator.gather(loss_sum[None]).mean().item() / max(len(train_loader), 1)
             progress.remove_task(bar)
-            result = pipeline.evaluate(model, eval_loader, accelerator)
+            result = pipeline.evaluate(model, eval_loader, accelerator, tokenizer)
             record = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "eval": result.metrics,
                       "eval_loss": result.loss, "eval_predictions": result.prediction_counts,
                       "seconds": round(seconds, 3), "train_samples_per_second": round(state.samples / seconds, 3)}
