@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from addrop_cli.cli import eval as eval_command
+from addrop_cli.cli import sweep as sweep_command
 from addrop_cli.cli import train as train_command
 
 app = typer.Typer(
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command("train")(train_command.train)
 app.command("eval")(eval_command.evaluate)
+app.command("sweep")(sweep_command.sweep)
 
 
 def main() -> None:

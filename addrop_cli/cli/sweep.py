@@ -1,0 +1,159 @@
+"""``addrop sweep``: a resumable grid of train runs over p, q, seeds and any recipe key, then its summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from addrop_cli.cli import recipe_options as options
+from addrop_cli.cli.common import quiet_libraries, reports_user_errors
+from addrop_cli.errors import UserError
+from addrop_cli.recipes import resolve_recipe
+
+Opt = typer.Option
+SHOWN_ROWS = 15  # the live table shows the latest finished trials
+
+
+@reports_user_errors
+def sweep(
+    recipe: options.RecipeName = None,
+    task: options.Task = None,
+    model: options.Model = None,
+    train_file: options.TrainFile = None,
+    validation_file: options.ValidationFile = None,
+    test_file: options.TestFile = None,
+    output_dir: Annotated[str | None, Opt(help="The sweep directory (default: the recipe's output_dir + -sweep).")]
+    = None,
+    p: Annotated[str | None, Opt("--p", help="p values: 0.1:0.9 (step 0.1), 0.1:0.9:0.2 or 0.1,0.3,0.5.")] = None,
+    q: Annotated[str | None, Opt("--q", help="q values, as for --p.")] = None,
+    seeds: Annotated[str | None, Opt(help="5 (seeds 1 to 5) or a list 1,2,3 (default: the recipe's seed).")]
+    = None,
+    grid: Annotated[list[str] | None, Opt("--grid", help="KEY=V1,V2,... for any other recipe key; repeatable.")]
+    = None,
+    baseline: Annotated[bool, Opt("--baseline", help="Add plain fine-tuning trials for every seed and "
+                                  "non-AD-DROP grid point.")] = False,
+    workers: Annotated[int, Opt(help="Trials run at once, each in its own process (one GPU each, round robin).")]
+    = 1,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print the trials and exit.")] = False,
+    force: Annotated[bool, Opt("--force", help="Run a different grid in a directory that holds one.")] = False,
+    summarize: Annotated[Path | None, Opt(help="Only (re)write the summary of the sweep in this directory.")]
+    = None,
+    epochs: options.Epochs = None,
+    lr: options.LearningRate = None,
+    batch_size: options.BatchSize = None,
+    max_length: options.MaxLength = None,
+    layers: options.Layers = None,
+    attribution: options.Attribution = None,
+    labels: options.Labels = None,
+    cross_tuning: options.CrossTuning = None,
+    no_addrop: options.NoADDrop = False,
+    max_train_samples: options.MaxTrainSamples = None,
+    max_eval_samples: options.MaxEvalSamples = None,
+    mixed_precision: options.MixedPrecision = None,
+    save_steps: options.SaveSteps = None,
+    save_total_limit: options.SaveTotalLimit = None,
+    trust_remote_code: options.TrustRemoteCode = False,
+    set_: options.Overrides = None,
+) -> None:
+    """Train one run per grid point and seed; summarize as mean ± std tables, best recipe and p × q heatmaps."""
+    from addrop_cli import sweep as sweeps
+
+    console = Console(stderr=True)
+    if summarize is not None:
+        _print_summary(summarize, console)
+        return
+    quiet_libraries()
+    if workers < 1:
+        raise UserError(f"--workers {workers} is invalid: use 1 or more processes")
+    flags = options.recipe_flags({k: v for k, v in locals().items() if k not in ("p", "q", "output_dir")}, no_addrop)
+    base = resolve_recipe(recipe, task, flags, set_)
+    directory = Path(output_dir or f"{base.train.output_dir}-sweep")
+    axes: dict[str, list[Any]] = {}
+    if p is not None:
+        axes[sweeps.P_KEY] = sweeps.parse_values(p, "--p")
+    if q is not None:
+        axes[sweeps.Q_KEY] = sweeps.parse_values(q, "--q")
+    for assignment in grid or []:
+        key, values = sweeps.parse_grid(assignment)
+        if key in axes:
+            raise UserError(f"--grid {assignment!r}: {key} is already swept; give each key once")
+        axes[key] = values
+    seed_list = sweeps.parse_seeds(seeds) if seeds is not None else [base.train.seed]
+    trials = sweeps.plan_trials(base, axes, seed_list, baseline, directory)
+    if dry_run:
+        _print_trials(trials, directory)
+        return
+
+    sweeps.check_manifest(directory, sweeps.manifest(base, axes, seed_list, baseline), force)
+    board = _Board(len(trials))
+    try:
+        with Live(board, console=console, refresh_per_second=2, transient=False):
+            progress = sweeps.run_sweep(trials, directory, workers=workers, force=force,
+                                        trust_remote_code=trust_remote_code, on_change=board.update)
+    except (sweeps.SweepInterrupted, KeyboardInterrupt) as stop:
+        code = stop.exit_code if isinstance(stop, sweeps.SweepInterrupted) else 130
+        print(f"sweep interrupted; finished trials are in {directory / sweeps.RESULTS_FILE}; run the same command "
+              "again to resume", file=sys.stderr)
+        raise typer.Exit(code) from None
+    if progress.skipped:
+        console.print(f"{progress.skipped} trial(s) were already finished and skipped")
+    _print_summary(directory, console)
+
+
+class _Board:
+    """The live view: the latest finished trials with their best score, and what is running."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.progress = None
+
+    def update(self, progress) -> None:
+        self.progress = progress
+
+    def __rich__(self) -> Group:
+        from addrop_cli.sweep import format_value
+
+        table = Table(title="finished trials", title_justify="left")
+        for column in ["trial", "seed", "score", "best epoch", "minutes"]:
+            table.add_column(column, justify="left" if column == "trial" else "right")
+        finished = self.progress.finished if self.progress else []
+        for row in finished[-SHOWN_ROWS:]:
+            score = "diverged" if row["status"] != "ok" else \
+                f"{row['metric']} {row['eval'][row['metric']]:.4f}"
+            table.add_row(row["trial"], str(row["seed"]), score, format_value(row.get("best_epoch", "–")),
+                          f"{row['seconds'] / 60:.1f}")
+        running = self.progress.running if self.progress else {}
+        now = time.time()
+        status = f"{len(finished)}/{self.total} finished" + "".join(
+            f" | running {name} ({(now - started) / 60:.1f} min)" for name, started in running.items())
+        return Group(table, status)
+
+
+def _print_trials(trials, directory: Path) -> None:
+    from addrop_cli.sweep_summary import trials_table
+
+    table = Table(title=f"{len(trials)} trials in {directory}", title_justify="left")
+    for column in ("trial", "kind", "seed", "settings"):
+        table.add_column(column)
+    for row in trials_table(trials):
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _print_summary(directory: Path, console: Console) -> None:
+    from addrop_cli.sweep import format_value
+    from addrop_cli.sweep_summary import summarize
+
+    summary = summarize(directory)
+    console.print(f"{summary.finished}/{summary.total} trials finished; best: "
+                  + (", ".join(f"{k}={format_value(v)}" for k, v in summary.best.settings.items()) or "base recipe")
+                  + f" ({summary.metric} {summary.best.cell(summary.metric)})")
+    for path in summary.files:
+        console.print(f"wrote {path}")
