@@ -83,6 +83,7 @@ class DataConfig:
     max_eval_samples: int | None = None
     k_shot: int | None = None
     train_fraction: float | None = None
+    holdout_fraction: float | None = None
     group_by_length: bool = True
     label_all_tokens: bool = False
     source_lang: str | None = None
@@ -99,6 +100,11 @@ class DataConfig:
                  self.train_fraction, "use a fraction in (0, 1] or leave it unset")
         _require(self.k_shot is None or self.train_fraction is None, "data.k_shot", self.k_shot,
                  "give either data.k_shot or data.train_fraction, not both")
+        _require(self.holdout_fraction is None or 0 < self.holdout_fraction < 1, "data.holdout_fraction",
+                 self.holdout_fraction, "use a fraction in (0, 1) or leave it unset")
+        _require(self.holdout_fraction is None or self.validation_file is None, "data.holdout_fraction",
+                 self.holdout_fraction, "the held-out share replaces the validation data: drop "
+                 "data.validation_file (give the dev file as --test-file to score it once)")
 
 
 @dataclass

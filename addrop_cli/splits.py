@@ -20,18 +20,34 @@ def read_split(
     formats in the error. Returns None for a test split that is not configured.
     """
     data = recipe.data
-    path = resolve_path(getattr(data, f"{split}_file"))
+    held_out = data.holdout_fraction is not None and split in ("train", "validation")
+    source = "train" if held_out else split
+    path = resolve_path(getattr(data, f"{source}_file"))
     if path:
         items = read_file(path)
-    elif data.dataset and split != "test":
-        items = read_hub(split)
-    elif split == "test":
+    elif data.dataset and source != "test":
+        items = read_hub(source)
+    elif source == "test":
         return None
     else:
-        raise UserError(f"no {split} data: give --{split}-file ({formats}) or set data.dataset to a hub dataset")
+        raise UserError(f"no {source} data: give --{source}-file ({formats}) or set data.dataset to a hub dataset")
+    if held_out:
+        kept, selection = holdout_split(items, data.holdout_fraction, recipe.train.seed)
+        items = selection if split == "validation" else kept
     if split == "train":
         items = training_regime(items, data.k_shot, data.train_fraction, recipe.train.seed)
     return select_samples(items, data.max_train_samples if split == "train" else data.max_eval_samples)
+
+
+def holdout_split(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(training items, held-out selection items): a seeded share of the training set (at least one item,
+    at least one left), used for model selection so the dev set can serve as an untouched test set."""
+    if len(items) < 2:
+        raise UserError(f"data.holdout_fraction={fraction}: the training set has {len(items)} item(s); "
+                        "it needs at least 2 to hold some out")
+    count = min(len(items) - 1, max(1, round(fraction * len(items))))
+    held = set(random.Random(f"holdout-{seed}").sample(range(len(items)), count))
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
 def training_regime(items: list, k_shot: int | None, fraction: float | None, seed: int) -> list:

@@ -6,10 +6,11 @@ from collections import Counter
 
 import pytest
 
-from addrop_cli.config import DataConfig
+from addrop_cli.config import DataConfig, Recipe
 from addrop_cli.data import Example
 from addrop_cli.errors import UserError
-from addrop_cli.splits import training_regime
+from addrop_cli.splits import holdout_split, load_split, training_regime
+from addrop_cli.tasks import get_task
 
 EXAMPLES = [Example(f"s{i}", None, i % 3 if i % 5 else 0) for i in range(300)]
 
@@ -42,7 +43,31 @@ def test_fraction_is_seeded_and_sized():
 
 @pytest.mark.parametrize(("values", "message"), [({"k_shot": 0}, "data.k_shot=0"),
                                                  ({"train_fraction": 1.5}, "data.train_fraction=1.5"),
-                                                 ({"k_shot": 4, "train_fraction": 0.5}, "not both")])
+                                                 ({"k_shot": 4, "train_fraction": 0.5}, "not both"),
+                                                 ({"holdout_fraction": 1.0}, "data.holdout_fraction=1.0"),
+                                                 ({"holdout_fraction": 0.1, "validation_file": "dev.tsv"},
+                                                  "drop data.validation_file")])
 def test_regime_keys_are_validated(values, message):
     with pytest.raises(UserError, match=message):
         DataConfig(**values)
+
+
+def test_holdout_is_a_seeded_disjoint_share():
+    kept, held = holdout_split(EXAMPLES, 0.1, seed=4)
+    assert len(held) == 30 and len(kept) == 270
+    assert sorted(kept + held, key=lambda e: int(e.text_a[1:])) == EXAMPLES
+    assert (kept, held) == holdout_split(EXAMPLES, 0.1, seed=4)
+    assert held != holdout_split(EXAMPLES, 0.1, seed=5)[1]
+    assert len(holdout_split(EXAMPLES[:3], 0.01, seed=0)[1]) == 1
+
+
+def test_holdout_becomes_the_validation_split_and_k_shot_draws_from_the_rest(tmp_path):
+    rows = "".join(f"sentence number {i}\t{i % 2}\n" for i in range(200))
+    train_file = tmp_path / "train.tsv"
+    train_file.write_text("sentence\tlabel\n" + rows)
+    recipe = Recipe(task="sst2", data=DataConfig(train_file=str(train_file), holdout_fraction=0.1, k_shot=8))
+    task = get_task("sst2")
+    train, validation = load_split(recipe, task, "train"), load_split(recipe, task, "validation")
+    assert len(validation) == 20 and Counter(e.label for e in train) == {0: 8, 1: 8}
+    assert not {e.text_a for e in train} & {e.text_a for e in validation}
+    assert load_split(recipe, task, "test") is None

@@ -122,7 +122,7 @@ class _Board:
 
         table = Table(title="finished trials", title_justify="left")
         for column in ["trial", "seed", "score", "best epoch", "minutes"]:
-            table.add_column(column, justify="left" if column == "trial" else "right")
+            table.add_column(column, justify="left" if column == "trial" else "right", no_wrap=column == "trial")
         finished = self.progress.finished if self.progress else []
         for row in finished[-SHOWN_ROWS:]:
             score = "diverged" if row["status"] != "ok" else \
@@ -140,7 +140,8 @@ def _print_trials(trials, directory: Path) -> None:
     from addrop_cli.sweep_summary import trials_table
 
     table = Table(title=f"{len(trials)} trials in {directory}", title_justify="left")
-    for column in ("trial", "kind", "seed", "settings"):
+    table.add_column("trial", no_wrap=True)
+    for column in ("kind", "seed", "settings"):
         table.add_column(column)
     for row in trials_table(trials):
         table.add_row(*row)
