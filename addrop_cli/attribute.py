@@ -62,6 +62,22 @@ def token_attribution(attribution: torch.Tensor) -> torch.Tensor:
     return attribution.sum(dim=(0, 1))
 
 
+def row_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Each score's rank within its row, scaled to [0, 1]: the share of the row's other scores it is >= to.
+
+    Eq. 6 only compares scores within a query row, so figures shade by this rank: the darkest cells of a row
+    are its candidates whatever the row's scale (gradients of different rows differ by orders of magnitude).
+    Tied scores share the highest of their ranks, as ties share candidacy in Eq. 6.
+
+    Args:
+        scores: (n, n).
+    Returns:
+        (n, n) float.
+    """
+    at_or_below = (scores[..., None, :] <= scores[..., :, None]).sum(-1) - 1
+    return at_or_below.float() / max(scores.shape[-1] - 1, 1)
+
+
 def key_tokens(attribution: torch.Tensor, tokens: list[str], count: int = KEY_TOKENS) -> list[dict[str, Any]]:
     """The ``count`` tokens with the highest total attribution (see :func:`token_attribution`), highest first."""
     totals = token_attribution(attribution)
@@ -233,15 +249,17 @@ def _draw_example(
     heads = settings["heads"]
     shown = "mean over heads" if heads == "mean" else ("head " if len(heads) == 1 else "mean over heads ") + \
         ",".join(map(str, heads))
-    legend = (f"size: attention · shade: attribution ({settings['method']}, {settings['labels']} label) · "
-              f"red dots: candidates (p={settings['p']}) · ×: dropped (q={settings['q']}, seed {settings['seed']})")
+    legend = (f"size: attention · shade: attribution rank ({settings['method']}, {settings['labels']} label) · "
+              f"red dots: candidates (p={settings['p']}) · orange ×: dropped (q={settings['q']}, "
+              f"seed {settings['seed']})")
     for layer in example.layers:
         crop = (slice(None), slice(0, n), slice(0, n))
         attention, attribution = layer.attention[crop].mean(0), layer.attribution[crop].mean(0)
         candidate_share, drop_share = layer.candidates[crop].float().mean(0), layer.dropped[crop].float().mean(0)
-        figure = plots.attention_map(tokens, attention.numpy(), attribution.numpy(), candidate_share.numpy(),
-                                     drop_share.numpy(), f"example {index}, layer {layer.layer}, {shown}",
-                                     "\n".join(filter(None, [legend, note])))
+        figure = plots.attention_map(tokens, attention.numpy(), row_ranks(attribution).numpy(),
+                                     candidate_share.numpy(), drop_share.numpy(),
+                                     f"example {index}, layer {layer.layer}, {shown}",
+                                     "\n".join(filter(None, [legend, note])), "attribution rank within the query row")
         plots.save_figure(figure, directory / entry["images"]["layers"][str(layer.layer)])
     totals = sum(token_attribution(layer.attribution) for layer in example.layers)[:n]
     layers = ",".join(str(layer.layer) for layer in example.layers)
@@ -285,7 +303,8 @@ figure {{ margin: 0; }} img {{ max-width: 100%; }}
 </style></head><body>
 <h1>AD-DROP attribution</h1>
 <p><code>{esc(json.dumps(settings))}</code></p>
-<p>Circle area: attention probability; shade: attribution (darker is higher); red dotted outline: candidate
+<p>Circle area: attention probability; shade: the attribution's rank within its query row (darker is higher;
+Eq. 6 compares scores within a row only); red dotted outline: candidate
 discard region (Eq. 6); crossed: positions dropped in one sampled mask (Eq. 7). With several heads averaged, the
 outline marks positions that are candidates in at least half of them, and darker crosses are dropped in more.</p>
 <nav>{nav}</nav>

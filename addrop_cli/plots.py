@@ -21,6 +21,7 @@ from addrop_cli.outputs import write_bytes
 FORMATS = ("png", "pdf", "svg")
 CELL_INCHES = 0.3
 ATTRIBUTION_COLORS = "Blues"
+CROSS_COLOR = (1.0, 0.5, 0.05, 1.0)
 
 
 def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
@@ -55,11 +56,12 @@ def region_outline(region: np.ndarray) -> list[tuple[tuple[float, float], tuple[
 def attention_map(
     tokens: Sequence[str],
     attention: np.ndarray,
-    attribution: np.ndarray,
+    shade: np.ndarray,
     candidate_share: np.ndarray,
     drop_share: np.ndarray,
     title: str,
     note: str = "",
+    shade_label: str = "attribution",
 ) -> Figure:
     """Fig. 1: one circle per attention position (query row, key column), its area the attention probability
     and its shade the attribution (darker is higher); the candidate region outlined in red dots and dropped
@@ -67,10 +69,11 @@ def attention_map(
 
     Args:
         tokens: the n tokens, on both axes.
-        attention, attribution: (n, n), one head or the mean over heads.
+        attention: (n, n) probabilities, one head or the mean over heads.
+        shade: (n, n) attribution, or a transform of it in [0, 1] such as its rank within the row.
         candidate_share, drop_share: (n, n) share of the shown heads in which a position is a candidate /
             dropped (0 or 1 for one head). Positions that are candidates in at least half of them are outlined;
-            crosses are drawn darker the more heads drop the position.
+            a cross is as opaque as the share of heads that drop the position.
         note: a line under the title (e.g. that the map is cropped).
     """
     n = len(tokens)
@@ -82,16 +85,16 @@ def attention_map(
     cell_points = 72 * CELL_INCHES
     # Area proportional to attention, with a floor so that every position stays visible.
     sizes = (0.9 * cell_points) ** 2 * (0.06 + 0.94 * attention / largest)
-    dots = axes.scatter(cols.ravel(), rows.ravel(), s=sizes.ravel(), c=attribution.ravel(), cmap=ATTRIBUTION_COLORS,
+    dots = axes.scatter(cols.ravel(), rows.ravel(), s=sizes.ravel(), c=shade.ravel(), cmap=ATTRIBUTION_COLORS,
                         edgecolors="0.5", linewidths=0.4)
-    figure.colorbar(dots, ax=axes, fraction=0.04, pad=0.02, label="attribution")
+    figure.colorbar(dots, ax=axes, fraction=0.04, pad=0.02, label=shade_label)
     axes.add_collection(LineCollection(region_outline(candidate_share >= 0.5), colors="red", linestyles=":",
                                        linewidths=1.6))
     crossed = drop_share > 0
     if crossed.any():
-        colors = np.zeros((int(crossed.sum()), 4))
-        colors[:, 3] = 0.3 + 0.7 * drop_share[crossed]
-        axes.scatter(cols[crossed], rows[crossed], marker="x", s=(0.6 * cell_points) ** 2, c=colors, linewidths=1.2)
+        colors = np.tile(CROSS_COLOR, (int(crossed.sum()), 1))  # orange stands out on every shade of blue
+        colors[:, 3] = drop_share[crossed]
+        axes.scatter(cols[crossed], rows[crossed], marker="x", s=(0.6 * cell_points) ** 2, c=colors, linewidths=1.6)
     axes.set_xlim(-0.5, n - 0.5)
     axes.set_ylim(n - 0.5, -0.5)
     axes.set_aspect("equal")

@@ -14,8 +14,10 @@ from test_encoder_decoder import tiny_seq2seq
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 from typer.testing import CliRunner
 
+from addrop_cli.attribute import row_ranks, token_attribution
 from addrop_cli.cli import app
 from addrop_cli.pipelines import CONLL_TAGS
+from addrop_cli.plots import region_outline
 
 runner = CliRunner()
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -164,3 +166,22 @@ def test_report_replaces_an_earlier_one_but_never_a_foreign_directory(classifier
                                  "--output-dir", str(foreign)])
     assert result.exit_code == 2 and "not an earlier addrop attribute report" in result.stderr
     assert sorted(p.name for p in foreign.iterdir()) == ["mine.txt"]
+
+
+def test_row_ranks_shade_candidates_darkest_and_ties_alike():
+    scores = torch.tensor([[3.0, 1.0, 2.0], [0.0, 0.0, 0.0], [1.0, 5.0, 1.0]])
+    assert torch.equal(row_ranks(scores), torch.tensor([[1.0, 0.0, 0.5], [1.0, 1.0, 1.0], [0.5, 1.0, 0.5]]))
+
+
+def test_token_attribution_sums_heads_and_query_rows():
+    attribution = torch.arange(2 * 3 * 3, dtype=torch.float).reshape(2, 3, 3)
+    assert torch.equal(token_attribution(attribution), attribution.sum(0).sum(0))
+
+
+def test_region_outline_traces_the_border_only():
+    square = torch.zeros(4, 4, dtype=torch.bool)
+    square[1:3, 1:3] = True
+    segments = region_outline(square.numpy())
+    assert len(segments) == 8  # a 2 x 2 block has 8 unit sides on its border, none inside
+    corners = {point for segment in segments for point in segment}
+    assert min(corners) == (0.5, 0.5) and max(corners) == (2.5, 2.5)
