@@ -247,8 +247,9 @@ def _draw_example(
     tokens = example.tokens[:n]
     note = f"first {n} of {len(example.tokens)} tokens shown" if n < len(example.tokens) else ""
     heads = settings["heads"]
-    shown = "mean over heads" if heads == "mean" else ("head " if len(heads) == 1 else "mean over heads ") + \
+    heads_label = "all heads" if heads == "mean" else ("head " if len(heads) == 1 else "heads ") + \
         ",".join(map(str, heads))
+    shown = heads_label if heads != "mean" and len(heads) == 1 else f"mean over {heads_label}"
     legend = (f"size: attention · shade: attribution rank ({settings['method']}, {settings['labels']} label) · "
               f"red dots: candidates (p={settings['p']}) · orange ×: dropped (q={settings['q']}, "
               f"seed {settings['seed']})")
@@ -265,7 +266,7 @@ def _draw_example(
     layers = ",".join(str(layer.layer) for layer in example.layers)
     figure = plots.token_bars(tokens, totals.numpy(),
                               f"example {index}: attribution per token, summed over layers {layers}, "
-                              f"heads ({shown}) and query rows", note)
+                              f"{heads_label} and query rows", note)
     plots.save_figure(figure, directory / entry["images"]["tokens"])
 
 
