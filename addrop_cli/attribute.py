@@ -306,8 +306,9 @@ figure {{ margin: 0; }} img {{ max-width: 100%; }}
 <p><code>{esc(json.dumps(settings))}</code></p>
 <p>Circle area: attention probability; shade: the attribution's rank within its query row (darker is higher;
 Eq. 6 compares scores within a row only); red dotted outline: candidate
-discard region (Eq. 6); crossed: positions dropped in one sampled mask (Eq. 7). With several heads averaged, the
-outline marks positions that are candidates in at least half of them, and darker crosses are dropped in more.</p>
+discard region (Eq. 6); orange crosses: positions dropped in one sampled mask (Eq. 7). With several heads averaged, the
+outline marks positions that are candidates in at least half of them, and a cross is as opaque as the share of
+heads that drop the position.</p>
 <nav>{nav}</nav>
 {"".join(sections)}
 </body></html>
