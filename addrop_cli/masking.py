@@ -62,9 +62,12 @@ def candidate_region(
 
     With n real keys in a row and k = floor((1 - p) n), the threshold is the k-th smallest score
     (0-based) among the real keys; the candidates are the real keys scoring >= threshold, about
-    ceil(p n) of them (ties can add more). ``highest=False`` mirrors it (the lowest-scoring keys),
-    for the paper's prior experiment (Section 2.2). One kthvalue call for the whole batch, no host
-    synchronisation (see :func:`padding_fill`).
+    ceil(p n) of them (ties can add more). ``highest=False`` mirrors it: the same number c = n - k of
+    lowest-scoring keys, so that the prior experiment's strategies (paper Section 2.2) drop at the same
+    rate. Without ties the high and low regions of a row therefore share max(0, 2c - n) keys and together
+    cover min(n, 2c): they are exact complements (a partition of the real keys) when 2c = n, e.g. p = 1/2
+    and n even; at p = 1/2 and odd n they share only the median key. One kthvalue call for the whole
+    batch, no host synchronisation (see :func:`padding_fill`).
 
     Args:
         scores: (B, H, Q, K) attribution scores.

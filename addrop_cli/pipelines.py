@@ -19,14 +19,14 @@ from transformers import AutoConfig, AutoModelForTokenClassification, PreTrained
 
 from addrop_cli.attribution import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.config import Recipe
-from addrop_cli.data import encode_examples, make_collator
+from addrop_cli.data import Example, encode_examples, make_collator
 from addrop_cli.errors import UserError
 from addrop_cli.metrics import bleu_metrics, compute_metrics, seqeval_metrics
 from addrop_cli.models import _load, load_classifier, load_seq2seq
 from addrop_cli.seq2seq_data import encode_translation, load_hub_translation, read_translation, seq2seq_collator
 from addrop_cli.splits import load_split, read_split
 from addrop_cli.tasks import TaskSpec, get_task
-from addrop_cli.token_data import encode_tagged, load_hub_tagged, read_tagged, token_collator
+from addrop_cli.token_data import TaggedSentence, encode_tagged, load_hub_tagged, read_tagged, token_collator
 
 
 @dataclass
@@ -52,6 +52,10 @@ class SequencePipeline:
 
     def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
         return encode_examples(items, tokenizer, recipe.data.max_length)
+
+    def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
+        """One unlabelled input typed by a user: a sentence, or a sentence pair."""
+        return self.encode([Example(text, text_pair, None)], tokenizer, recipe)[0]
 
     def collator(self, tokenizer):
         return make_collator(tokenizer)
@@ -121,6 +125,11 @@ class TokenPipeline:
         return encode_tagged(items, tokenizer, self.label2id, recipe.data.max_length,
                              label_all_tokens=recipe.data.label_all_tokens)
 
+    def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
+        """One unlabelled sentence typed by a user, split into words at whitespace."""
+        _refuse_pair(text_pair, self.task.name)
+        return self.encode([TaggedSentence(text.split(), None)], tokenizer, recipe)[0]
+
     def collator(self, tokenizer):
         return token_collator(tokenizer)
 
@@ -182,6 +191,11 @@ class Seq2SeqPipeline:
         return encode_translation(items, tokenizer, max_source_length=recipe.data.max_length,
                                   max_target_length=self.max_target_length, source_prefix=recipe.data.source_prefix)
 
+    def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
+        """One source sentence typed by a user, without a target (features without labels)."""
+        _refuse_pair(text_pair, self.task.name)
+        return dict(tokenizer(recipe.data.source_prefix + text, truncation=True, max_length=recipe.data.max_length))
+
     def collator(self, tokenizer):
         return seq2seq_collator(tokenizer)
 
@@ -205,6 +219,11 @@ class Seq2SeqPipeline:
                 lengths += (generated != pad).sum(-1).tolist()
         metrics = bleu_metrics([h.strip() for h in hypotheses], [r.strip() for r in references], lengths)
         return EvalResult(metrics, torch.cat(losses).mean().item(), {})
+
+
+def _refuse_pair(text_pair: str | None, task: str) -> None:
+    if text_pair is not None:
+        raise UserError(f"--text-pair is for sentence-pair tasks (e.g. mrpc, rte); {task} takes one --text")
 
 
 def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator, pad_dim: int | None = None):

@@ -9,6 +9,8 @@ Usage, with any transformers model whose attention goes through ``AttentionInter
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedConfig, PreTrainedModel
@@ -140,6 +142,22 @@ def key_padding_mask(batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
     return torch.ones_like(batch["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
 
 
+@dataclass
+class Attribution:
+    """One attribution pass without dropping, per selected attention call (its index in a forward).
+
+    Attributes:
+        attention: call -> (B, H, Q, K) attention probabilities (those that multiply V).
+        scores: call -> (B, H, Q, K) attribution scores of the configured method.
+        logits: the model's logits, (B, C) or (B, T, C).
+    All detached.
+    """
+
+    attention: dict[int, torch.Tensor]
+    scores: dict[int, torch.Tensor]
+    logits: torch.Tensor
+
+
 class ADDrop:
     """Attribution-driven dropout for one model.
 
@@ -167,11 +185,18 @@ class ADDrop:
         """Call index -> (B, H, Q, K) bool dropped positions (Eq. 7) for every selected layer."""
         return {call: sample_drops(cand, self.config.q) for call, cand in self.candidates(batch).items()}
 
-    def candidates(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Call index -> (B, H, Q, K) bool candidate discard region (Eq. 6)."""
+    def candidates(
+        self, batch: dict[str, torch.Tensor], scores: dict[int, torch.Tensor] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Call index -> (B, H, Q, K) bool candidate discard region (Eq. 6).
+
+        ``scores`` (e.g. :attr:`Attribution.scores`) are used instead of computing them again.
+        ``strategy: low`` takes the lowest-scoring keys instead, as many as ``high`` would take (see
+        :func:`~addrop_cli.masking.candidate_region`).
+        """
         highest = self.config.strategy != "low"
         regions = {}
-        for call, score in self.scores(batch).items():
+        for call, score in (self.scores(batch) if scores is None else scores).items():
             kind = self.sites[call].kind
             queries = key_padding_mask(batch, ENCODER if kind == ENCODER else DECODER)
             regions[call] = candidate_region(score, key_padding_mask(batch, kind), self.config.p, highest=highest,
@@ -180,14 +205,24 @@ class ADDrop:
 
     def scores(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) attribution scores for the configured method."""
+        if self.config.attribution == "rd" or self.config.strategy == "random":
+            return self._random_scores(batch)  # no forward needed
+        return self.attribute(batch).scores
+
+    def attribute(self, batch: dict[str, torch.Tensor]) -> Attribution:
+        """Attention, attribution scores (``addrop.attribution``) and logits of the selected layers, for
+        inspecting what AD-DROP sees; nothing is dropped. ``strategy`` plays no part here."""
         method = self.config.attribution
-        if method == "rd" or self.config.strategy == "random":
-            return self._random_scores(batch)
+        if method == "ga":
+            return self._gradients(batch)
+        attention, logits = self._record(batch, grad=False)
         if method == "aa":
-            return self._record(batch, grad=False)[0]
-        if method == "iga":
-            return self._integrated_gradients(batch)
-        return self._gradients(batch)
+            scores = attention
+        elif method == "iga":
+            scores = self._integrated_gradients(batch, attention, logits)
+        else:
+            scores = self._random_scores(batch)
+        return Attribution(attention, scores, logits)
 
     # -- attribution methods --------------------------------------------------------------------------
 
@@ -205,18 +240,19 @@ class ADDrop:
     def _labels(self, logits: torch.Tensor, batch) -> torch.Tensor:
         return attribution_labels(logits, batch.get("labels"), self.task_type, self.config.labels == "gold")
 
-    def _gradients(self, batch) -> dict[int, torch.Tensor]:
+    def _gradients(self, batch) -> Attribution:
         """GA, Eq. 5: one joint autograd.grad over all selected layers; no parameter .grad is written."""
         recorded, logits = self._record(batch, grad=True)
         target = self._target(logits, self._labels(logits, batch), batch)
         calls = list(recorded)
         # No retain_graph: the pass-1 graph is freed here, before the masked forward.
         grads = torch.autograd.grad(target, [recorded[c] for c in calls], allow_unused=True)
-        return {c: torch.zeros_like(recorded[c]) if g is None else g for c, g in zip(calls, grads, strict=True)}
+        scores = {c: torch.zeros_like(recorded[c]) if g is None else g for c, g in zip(calls, grads, strict=True)}
+        return Attribution({c: recorded[c].detach() for c in calls}, scores, logits.detach())
 
-    def _integrated_gradients(self, batch) -> dict[int, torch.Tensor]:
+    def _integrated_gradients(self, batch, attention: dict[int, torch.Tensor], logits: torch.Tensor
+                              ) -> dict[int, torch.Tensor]:
         """IGA, Eq. 3, per layer: m forwards with that layer's attention scaled by k/m, others untouched."""
-        attention, logits = self._record(batch, grad=False)
         labels = self._labels(logits, batch)
         steps = self.config.iga_steps
         scores = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
 import shutil
 import signal
@@ -351,3 +352,29 @@ def _labelled(items: list) -> bool:
     return first is not None and getattr(first, "label", getattr(first, "tags", getattr(first, "target", None))) \
         is not None
 
+
+
+def read_history(output_dir: Path, keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """A run's ``history.jsonl`` rows, one per finished epoch, each holding ``keys``.
+
+    Raises UserError naming the file when it is missing, empty or malformed, or a row lacks a key.
+    """
+    path = output_dir / HISTORY_FILE
+    if not path.is_file():
+        raise UserError(f"{output_dir} is not a run directory: it has no {HISTORY_FILE} (addrop train writes one "
+                        "per epoch)")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path} line {number} is not JSON: {error.msg}") from None
+        missing = [key for key in keys if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise UserError(f"{path} line {number} has no {', '.join(missing)}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} is empty: the run has not finished an epoch yet")
+    return rows

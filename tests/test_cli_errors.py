@@ -181,3 +181,61 @@ def test_output_dir_holding_a_different_run(mrpc_args):
 def test_resume_without_checkpoint(mrpc_args):
     out, args = mrpc_args
     fails([*args, "--resume"], "holds no checkpoint to resume from", out=out)
+
+
+@pytest.fixture
+def attribute_args(tmp_path, tiny_checkpoint):
+    out = tmp_path / "report"
+    return out, ["attribute", "--checkpoint", str(tiny_checkpoint), "--task", "sst2", "--output-dir", str(out)]
+
+
+def test_attribute_checkpoint_that_does_not_exist(tmp_path):
+    fails(["attribute", "--checkpoint", str(tmp_path / "nope"), "--text", "a film"], "nope has no recipe.yaml",
+          "--task")
+    fails(["attribute", "--checkpoint", str(tmp_path / "nope"), "--task", "sst2", "--text", "a film",
+           "--output-dir", str(tmp_path / "out")], "nope does not exist", out=tmp_path / "out")
+
+
+def test_attribute_gold_labels_without_labelled_input(attribute_args, tmp_path):
+    out, args = attribute_args
+    fails([*args, "--text", "a film", "--labels", "gold"], "--labels gold needs labelled input", out=out)
+    unlabelled = tmp_path / "unlabelled.tsv"
+    unlabelled.write_text("sentence\na film\n")
+    fails([*args, "--input-file", str(unlabelled), "--labels", "gold"], "--labels gold needs labelled input", out=out)
+
+
+def test_attribute_bad_method_labels_and_heads(attribute_args):
+    out, args = attribute_args
+    fails([*args, "--text", "a film", "--method", "rd"], "--method 'rd' is invalid", "ga, iga, aa", out=out)
+    fails([*args, "--text", "a film", "--labels", "golden"], "addrop.labels='golden'", "pseudo or gold", out=out)
+    fails([*args, "--text", "a film", "--heads", "first"], "--heads 'first' is invalid", "mean", out=out)
+    fails([*args, "--text", "a film", "--heads", "0,9"], "--heads 0,9 is out of range", "0 to 3", out=out)
+
+
+def test_attribute_needs_exactly_one_input(attribute_args, tmp_path):
+    out, args = attribute_args
+    fails(args, "give either --text", out=out)
+    fails([*args, "--text", "a", "--input-file", str(tmp_path / "x.tsv")], "not both", out=out)
+    fails([*args, "--text-pair", "b", "--input-file", str(tmp_path / "x.tsv")], "--text-pair goes with --text",
+          out=out)
+    fails([*args, "--input-file", str(tmp_path / "x.tsv")], "x.tsv does not exist", out=out)
+
+
+def test_plot_of_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    fails(["plot", str(tmp_path / "empty"), "--output", str(tmp_path / "f.png")], "empty is not a run directory",
+          "history.jsonl")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.jsonl").write_text('{"epoch": 1, "train_loss": 0.5}\n')
+    fails(["plot", str(run), "--output", str(tmp_path / "f.png")], "history.jsonl line 1 has no eval_loss")
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_plot_bad_output_format_and_labels(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.jsonl").write_text('{"epoch": 1, "train_loss": 0.5, "eval_loss": 0.6}\n')
+    fails(["plot", str(run), "--output", str(tmp_path / "f.jpg")], "unsupported figure format '.jpg'", ".png")
+    fails(["plot", str(run), "--output", str(tmp_path / "f.png"), "--label", "a", "--label", "b"],
+          "--label was given 2 times for 1 runs")

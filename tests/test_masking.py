@@ -109,3 +109,30 @@ def test_candidates_are_the_highest_scores():
     # n = 4, p = 0.5: k = 2, threshold = third smallest = 0.5 -> {0.9, 0.5}
     assert candidate_region(scores, key_mask, 0.5).tolist() == [[[[False, True, True, False, False]]]]
     assert candidate_region(scores, key_mask, 0.5, highest=False).tolist() == [[[[True, False, False, True, False]]]]
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+def test_high_and_low_regions_are_complementary(p):
+    """Without ties, high takes the c = n - floor((1 - p) n) highest keys of a row and low the c lowest, so the
+    two share max(0, 2c - n) keys and cover min(n, 2c): a partition of the real keys exactly when 2c = n."""
+    scores, key_mask = random_case(seed=11)  # continuous scores: no ties
+    high = candidate_region(scores, key_mask, p)
+    low = candidate_region(scores, key_mask, p, highest=False)
+    assert torch.equal(low, candidate_region(-scores, key_mask, p))  # low is high on the mirrored scores
+    n = key_mask.sum(-1)[:, None, None].expand(high.shape[:-1])
+    c = n - keep_counts(n, p)
+    assert torch.equal((high & low).sum(-1), (2 * c - n).clamp(min=0))
+    assert torch.equal((high | low).sum(-1), torch.minimum(n, 2 * c))
+    assert not ((high | low) & ~key_mask[:, None, None, :]).any()
+
+
+def test_high_and_low_partition_even_rows_at_one_half():
+    scores, key_mask = random_case(seed=5, length=12)  # 12, 10, 8, 6 and 4 real keys
+    key_mask[1, 9] = False  # and one row of 9
+    high = candidate_region(scores, key_mask, 0.5)
+    low = candidate_region(scores, key_mask, 0.5, highest=False)
+    even = key_mask.sum(-1) % 2 == 0
+    assert even.any() and (~even).any()
+    real = key_mask[:, None, None, :].expand_as(high)
+    assert torch.equal((high ^ low)[even], real[even]) and not (high & low)[even].any()
+    assert ((high & low)[~even].sum(-1) == 1).all()  # odd n: only the median key is in both

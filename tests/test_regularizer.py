@@ -111,13 +111,33 @@ def test_layer_selection_first_all_and_list():
         ADDrop(model, ADDropConfig(layers=[3]))
 
 
-def test_masks_follow_the_strategy():
+def test_high_and_low_strategies_split_the_same_attribution():
+    """At p = 1/2 with even lengths (12, 10, 8, 6 real tokens) the high and low candidate regions of the same
+    GA scores are exact complements over the real query rows and keys (see masking.candidate_region)."""
+    model = tiny_classifier("bert")
+    batch = random_batch(length=12)
+    high = ADDrop(model, ADDropConfig(strategy="high", p=0.5))
+    low = ADDrop(model, ADDropConfig(strategy="low", p=0.5))
+    scores = high.attribute(batch).scores
+    high_region, low_region = high.candidates(batch)[0], low.candidates(batch, scores)[0]
+    assert torch.equal(high_region, high.candidates(batch, scores)[0])
+    real = batch["attention_mask"].bool()
+    real_positions = (real[:, None, :, None] & real[:, None, None, :]).expand_as(high_region)
+    assert torch.equal(high_region ^ low_region, real_positions)
+    assert not (high_region & low_region).any()
+
+
+def test_attribute_returns_attention_scores_and_logits():
     model = tiny_classifier("bert")
     batch = random_batch()
-    high = ADDrop(model, ADDropConfig(strategy="high", p=0.5)).candidates
-    low = ADDrop(model, ADDropConfig(strategy="low", p=0.5)).candidates
-    high_region, low_region = high(batch)[0], low(batch)[0]
-    assert (high_region | low_region)[0].all()  # together they cover every real key of example 0
+    addrop = ADDrop(model, ADDropConfig(layers="all"))
+    result = addrop.attribute(batch)
+    assert sorted(result.attention) == sorted(result.scores) == [0, 1, 2]
+    torch.testing.assert_close(result.logits, model(**batch).logits)
+    for call, probs in result.attention.items():
+        assert probs.shape == result.scores[call].shape == (4, 4, 11, 11) and not probs.requires_grad
+        real_rows = probs.sum(-1)[batch["attention_mask"].bool()[:, None, :].expand(-1, 4, -1)]
+        torch.testing.assert_close(real_rows, torch.ones_like(real_rows))
 
 
 def test_model_without_attention_interface_is_refused():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from addrop_cli.cli import attribute as attribute_command
 from addrop_cli.cli import eval as eval_command
+from addrop_cli.cli import plot as plot_command
 from addrop_cli.cli import sweep as sweep_command
 from addrop_cli.cli import train as train_command
 
@@ -18,6 +20,8 @@ app = typer.Typer(
 app.command("train")(train_command.train)
 app.command("eval")(eval_command.evaluate)
 app.command("sweep")(sweep_command.sweep)
+app.command("attribute")(attribute_command.attribute)
+app.command("plot")(plot_command.plot)
 
 
 def main() -> None:

@@ -9,23 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from addrop_cli.cli.common import nested, quiet_libraries, reports_user_errors
-from addrop_cli.config import Recipe, build, load_yaml, merge, parse_override
+from addrop_cli.cli.common import checkpoint_recipe, nested, quiet_libraries, reports_user_errors
+from addrop_cli.config import Recipe, build, merge, parse_override
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json
-from addrop_cli.recipes import resolve_recipe
 
 Opt = typer.Option
-
-
-def _checkpoint_recipe(checkpoint: Path, recipe: str | None, task: str | None) -> dict:
-    """The recipe saved beside the checkpoint, unless --recipe or --task says otherwise."""
-    if recipe is not None or task is not None:
-        return resolve_recipe(recipe, task).to_dict()
-    saved = checkpoint / "recipe.yaml"
-    if not saved.is_file():
-        raise UserError(f"{checkpoint} has no recipe.yaml; pass --task NAME or --recipe NAME|PATH")
-    return load_yaml(saved)
 
 
 @reports_user_errors
@@ -43,7 +32,7 @@ def evaluate(
     quiet_libraries()
     if not checkpoint.is_dir():
         raise UserError(f"checkpoint {checkpoint} is not a directory (give a run's best/ folder)")
-    values = merge(_checkpoint_recipe(checkpoint, recipe, task),
+    values = merge(checkpoint_recipe(str(checkpoint), recipe, task),
                    nested({"data.validation_file": validation_file, "data.max_eval_samples": max_eval_samples}))
     for assignment in set_ or []:
         values = merge(values, parse_override(assignment))

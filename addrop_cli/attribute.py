@@ -1,0 +1,315 @@
+"""``addrop attribute``: what AD-DROP sees on given inputs (paper Fig. 1).
+
+For each example and selected encoder self-attention layer: the attention probabilities, the attribution
+scores (GA, IGA or AA, to the pseudo or gold label), the candidate discard region (Eq. 6) and one seeded
+drop mask (Eq. 7), each (heads, n, n) over the example's n tokens. The numbers come from
+:meth:`ADDrop.attribute` and :meth:`ADDrop.candidates`, the same code that training uses.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from addrop_cli import plots
+from addrop_cli.attribution import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
+from addrop_cli.config import ADDropConfig
+from addrop_cli.errors import UserError
+from addrop_cli.masking import sample_drops
+from addrop_cli.outputs import write_dir, write_json, write_text
+from addrop_cli.regularizer import ADDrop
+
+KEY_TOKENS = 5
+
+
+@dataclass
+class LayerAttribution:
+    """One encoder self-attention layer of one example; tensors are (heads, n, n), heads as selected."""
+
+    layer: int
+    attention: torch.Tensor
+    attribution: torch.Tensor
+    candidates: torch.Tensor
+    dropped: torch.Tensor
+
+
+@dataclass
+class ExampleAttribution:
+    """One example: its tokens, the model's prediction, the gold label if any, and its selected layers."""
+
+    tokens: list[str]
+    text: str
+    prediction: dict[str, Any]
+    gold: Any
+    layers: list[LayerAttribution]
+
+
+def token_attribution(attribution: torch.Tensor) -> torch.Tensor:
+    """Total attribution of each token as a key: the sum over heads and query rows.
+
+    Args:
+        attribution: (H, n, n) scores of one layer.
+    Returns:
+        (n,) one value per key token.
+    """
+    return attribution.sum(dim=(0, 1))
+
+
+def row_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Each score's rank within its row, scaled to [0, 1]: the share of the row's other scores it is >= to.
+
+    Eq. 6 only compares scores within a query row, so figures shade by this rank: the darkest cells of a row
+    are its candidates whatever the row's scale (gradients of different rows differ by orders of magnitude).
+    Tied scores share the highest of their ranks, as ties share candidacy in Eq. 6.
+
+    Args:
+        scores: (n, n).
+    Returns:
+        (n, n) float.
+    """
+    at_or_below = (scores[..., None, :] <= scores[..., :, None]).sum(-1) - 1
+    return at_or_below.float() / max(scores.shape[-1] - 1, 1)
+
+
+def key_tokens(attribution: torch.Tensor, tokens: list[str], count: int = KEY_TOKENS) -> list[dict[str, Any]]:
+    """The ``count`` tokens with the highest total attribution (see :func:`token_attribution`), highest first."""
+    totals = token_attribution(attribution)
+    top = totals.topk(min(count, len(tokens))).indices.tolist()
+    return [{"position": i, "token": tokens[i], "attribution": totals[i].item()} for i in top]
+
+
+def select_heads(tensor: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
+    """(H, n, n) -> (len(heads), n, n); every head when ``heads`` is None."""
+    return tensor if heads is None else tensor[heads]
+
+
+def attribute_examples(
+    model: torch.nn.Module,
+    tokenizer,
+    features: list[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    config: ADDropConfig,
+    task_type: str,
+    *,
+    heads: list[int] | None = None,
+    seed: int = 42,
+    max_target_length: int = 128,
+) -> list[ExampleAttribution]:
+    """Attribute each feature (one at a time, so tensors cover real tokens only) on the selected layers.
+
+    ``config`` sets the method, labels, layers, p and q; drop masks come from one generator seeded with ``seed``.
+    A seq2seq example without a target is attributed on the translation the model generates for it.
+    Raises UserError for gold labels without labelled input, and for head indices out of range.
+    """
+    labelled = bool(features) and "labels" in features[0]
+    if config.labels == "gold" and not labelled:
+        raise UserError("--labels gold needs labelled input: give an --input-file with labels "
+                        "(--text has none), or use --labels pseudo")
+    if task_type == REGRESSION and not labelled:
+        raise UserError("a regression model is attributed to its gold score (paper footnote 3): give a labelled "
+                        "--input-file")
+    model.eval()
+    addrop = ADDrop(model, config, task_type)
+    for call in addrop.selected:
+        num_heads = addrop.sites[call].num_heads
+        if heads is not None and max(heads) >= num_heads:
+            raise UserError(f"--heads {','.join(map(str, heads))} is out of range: this model has {num_heads} heads "
+                            f"per layer, valid indices are 0 to {num_heads - 1} (or mean)")
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for feature in features:
+        batch = collate([feature])
+        prediction = None
+        if task_type == SEQ2SEQ:
+            prediction, generated = _translate(model, tokenizer, batch, max_target_length)
+            if batch.get("labels") is None:  # the seq2seq collator gives None for examples without a target
+                batch["labels"] = generated
+        result = addrop.attribute(batch)
+        regions = addrop.candidates(batch, result.scores)
+        layers = []
+        for call in addrop.selected:
+            candidates = regions[call]
+            dropped = sample_drops(candidates, config.q, generator)
+            layers.append(LayerAttribution(
+                addrop.sites[call].layer,
+                *(select_heads(tensor[0], heads).float() for tensor in (result.attention[call], result.scores[call])),
+                *(select_heads(tensor[0], heads) for tensor in (candidates, dropped)),
+            ))
+        input_ids = batch["input_ids"][0].tolist()
+        examples.append(ExampleAttribution(
+            tokens=tokenizer.convert_ids_to_tokens(input_ids),
+            text=tokenizer.decode(input_ids, skip_special_tokens=True),
+            prediction=prediction or _prediction(result.logits[0], model.config, task_type),
+            gold=_gold(batch.get("labels") if labelled else None, model.config, task_type, tokenizer),
+            layers=layers,
+        ))
+    return examples
+
+
+def _prediction(logits: torch.Tensor, model_config, task_type: str) -> dict[str, Any]:
+    """The predicted label and its probability (per token for token tasks; the score for regression)."""
+    if task_type == REGRESSION:
+        return {"score": logits.squeeze(-1).item()}
+    probabilities = logits.float().softmax(-1)
+    best = probabilities.max(-1)
+    if task_type == CLASSIFICATION:
+        return {"label": model_config.id2label[best.indices.item()], "probability": best.values.item()}
+    return {"labels": [model_config.id2label[i] for i in best.indices.tolist()],
+            "probabilities": best.values.tolist()}
+
+
+def _gold(labels: torch.Tensor | None, model_config, task_type: str, tokenizer) -> Any:
+    """The gold label in words: a class name, a score, a tag per token (None where unlabelled), a target text."""
+    if labels is None:
+        return None
+    labels = labels[0]
+    if task_type == REGRESSION:
+        return labels.item()
+    if task_type == CLASSIFICATION:
+        return model_config.id2label[labels.item()]
+    if task_type == TOKEN:
+        return [None if i == IGNORE_INDEX else model_config.id2label[i] for i in labels.tolist()]
+    return tokenizer.decode(labels[labels != IGNORE_INDEX], skip_special_tokens=True)
+
+
+def _translate(model, tokenizer, batch, max_length: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """Greedy translation: its text and mean token probability, and its ids as (1, T) decoder labels."""
+    with torch.no_grad():
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=1,
+                             max_length=max_length, output_scores=True, return_dict_in_generate=True)
+    log_probs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    generated = out.sequences[:, 1:]  # without the decoder start token, which the model prepends itself
+    text = tokenizer.decode(generated[0], skip_special_tokens=True)
+    return {"text": text, "probability": log_probs.exp().mean().item()}, generated
+
+
+# ------------------------------------------------------------------------------------------- the report
+
+TENSORS_FILE, SUMMARY_FILE, INDEX_FILE, IMAGES_DIR = "attributions.safetensors", "summary.json", "index.html", "images"
+
+
+def write_report(
+    directory: Path, examples: list[ExampleAttribution], settings: dict[str, Any], max_tokens: int = 40
+) -> dict[str, Any]:
+    """Write ``attributions.safetensors``, ``summary.json``, ``images/`` and ``index.html`` into ``directory``.
+
+    The directory is filled beside its final place and swapped in whole, so it is never left half-written.
+    Figures show the first ``max_tokens`` tokens (with a note when cropped); the tensors keep all of them.
+    ``settings`` (checkpoint, method, p, q, ...) go into the summary as they are. Returns the summary.
+    Raises UserError when ``directory`` exists, is not empty and does not hold an earlier report.
+    """
+    if directory.exists() and (not directory.is_dir() or
+                               (any(directory.iterdir()) and not (directory / SUMMARY_FILE).is_file())):
+        raise UserError(f"--output-dir {directory} exists and is not an earlier addrop attribute report; "
+                        "give a new or empty directory")
+    summary = {**settings, "examples": [_example_summary(i, example) for i, example in enumerate(examples)]}
+
+    def fill(tmp: Path) -> None:
+        tensors = {}
+        for i, example in enumerate(examples):
+            for layer in example.layers:
+                for name in ("attention", "attribution", "candidates", "dropped"):
+                    tensors[f"ex{i}.layer{layer.layer}.{name}"] = getattr(layer, name).contiguous()
+        save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": "addrop attribute", "shape": "heads,n,n"})
+        for i, (example, entry) in enumerate(zip(examples, summary["examples"], strict=True)):
+            _draw_example(tmp, i, example, entry, settings, max_tokens)
+        write_json(tmp / SUMMARY_FILE, summary)
+        write_text(tmp / INDEX_FILE, gallery_html(summary))
+
+    write_dir(directory, fill)
+    return summary
+
+
+def _example_summary(index: int, example: ExampleAttribution) -> dict[str, Any]:
+    images = {str(layer.layer): f"{IMAGES_DIR}/ex{index}_layer{layer.layer}.png" for layer in example.layers}
+    return {
+        "tokens": example.tokens,
+        "text": example.text,
+        "prediction": example.prediction,
+        "gold": example.gold,
+        "layers": {str(layer.layer): {"key_tokens": key_tokens(layer.attribution, example.tokens)}
+                   for layer in example.layers},
+        "images": {"layers": images, "tokens": f"{IMAGES_DIR}/ex{index}_tokens.png"},
+    }
+
+
+def _draw_example(
+    directory: Path, index: int, example: ExampleAttribution, entry: dict, settings: dict, max_tokens: int
+) -> None:
+    n = min(len(example.tokens), max_tokens)
+    tokens = example.tokens[:n]
+    note = f"first {n} of {len(example.tokens)} tokens shown" if n < len(example.tokens) else ""
+    heads = settings["heads"]
+    heads_label = "all heads" if heads == "mean" else ("head " if len(heads) == 1 else "heads ") + \
+        ",".join(map(str, heads))
+    shown = heads_label if heads != "mean" and len(heads) == 1 else f"mean over {heads_label}"
+    legend = (f"size: attention · shade: attribution rank ({settings['method']}, {settings['labels']} label) · "
+              f"red dots: candidates (p={settings['p']}) · orange ×: dropped (q={settings['q']}, "
+              f"seed {settings['seed']})")
+    for layer in example.layers:
+        crop = (slice(None), slice(0, n), slice(0, n))
+        attention, attribution = layer.attention[crop].mean(0), layer.attribution[crop].mean(0)
+        candidate_share, drop_share = layer.candidates[crop].float().mean(0), layer.dropped[crop].float().mean(0)
+        figure = plots.attention_map(tokens, attention.numpy(), row_ranks(attribution).numpy(),
+                                     candidate_share.numpy(), drop_share.numpy(),
+                                     f"example {index}, layer {layer.layer}, {shown}",
+                                     "\n".join(filter(None, [legend, note])), "attribution rank within the query row")
+        plots.save_figure(figure, directory / entry["images"]["layers"][str(layer.layer)])
+    totals = sum(token_attribution(layer.attribution) for layer in example.layers)[:n]
+    layers = ",".join(str(layer.layer) for layer in example.layers)
+    figure = plots.token_bars(tokens, totals.numpy(),
+                              f"example {index}: attribution per token, summed over layers {layers}, "
+                              f"{heads_label} and query rows", note)
+    plots.save_figure(figure, directory / entry["images"]["tokens"])
+
+
+def gallery_html(summary: dict[str, Any]) -> str:
+    """A self-contained page (inline CSS, relative image paths) listing every example and its layers."""
+    esc = html.escape
+    nav = " ".join(f'<a href="#ex{i}">example {i}</a>' for i in range(len(summary["examples"])))
+    sections = []
+    for i, example in enumerate(summary["examples"]):
+        layer_links = " ".join(f'<a href="#ex{i}-layer{layer}">layer {layer}</a>' for layer in example["layers"])
+        figures = "".join(
+            f'<figure id="ex{i}-layer{layer}"><img src="{esc(path)}" alt="example {i} layer {layer}">'
+            f"<figcaption>layer {layer}; key tokens: "
+            + esc(", ".join(t["token"] for t in example["layers"][layer]["key_tokens"])) + "</figcaption></figure>"
+            for layer, path in example["images"]["layers"].items()
+        )
+        sections.append(
+            f'<section id="ex{i}"><h2>Example {i}</h2><p class="text">{esc(example["text"])}</p>'
+            f"<p>prediction: <code>{esc(json.dumps(example['prediction']))}</code>"
+            + (f" · gold: <code>{esc(json.dumps(example['gold']))}</code>" if example["gold"] is not None else "")
+            + f"</p><p>{layer_links}</p>"
+            f'<img src="{esc(example["images"]["tokens"])}" alt="example {i} attribution per token">'
+            f'<div class="layers">{figures}</div></section>'
+        )
+    settings = {k: v for k, v in summary.items() if k != "examples"}
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>addrop attribute</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+nav {{ position: sticky; top: 0; background: #fff; padding: 0.4em 0; border-bottom: 1px solid #ccc; }}
+nav a, section p a {{ margin-right: 0.8em; }}
+.layers {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+figure {{ margin: 0; }} img {{ max-width: 100%; }}
+.text {{ font-size: 1.2em; }}
+</style></head><body>
+<h1>AD-DROP attribution</h1>
+<p><code>{esc(json.dumps(settings))}</code></p>
+<p>Circle area: attention probability; shade: the attribution's rank within its query row (darker is higher;
+Eq. 6 compares scores within a row only); red dotted outline: candidate
+discard region (Eq. 6); orange crosses: positions dropped in one sampled mask (Eq. 7). With several heads averaged, the
+outline marks positions that are candidates in at least half of them, and a cross is as opaque as the share of
+heads that drop the position.</p>
+<nav>{nav}</nav>
+{"".join(sections)}
+</body></html>
+"""

@@ -1,0 +1,93 @@
+"""``addrop attribute``: attribution heatmaps with candidate regions and dropped positions (paper Fig. 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from addrop_cli.cli.common import checkpoint_recipe, nested, quiet_libraries, reports_user_errors
+from addrop_cli.config import Recipe, build, merge, parse_override
+from addrop_cli.errors import UserError
+
+Opt = typer.Option
+METHODS = ("ga", "iga", "aa")
+
+
+def parse_heads(heads: str) -> list[int] | None:
+    """``mean`` -> None (every head, figures average them); ``0,3`` -> [0, 3]."""
+    if heads.strip() == "mean":
+        return None
+    parts = [part.strip() for part in heads.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise UserError(f"--heads {heads!r} is invalid: give mean or head indices such as 0 or 0,3")
+    return sorted({int(part) for part in parts})
+
+
+@reports_user_errors
+def attribute(
+    checkpoint: Annotated[str, Opt(help="A checkpoint directory (e.g. RUN/best), a model alias or a hub id.")],
+    text: Annotated[str | None, Opt(help="A sentence of your own to attribute.")] = None,
+    text_pair: Annotated[str | None, Opt(help="Its second sentence, for sentence-pair tasks.")] = None,
+    input_file: Annotated[str | None, Opt(help="Examples in any format train reads (labels optional).")] = None,
+    max_examples: Annotated[int, Opt(help="Attribute the first N examples of --input-file.")] = 8,
+    method: Annotated[str, Opt(help="Attribution: ga (gradient), iga (integrated gradient) or aa (attention).")]
+    = "ga",
+    labels: Annotated[str, Opt(help="Attribute to the pseudo (predicted) label or the gold label.")] = "pseudo",
+    layers: Annotated[str, Opt(help="Encoder layers: first, all, or indices like 0,3,5.")] = "all",
+    heads: Annotated[str, Opt(help="Heads in the figures and tensors: mean (all, averaged) or indices like 0,3.")]
+    = "mean",
+    p: Annotated[float | None, Opt("--p", help="Candidate share p (default: the checkpoint recipe's).")] = None,
+    q: Annotated[float | None, Opt("--q", help="Drop rate q (default: the checkpoint recipe's).")] = None,
+    seed: Annotated[int, Opt(help="Seed of the sampled drop mask.")] = 42,
+    max_tokens: Annotated[int, Opt(help="Figures show at most the first N tokens.")] = 40,
+    output_dir: Annotated[Path, Opt(help="Where the report goes (replaced if it holds an earlier one).")]
+    = Path("outputs/attribute"),
+    task: Annotated[str | None, Opt(help="Task (default: the checkpoint's recipe).")] = None,
+    recipe: Annotated[str | None, Opt(help="Recipe name or YAML path (default: the checkpoint's).")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="Override any recipe key: KEY=VALUE, dotted.")] = None,
+) -> None:
+    """Attribute inputs: heatmaps, candidate regions and dropped positions per layer, and an index.html."""
+    quiet_libraries()
+    if (text is None) == (input_file is None):
+        raise UserError("give either --text \"a sentence\" or --input-file F, not both and not neither")
+    if text_pair is not None and text is None:
+        raise UserError("--text-pair goes with --text (an --input-file carries its own sentence pairs)")
+    if method not in METHODS:
+        raise UserError(f"--method {method!r} is invalid: choose one of {', '.join(METHODS)}")
+    if max_examples < 1 or max_tokens < 2:
+        raise UserError(f"--max-examples {max_examples} / --max-tokens {max_tokens} is invalid: use at least 1 / 2")
+    head_indices = parse_heads(heads)
+    values = merge(checkpoint_recipe(checkpoint, recipe, task), nested({
+        "data.test_file": input_file, "data.max_eval_samples": max_examples, "addrop.enabled": True,
+        "addrop.attribution": method, "addrop.labels": labels, "addrop.layers": layers, "addrop.p": p,
+        "addrop.q": q, "addrop.strategy": "high", "addrop.attention": ["encoder"],
+    }))
+    for assignment in set_ or []:
+        values = merge(values, parse_override(assignment))
+    resolved = build(Recipe, values)
+    from addrop_cli.attribute import attribute_examples, write_report  # heavy imports only once input is valid
+    from addrop_cli.models import load_tokenizer
+    from addrop_cli.pipelines import pipeline_for
+
+    pipeline = pipeline_for(resolved)
+    tokenizer = load_tokenizer(checkpoint)
+    if text is not None:
+        features = [pipeline.encode_text(text, text_pair, tokenizer, resolved)]
+    else:
+        features = pipeline.encode(pipeline.read(resolved, "test"), tokenizer, resolved)
+    model = pipeline.load_model(checkpoint)
+    examples = attribute_examples(model, tokenizer, features, pipeline.collator(tokenizer), resolved.addrop,
+                                  pipeline.task_type, heads=head_indices, seed=seed,
+                                  max_target_length=resolved.data.max_target_length)
+    settings = {"checkpoint": checkpoint, "task": resolved.task, "task_type": pipeline.task_type, "method": method,
+                "labels": labels, "layers": [layer.layer for layer in examples[0].layers],
+                "heads": "mean" if head_indices is None else head_indices, "p": resolved.addrop.p,
+                "q": resolved.addrop.q, "seed": seed}
+    write_report(output_dir, examples, settings, max_tokens)
+    console = Console(stderr=True)
+    for i, example in enumerate(examples):
+        console.print(f"example {i}: {example.prediction}")
+    console.print(f"open {output_dir / 'index.html'}")

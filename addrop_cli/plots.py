@@ -1,0 +1,143 @@
+"""Figures in the style of the paper: attention maps with candidate regions and dropped positions (Fig. 1),
+per-token attribution bars, and train / dev loss curves of several runs (Fig. 2).
+
+Figures are built with matplotlib's object API (no pyplot, so no global state or GUI backend) and saved
+atomically by :func:`save_figure`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+
+from addrop_cli.errors import UserError
+from addrop_cli.outputs import write_bytes
+
+FORMATS = ("png", "pdf", "svg")
+CELL_INCHES = 0.3
+ATTRIBUTION_COLORS = "Blues"
+CROSS_COLOR = (1.0, 0.5, 0.05, 1.0)
+
+
+def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
+    """Render ``figure`` in the format its suffix names (png, pdf, svg) and write it atomically."""
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UserError(f"{path}: unsupported figure format {path.suffix or '(no suffix)'!r}; valid: "
+                        + ", ".join(f".{f}" for f in FORMATS))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+    write_bytes(path, buffer.getvalue())
+
+
+def region_outline(region: np.ndarray) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """Segments tracing the border of a boolean (rows, cols) region, in cell coordinates (cell centres at
+    integers): every side of a region cell whose neighbour across it is outside the region."""
+    padded = np.pad(region, 1)
+    segments = []
+    for row, col in zip(*np.nonzero(region), strict=True):
+        r, c = row + 1, col + 1
+        if not padded[r - 1, c]:
+            segments.append(((col - 0.5, row - 0.5), (col + 0.5, row - 0.5)))
+        if not padded[r + 1, c]:
+            segments.append(((col - 0.5, row + 0.5), (col + 0.5, row + 0.5)))
+        if not padded[r, c - 1]:
+            segments.append(((col - 0.5, row - 0.5), (col - 0.5, row + 0.5)))
+        if not padded[r, c + 1]:
+            segments.append(((col + 0.5, row - 0.5), (col + 0.5, row + 0.5)))
+    return segments
+
+
+def attention_map(
+    tokens: Sequence[str],
+    attention: np.ndarray,
+    shade: np.ndarray,
+    candidate_share: np.ndarray,
+    drop_share: np.ndarray,
+    title: str,
+    note: str = "",
+    shade_label: str = "attribution",
+) -> Figure:
+    """Fig. 1: one circle per attention position (query row, key column), its area the attention probability
+    and its shade the attribution (darker is higher); the candidate region outlined in red dots and dropped
+    positions crossed out.
+
+    Args:
+        tokens: the n tokens, on both axes.
+        attention: (n, n) probabilities, one head or the mean over heads.
+        shade: (n, n) attribution, or a transform of it in [0, 1] such as its rank within the row.
+        candidate_share, drop_share: (n, n) share of the shown heads in which a position is a candidate /
+            dropped (0 or 1 for one head). Positions that are candidates in at least half of them are outlined;
+            a cross is as opaque as the share of heads that drop the position.
+        note: a line under the title (e.g. that the map is cropped).
+    """
+    n = len(tokens)
+    side = max(3.0, CELL_INCHES * n)
+    figure = Figure(figsize=(side + 2.2, side + 1.6))
+    axes = figure.add_subplot()
+    rows, cols = np.indices((n, n))
+    largest = max(float(attention.max()), 1e-12)
+    cell_points = 72 * CELL_INCHES
+    # Area proportional to attention, with a floor so that every position stays visible.
+    sizes = (0.9 * cell_points) ** 2 * (0.06 + 0.94 * attention / largest)
+    dots = axes.scatter(cols.ravel(), rows.ravel(), s=sizes.ravel(), c=shade.ravel(), cmap=ATTRIBUTION_COLORS,
+                        edgecolors="0.5", linewidths=0.4)
+    figure.colorbar(dots, ax=axes, fraction=0.04, pad=0.02, label=shade_label)
+    axes.add_collection(LineCollection(region_outline(candidate_share >= 0.5), colors="red", linestyles=":",
+                                       linewidths=1.6))
+    crossed = drop_share > 0
+    if crossed.any():
+        colors = np.tile(CROSS_COLOR, (int(crossed.sum()), 1))  # orange stands out on every shade of blue
+        colors[:, 3] = drop_share[crossed]
+        axes.scatter(cols[crossed], rows[crossed], marker="x", s=(0.6 * cell_points) ** 2, c=colors, linewidths=1.6)
+    axes.set_xlim(-0.5, n - 0.5)
+    axes.set_ylim(n - 0.5, -0.5)
+    axes.set_aspect("equal")
+    axes.set_xticks(range(n), tokens, rotation=90, fontsize=8)
+    axes.set_yticks(range(n), tokens, fontsize=8)
+    axes.set_xlabel("key")
+    axes.set_ylabel("query")
+    axes.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
+    return figure
+
+
+def token_bars(tokens: Sequence[str], values: np.ndarray, title: str, note: str = "") -> Figure:
+    """One bar per token (e.g. its attribution summed over layers); negative bars in a second colour."""
+    n = len(tokens)
+    figure = Figure(figsize=(max(4.0, CELL_INCHES * n + 1.5), 3.2))
+    axes = figure.add_subplot()
+    axes.bar(range(n), values, color=np.where(values >= 0, "tab:blue", "tab:orange"))
+    axes.axhline(0, color="0.3", linewidth=0.6)
+    axes.set_xlim(-0.6, n - 0.4)
+    axes.set_xticks(range(n), tokens, rotation=90, fontsize=8)
+    axes.set_ylabel("attribution")
+    axes.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
+    return figure
+
+
+def loss_curves(runs: dict[str, list[dict]]) -> Figure:
+    """Fig. 2: training and validation loss per epoch, one line per run (same colour in both panels).
+
+    Args:
+        runs: legend label -> the run's ``history.jsonl`` rows (``epoch``, ``train_loss``, ``eval_loss``).
+    """
+    figure = Figure(figsize=(10, 4))
+    train_axes, dev_axes = figure.subplots(1, 2)
+    for label, rows in runs.items():
+        epochs = [row["epoch"] for row in rows]
+        (line,) = train_axes.plot(epochs, [row["train_loss"] for row in rows], marker="o", label=label)
+        dev_axes.plot(epochs, [row["eval_loss"] for row in rows], marker="o", color=line.get_color(), label=label)
+    for axes, title in ((train_axes, "Training loss"), (dev_axes, "Validation loss")):
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("loss")
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.grid(alpha=0.3)
+    dev_axes.legend()
+    figure.tight_layout()
+    return figure
