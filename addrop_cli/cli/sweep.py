@@ -97,6 +97,8 @@ def sweep(
         with Live(board, console=console, refresh_per_second=2, transient=False):
             progress = sweeps.run_sweep(trials, directory, workers=workers, force=force,
                                         trust_remote_code=trust_remote_code, on_change=board.update)
+        if not console.is_terminal:
+            console.line()  # off a terminal, Live leaves its last line unterminated
     except (sweeps.SweepInterrupted, KeyboardInterrupt) as stop:
         code = stop.exit_code if isinstance(stop, sweeps.SweepInterrupted) else 130
         print(f"sweep interrupted; finished trials are in {directory / sweeps.RESULTS_FILE}; run the same command "
