@@ -43,6 +43,7 @@ class ADDropConfig:
     iga_steps: int = 20
     attention: list[str] = field(default_factory=lambda: [ENCODER])
     strategy: str = "high"
+    unmasked_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _require(0 < self.p < 1, "addrop.p", self.p, "p is the candidate share, strictly between 0 and 1")
@@ -52,6 +53,8 @@ class ADDropConfig:
         _require(self.labels in LABEL_MODES, "addrop.labels", self.labels, "choose pseudo or gold")
         _require(self.strategy in STRATEGIES, "addrop.strategy", self.strategy,
                  f"choose one of {', '.join(STRATEGIES)}")
+        _require(0 <= self.unmasked_weight <= 1, "addrop.unmasked_weight", self.unmasked_weight,
+                 "a weight in [0, 1] (0 is the paper's AD-DROP)")
         _require(self.iga_steps >= 1, "addrop.iga_steps", self.iga_steps, "use a positive number of steps")
         if isinstance(self.layers, str) and self.layers not in ("first", "all"):
             parts = [part.strip() for part in self.layers.split(",")]

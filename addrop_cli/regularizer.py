@@ -177,9 +177,19 @@ class ADDrop:
         self.selected = select_calls(self.sites, config.attention, config.layers)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Steps 1-4 of Fig. 3: the loss of the second, masked forward (the only one to backpropagate)."""
+        """Steps 1-4 of Fig. 3: the loss of the second, masked forward (the only one to backpropagate).
+
+        With ``unmasked_weight`` w > 0 (not in the paper): (1 - w) * masked loss + w * the loss of a plain
+        forward. Dropping the highest-attribution positions shifts the masked forward's logits away from the
+        predicted class; trained on alone, the model learns to offset that shift, and the offset carries over
+        to unmasked inputs (benchmarks/drift.py). The plain term anchors the unmasked predictions.
+        """
         state = ForwardState(drops=self.drop_masks(batch))
-        return self.model(**batch, addrop_state=state).loss
+        masked = self.model(**batch, addrop_state=state).loss
+        weight = self.config.unmasked_weight
+        if weight == 0:
+            return masked
+        return (1 - weight) * masked + weight * self.model(**batch).loss
 
     def drop_masks(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) bool dropped positions (Eq. 7) for every selected layer."""

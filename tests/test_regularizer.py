@@ -43,6 +43,21 @@ def test_attribution_writes_no_parameter_grad_and_loss_trains_all():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_unmasked_weight_mixes_the_plain_loss_in():
+    model = tiny_classifier("bert").eval()  # no hidden dropout: the plain forward is deterministic
+    batch = random_batch()
+    plain = model(**batch).loss
+
+    def mixed(weight):
+        torch.manual_seed(0)
+        return ADDrop(model, ADDropConfig(layers="all", p=0.5, q=1.0, unmasked_weight=weight)).loss(batch)
+
+    masked = mixed(0.0)
+    assert not torch.allclose(masked, plain)
+    torch.testing.assert_close(mixed(1.0), plain)
+    torch.testing.assert_close(mixed(0.25), 0.75 * masked + 0.25 * plain)
+
+
 def test_gold_and_pseudo_labels_differ_only_where_prediction_is_wrong():
     model = tiny_classifier("bert")
     batch = random_batch()
