@@ -265,13 +265,14 @@ def parse_override(assignment: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    nested: dict[str, Any] = {}
-    cursor = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
-    return nested
+    return nest(key, value)
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``("train.lr", 2e-5)`` -> ``{"train": {"lr": 2e-5}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -3,14 +3,13 @@ plain fine-tuning scaled into [-1, 1], above-baseline red, below blue)."""
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from addrop_cli.outputs import write_bytes
+from addrop_cli.plots import save_figure
 from addrop_cli.sweep import P_KEY, Q_KEY, format_value
 
 if TYPE_CHECKING:
@@ -93,12 +92,5 @@ def _draw(values: np.ndarray, summary: SweepSummary, path: Path, *, cmap: str, l
                 axes.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=size,
                           color="white" if dark else "black")
     figure.colorbar(image, ax=axes, label=colorbar)
-    buffer = _png(figure)
+    save_figure(figure, path, dpi=DPI, tight=False)
     plt.close(figure)
-    write_bytes(path, buffer)
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()

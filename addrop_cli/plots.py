@@ -24,14 +24,17 @@ ATTRIBUTION_COLORS = "Blues"
 CROSS_COLOR = (1.0, 0.5, 0.05, 1.0)
 
 
-def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
-    """Render ``figure`` in the format its suffix names (png, pdf, svg) and write it atomically."""
+def save_figure(figure: Figure, path: Path, dpi: int = 100, tight: bool = True) -> None:
+    """Render ``figure`` in the format its suffix names (png, pdf, svg) and write it atomically.
+
+    ``tight=False`` keeps the figure's own size (figsize x dpi pixels) instead of cropping to its contents.
+    """
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise UserError(f"{path}: unsupported figure format {path.suffix or '(no suffix)'!r}; valid: "
                         + ", ".join(f".{f}" for f in FORMATS))
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+    figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight" if tight else None)
     write_bytes(path, buffer.getvalue())
 
 

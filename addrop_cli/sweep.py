@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from addrop_cli.config import Recipe, build, dump_yaml, load_yaml, merge
+from addrop_cli.config import Recipe, build, dump_yaml, load_yaml, merge, nest
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json, write_jsonl, write_text
 
@@ -178,12 +178,6 @@ def get_value(values: dict[str, Any], key: str) -> Any:
     return values
 
 
-def _nested(key: str, value: Any) -> dict[str, Any]:
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
-
-
 def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -226,11 +220,11 @@ def plan_trials(base: Recipe, axes: dict[str, list[Any]], seeds: list[int], base
         groups = ([(plain_axes, True)] if baseline else []) + [(axes, False)]
         for group_axes, is_baseline in groups:
             for combination in itertools.product(*group_axes.values()):
-                values = merge(base_values, _nested(SEED_KEY, seed))
+                values = merge(base_values, nest(SEED_KEY, seed))
                 for key, value in zip(group_axes, combination, strict=True):
-                    values = merge(values, _nested(key, value))
+                    values = merge(values, nest(key, value))
                 if is_baseline:
-                    values = merge(values, _nested("addrop.enabled", False))
+                    values = merge(values, nest("addrop.enabled", False))
                 recipe = build(Recipe, values)
                 # Typed values (the YAML "2e-5" becomes 2e-05) name the trial.
                 settings = {key: get_value(recipe.to_dict(), key) for key in group_axes}
@@ -304,7 +298,9 @@ def _result_row(trial: Trial, seconds: float, status: str = "ok", message: str |
     row = {**trial.row(), "digest": trial.digest, "status": status, "seconds": round(seconds, 1)}
     if status == "ok":
         metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-        history = [json.loads(line) for line in (directory / "history.jsonl").read_text().splitlines() if line]
+        from addrop_cli.training import read_history  # torch-heavy; only once a trial has finished
+
+        history = read_history(directory, ("seconds",))
         row.update(metric=metrics["metric"], best_epoch=metrics["best_epoch"], eval=metrics["eval"],
                    test=metrics.get("test"), train_seconds=round(sum(h["seconds"] for h in history), 1))
     else:

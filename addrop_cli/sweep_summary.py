@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from addrop_cli.config import dump_yaml, merge
+from addrop_cli.config import dump_yaml, merge, nest
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_text
 from addrop_cli.sweep import (
@@ -178,10 +178,7 @@ def _write_best_recipe(summary: SweepSummary, manifest: dict[str, Any]) -> None:
     best = summary.best
     values = manifest["base"]
     for key, value in best.settings.items():
-        nested: Any = value
-        for part in reversed(key.split(".")):
-            nested = {part: nested}
-        values = merge(values, nested)
+        values = merge(values, nest(key, value))
     if best.baseline:
         values = merge(values, {"addrop": {"enabled": False}})
     sections = ("task", "model", "data", "train", "addrop")

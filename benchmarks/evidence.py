@@ -29,6 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from addrop_cli.sweep import read_results
+from addrop_cli.training import read_history
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SELECTION_SEED, TEST_SEEDS = 1, (2, 3, 4, 5, 6)
@@ -96,7 +99,7 @@ def sweep(out: Path, arguments: list[str], log: list[dict]) -> float:
 
 def best_setting(selection: Path) -> list[str]:
     """The p, q and layers of the selection sweep's best AD-DROP setting, as sweep options."""
-    rows = [json.loads(line) for line in (selection / "results.jsonl").read_text().splitlines()]
+    rows = read_results(selection)
     groups: dict[str, list[float]] = {}
     for row in rows:
         if not row["baseline"] and row["status"] == "ok":
@@ -131,10 +134,7 @@ def paired_statistics(plain: list[float], addrop: list[float]) -> dict[str, floa
 
 
 def collect(study: Study, out: Path) -> dict | None:
-    test = out / study.name / "test" / "results.jsonl"
-    if not test.is_file():
-        return None
-    rows = [json.loads(line) for line in test.read_text().splitlines()]
+    rows = read_results(out / study.name / "test")
     rows = [row for row in rows if row["status"] == "ok" and row.get("test")]
     by_seed: dict[str, dict[int, float]] = {"ft": {}, "addrop": {}}
     for row in rows:
@@ -144,8 +144,7 @@ def collect(study: Study, out: Path) -> dict | None:
         return None
     plain, addrop = [by_seed["ft"][s] for s in seeds], [by_seed["addrop"][s] for s in seeds]
     chosen = next(row["settings"] for row in rows if not row["baseline"])
-    selection_rows = [json.loads(line) for line in
-                      (out / study.name / "selection" / "results.jsonl").read_text().splitlines()]
+    selection_rows = read_results(out / study.name / "selection")
     seconds = sum(row["seconds"] for row in rows + selection_rows)
     drift = prediction_drift(out / study.name / "test", rows)
     return {"seeds": seeds, "ft": plain, "addrop": addrop, "chosen": chosen, "seconds": seconds,
@@ -159,9 +158,7 @@ def prediction_drift(test: Path, rows: list[dict]) -> dict[str, float]:
     for row in rows:
         if row["baseline"]:
             continue
-        history = [json.loads(line) for line in
-                   (test / "trials" / row["trial"] / "history.jsonl").read_text().splitlines()]
-        for epoch in history:
+        for epoch in read_history(test / "trials" / row["trial"]):
             counts = epoch.get("eval_predictions") or {}
             if counts:
                 shares[epoch["phase"]].append(max(counts.values()) / sum(counts.values()))

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import checkpoint_recipe, nested, quiet_libraries, reports_user_errors
 from addrop_cli.config import Recipe, build, merge, parse_override
 from addrop_cli.errors import UserError
@@ -47,7 +48,7 @@ def attribute(
     = Path("outputs/attribute"),
     task: Annotated[str | None, Opt(help="Task (default: the checkpoint's recipe).")] = None,
     recipe: Annotated[str | None, Opt(help="Recipe name or YAML path (default: the checkpoint's).")] = None,
-    set_: Annotated[list[str] | None, Opt("--set", help="Override any recipe key: KEY=VALUE, dotted.")] = None,
+    set_: options.Overrides = None,
 ) -> None:
     """Attribute inputs: heatmaps, candidate regions and dropped positions per layer, and an index.html."""
     quiet_libraries()

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from addrop_cli.config import load_yaml
+from addrop_cli.config import load_yaml, merge, nest
 from addrop_cli.errors import UserError
 from addrop_cli.recipes import resolve_recipe
 
@@ -48,13 +48,8 @@ def nested(flags: dict[str, Any]) -> dict[str, Any]:
     """``{"train.lr": 1e-5, "task": None}`` -> ``{"train": {"lr": 1e-5}}``: only flags the user gave."""
     out: dict[str, Any] = {}
     for key, value in flags.items():
-        if value is None:
-            continue
-        cursor = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            cursor = cursor.setdefault(part, {})
-        cursor[leaf] = value
+        if value is not None:
+            out = merge(out, nest(key, value))
     return out
 
 

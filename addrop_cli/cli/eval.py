@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import checkpoint_recipe, nested, quiet_libraries, reports_user_errors
 from addrop_cli.config import Recipe, build, merge, parse_override
 from addrop_cli.errors import UserError
@@ -26,7 +27,7 @@ def evaluate(
     max_eval_samples: Annotated[int | None, Opt(help="Score only the first N examples.")] = None,
     output: Annotated[Path | None, Opt(help="JSON file for the metrics (default CHECKPOINT/eval_results.json).")]
     = None,
-    set_: Annotated[list[str] | None, Opt("--set", help="Override any recipe key: KEY=VALUE, dotted.")] = None,
+    set_: options.Overrides = None,
 ) -> None:
     """Evaluate a checkpoint: prints a metrics table and writes JSON."""
     quiet_libraries()
