@@ -6,7 +6,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from addrop_cli.config import Recipe
-from addrop_cli.data import EncodedDataset
+from addrop_cli.data import EncodedDataset, longest_first
 from addrop_cli.errors import UserError
 from addrop_cli.models import load_tokenizer
 from addrop_cli.pipelines import EvalResult, pipeline_for
@@ -22,7 +22,8 @@ def evaluate_checkpoint(checkpoint: str, recipe: Recipe, split: str = "validatio
         raise UserError(f"the {split} split has no labels to score against; give a labelled --{split}-file")
     accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision)
     model = pipeline.load_model(checkpoint)
-    loader = DataLoader(EncodedDataset(features), batch_size=recipe.train.eval_batch_size,
+    dataset = EncodedDataset(features)
+    loader = DataLoader(dataset, batch_size=recipe.train.eval_batch_size, sampler=longest_first(dataset),
                         collate_fn=pipeline.collator(tokenizer))
     model, loader = accelerator.prepare(model, loader)
     return pipeline.evaluate(model, loader, accelerator, tokenizer)

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
 from addrop_cli import __version__
@@ -29,7 +29,7 @@ from addrop_cli.checkpoints import (
     save_checkpoint,
 )
 from addrop_cli.config import Recipe, dump_yaml, load_yaml
-from addrop_cli.data import EncodedDataset, LengthGroupedBatchSampler
+from addrop_cli.data import EncodedDataset, LengthGroupedBatchSampler, longest_first
 from addrop_cli.errors import UserError
 from addrop_cli.evaluation import evaluate_checkpoint
 from addrop_cli.metrics import validate_metric
@@ -207,7 +207,7 @@ def train(
     # which dropout and AD-DROP's masks use (a resumed run must see the same draws).
     train_loader = DataLoader(train_set, batch_sampler=batches, collate_fn=collate, generator=torch.Generator())
     eval_loader = DataLoader(eval_set, batch_size=cfg.eval_batch_size * accelerator.num_processes,
-                             sampler=SequentialSampler(eval_set), collate_fn=collate, generator=torch.Generator())
+                             sampler=longest_first(eval_set), collate_fn=collate, generator=torch.Generator())
     optimizer = _optimizer(model, recipe)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     total_updates = updates_per_epoch * cfg.epochs

@@ -19,6 +19,7 @@ from addrop_cli.data import (
     LengthGroupedBatchSampler,
     encode_examples,
     load_hub_examples,
+    longest_first,
     make_collator,
     read_examples,
     select_samples,
@@ -102,6 +103,34 @@ def test_real_mrpc_dev_through_a_dataloader(shared_data: Path, tiny_tokenizer) -
         assert batch["labels"].dtype == torch.int64
         seen += len(batch["labels"])
     assert seen == 408
+
+
+def test_evaluation_runs_longest_first_and_scores_as_in_file_order(tiny_tokenizer) -> None:
+    from accelerate import Accelerator
+    from tiny_models import tiny_classifier
+
+    from addrop_cli.pipelines import SequencePipeline
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "ran", "far", "away"]
+    generator = random.Random(0)
+    examples = [Example(" ".join(generator.choices(words, k=generator.randint(1, 30))), None, i % 2)
+                for i in range(50)]
+    dataset = EncodedDataset(encode_examples(examples, tiny_tokenizer, max_length=32))
+    order = longest_first(dataset)
+    assert sorted(order) == list(range(50))
+    assert [dataset.lengths[i] for i in order] == sorted(dataset.lengths, reverse=True)
+
+    pipeline, accelerator = SequencePipeline(get_task("sst2")), Accelerator(cpu=True)
+    collate = make_collator(tiny_tokenizer)
+    results, padded = [], []
+    for sampler in (None, order):
+        loader = DataLoader(dataset, batch_size=8, sampler=sampler, collate_fn=collate)
+        padded.append(sum(batch["input_ids"].numel() for batch in loader))
+        results.append(pipeline.evaluate(tiny_classifier(), loader, accelerator, tiny_tokenizer))
+    assert padded[1] < 0.9 * padded[0]
+    assert results[1].metrics == results[0].metrics
+    assert results[1].prediction_counts == results[0].prediction_counts
+    assert results[1].loss == pytest.approx(results[0].loss, abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------ small files
