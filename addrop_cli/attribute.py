@@ -123,6 +123,7 @@ def attribute_examples(
             raise UserError(f"--heads {','.join(map(str, heads))} is out of range: this model has {num_heads} heads "
                             f"per layer, valid indices are 0 to {num_heads - 1} (or mean)")
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # RD scores and the random strategy's region draw from the global generator
     examples = []
     for feature in features:
         batch = collate([feature])

@@ -200,13 +200,16 @@ class ADDrop:
     ) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) bool candidate discard region (Eq. 6).
 
-        ``scores`` (e.g. :attr:`Attribution.scores`) are used instead of computing them again.
+        ``scores`` (e.g. :attr:`Attribution.scores`) are used instead of computing them again, except under
+        ``strategy: random``, whose region comes from fresh noise whatever the attribution.
         ``strategy: low`` takes the lowest-scoring keys instead, as many as ``high`` would take (see
         :func:`~addrop_cli.masking.candidate_region`).
         """
         highest = self.config.strategy != "low"
+        if scores is None or self.config.strategy == "random":
+            scores = self.scores(batch)
         regions = {}
-        for call, score in (self.scores(batch) if scores is None else scores).items():
+        for call, score in scores.items():
             kind = self.sites[call].kind
             queries = key_padding_mask(batch, ENCODER if kind == ENCODER else DECODER)
             regions[call] = candidate_region(score, key_padding_mask(batch, kind), self.config.p, highest=highest,

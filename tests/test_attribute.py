@@ -104,6 +104,18 @@ def test_selected_heads_long_inputs_and_seeded_masks(classifier, tmp_path):
     assert_gallery_is_complete(tmp_path / "a", first)
 
 
+def test_random_strategy_outlines_a_seeded_random_region_not_the_high_one(classifier, tmp_path):
+    args = ("--task", "sst2", "--text", SENTENCES[2], "--layers", "0", "--p", "0.3")
+    _, high = attribute(classifier, tmp_path / "high", *args)
+    _, random_region = attribute(classifier, tmp_path / "random", *args, "--set", "addrop.strategy=random")
+    _, again = attribute(classifier, tmp_path / "again", *args, "--set", "addrop.strategy=random")
+    name = "ex0.layer0.candidates"
+    torch.testing.assert_close(random_region["ex0.layer0.attribution"], high["ex0.layer0.attribution"])
+    assert not torch.equal(random_region[name], high[name])
+    assert torch.equal(random_region[name].sum(-1), high[name].sum(-1))  # same size per query row
+    assert torch.equal(random_region[name], again[name])
+
+
 def test_gold_and_pseudo_attributions_differ_only_where_the_prediction_is_wrong(classifier, tmp_path):
     unlabelled = tmp_path / "unlabelled.tsv"
     unlabelled.write_text("sentence\n" + "".join(f"{s}\n" for s in SENTENCES))
