@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -112,6 +113,9 @@ def test_two_by_two_grid_with_two_seeds_and_a_baseline_writes_every_file(tmp_pat
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * (1 + 4) and all(row["status"] == "ok" for row in rows)
+    # Off a terminal, progress is one line per finished trial, in order.
+    logged = re.findall(r"^\[(\d+)/10\] (\S+): accuracy [0-9.]+ \(best epoch \d", result.stderr, re.MULTILINE)
+    assert logged == [(str(i), row["trial"]) for i, row in enumerate(rows, 1)]
     for row in rows:
         trial = out / "trials" / row["trial"]
         assert (trial / "metrics.json").is_file() and (trial / "best").is_dir() and (trial / "history.jsonl").is_file()
@@ -162,6 +166,7 @@ def test_finished_sweep_reruns_nothing_and_a_different_grid_is_refused(tmp_path,
     forced = runner.invoke(app, [*common, "--p", "0.3", "--q", "0.3,0.6", "--force"])
     assert forced.exit_code == 0, forced.output
     assert "1 trial(s) were already finished and skipped" in forced.stderr  # q=0.3 kept
+    assert re.findall(r"^\[\d/2\] \S+", forced.stderr, re.MULTILINE) == ["[2/2] addrop_p0.3_q0.6_seed1:"]
 
 
 def test_dry_run_lists_trials_and_writes_nothing(tmp_path, tiny_checkpoint):

@@ -94,11 +94,13 @@ def sweep(
     sweeps.check_manifest(directory, sweeps.manifest(base, axes, seed_list, baseline), force)
     board = _Board(len(trials))
     try:
-        with Live(board, console=console, refresh_per_second=2, transient=False):
+        if console.is_terminal:
+            with Live(board, console=console, refresh_per_second=2, transient=False):
+                progress = sweeps.run_sweep(trials, directory, workers=workers, force=force,
+                                            trust_remote_code=trust_remote_code, on_change=board.update)
+        else:  # a log file: Live would only draw at the end, so one line per finished trial instead
             progress = sweeps.run_sweep(trials, directory, workers=workers, force=force,
-                                        trust_remote_code=trust_remote_code, on_change=board.update)
-        if not console.is_terminal:
-            console.line()  # off a terminal, Live leaves its last line unterminated
+                                        trust_remote_code=trust_remote_code, on_change=_LineLog(console).update)
     except (sweeps.SweepInterrupted, KeyboardInterrupt) as stop:
         code = stop.exit_code if isinstance(stop, sweeps.SweepInterrupted) else 130
         print(f"sweep interrupted; finished trials are in {directory / sweeps.RESULTS_FILE}; run the same command "
@@ -107,6 +109,30 @@ def sweep(
     if progress.skipped:
         console.print(f"{progress.skipped} trial(s) were already finished and skipped")
     _print_summary(directory, console)
+
+
+def _row_text(row: dict) -> tuple[str, str]:
+    """A finished trial's score and best epoch as shown to the user."""
+    from addrop_cli.sweep import format_value
+
+    score = "diverged" if row["status"] != "ok" else f"{row['metric']} {row['eval'][row['metric']]:.4f}"
+    return score, format_value(row.get("best_epoch", "–"))
+
+
+class _LineLog:
+    """Progress off a terminal: one line per trial that finishes in this run."""
+
+    def __init__(self, console: Console):
+        self.console, self.shown = console, None
+
+    def update(self, progress) -> None:
+        if self.shown is None:
+            self.shown = progress.skipped
+        for row in progress.finished[self.shown:]:
+            score, epoch = _row_text(row)
+            self.console.print(f"[{len(progress.finished)}/{progress.total}] {row['trial']}: {score} (best epoch "
+                               f"{epoch}, {row['seconds'] / 60:.1f} min)", highlight=False)
+        self.shown = len(progress.finished)
 
 
 class _Board:
@@ -120,17 +146,13 @@ class _Board:
         self.progress = progress
 
     def __rich__(self) -> Group:
-        from addrop_cli.sweep import format_value
-
         table = Table(title="finished trials", title_justify="left")
         for column in ["trial", "seed", "score", "best epoch", "minutes"]:
             table.add_column(column, justify="left" if column == "trial" else "right", no_wrap=column == "trial")
         finished = self.progress.finished if self.progress else []
         for row in finished[-SHOWN_ROWS:]:
-            score = "diverged" if row["status"] != "ok" else \
-                f"{row['metric']} {row['eval'][row['metric']]:.4f}"
-            table.add_row(row["trial"], str(row["seed"]), score, format_value(row.get("best_epoch", "–")),
-                          f"{row['seconds'] / 60:.1f}")
+            score, epoch = _row_text(row)
+            table.add_row(row["trial"], str(row["seed"]), score, epoch, f"{row['seconds'] / 60:.1f}")
         running = self.progress.running if self.progress else {}
         now = time.time()
         status = f"{len(finished)}/{self.total} finished" + "".join(
