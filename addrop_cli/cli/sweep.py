@@ -131,7 +131,7 @@ class _LineLog:
         for row in progress.finished[self.shown:]:
             score, epoch = _row_text(row)
             self.console.print(f"[{len(progress.finished)}/{progress.total}] {row['trial']}: {score} (best epoch "
-                               f"{epoch}, {row['seconds'] / 60:.1f} min)", highlight=False)
+                               f"{epoch}, {row['seconds'] / 60:.1f} min)", highlight=False, soft_wrap=True)
         self.shown = len(progress.finished)
 
 
