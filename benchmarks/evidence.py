@@ -77,8 +77,9 @@ def studies() -> list[Study]:
         k_shot(64, 15, (89.1, 91.6)),
         k_shot(256, 10, (91.4, 92.6)),
         Study("cola", "CoLA", "cola", "CoLA/train.tsv", "CoLA/dev.tsv", "mcc",
-              ["--max-length", "64", "--epochs", "3", "--lr", "2e-5"], (61.8, 63.4), "Table 3, BERT-base",
-              "the 7,696 sentences left after the hold-out, 3 epochs at lr 2e-5"),
+              ["--max-length", "64", "--epochs", "3", "--lr", "5e-5"], (61.8, 63.4), "Table 3, BERT-base",
+              "the 7,696 sentences left after the hold-out, 3 epochs at lr 5e-5 (at 2e-5 MiniLM was still "
+              "improving after 3 epochs, MCC 0.28 on the held-out set)"),
         Study("mrpc", "MRPC", "mrpc", "MRPC/train.tsv", "MRPC/dev.tsv", "accuracy",
               ["--max-length", "128", "--epochs", "3", "--lr", "2e-5"], (85.2, 87.4), "Table 3, BERT-base",
               "the 3,302 pairs left after the hold-out, 3 epochs at lr 2e-5"),
