@@ -202,7 +202,7 @@ def collect(study: Study, out: Path) -> dict | None:
             "selection_hours": sum(row["seconds"] for row in selection_rows) / 3600,
             "test_hours": sum(row["seconds"] for row in rows) / 3600,
             "complete": len(seeds) == len(TEST_SEEDS), "drift": prediction_drift(test_dir, rows),
-            "curves": epoch_curves(test_dir, rows, study.metric), "selection": selection_scores(selection_rows),
+            "curves": epoch_curves(test_dir, rows, study.metric),
             "best_phases": best_phases(test_dir, rows),
             **(paired_statistics(plain, addrop) if len(seeds) > 1 else {})}
 
@@ -297,12 +297,12 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
     return lines
 
 
-def selection_lines(found: dict[str, dict], all_studies: list[Study]) -> list[str]:
+def selection_lines(all_studies: list[Study], out: Path) -> list[str]:
     lines = ["## Selection sweeps (held-out 10 %, seed 1)", ""]
     for study in all_studies:
-        result = found.get(study.name)
-        if result and result["selection"]:
-            scores = "; ".join(f"{setting} {score:.1f}" for setting, score in result["selection"])
+        rows = [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
+        if rows:
+            scores = "; ".join(f"{setting} {score:.1f}" for setting, score in selection_scores(rows))
             lines.append(f"- {study.title}: {scores}.")
     return [*lines, ""]
 
@@ -402,7 +402,7 @@ def write_report(found: dict[str, dict], all_studies: list[Study], out: Path, do
              "difference. Cross-tuning (plain and AD-DROP epochs alternate), GA attribution, pseudo labels, "
              "batch 16, length-grouped batches.", "",
              *results_table(found, all_studies), "", "![per-seed scores](results.png)", "",
-             *selection_lines(found, all_studies), *budget_lines(found, all_studies, log)]
+             *selection_lines(all_studies, out), *budget_lines(found, all_studies, log)]
     for study in all_studies:
         if study.name.endswith("overfit"):
             lines += curve_lines(found, study)
