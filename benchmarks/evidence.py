@@ -197,13 +197,13 @@ def collect(study: Study, out: Path) -> dict | None:
         return None
     plain, addrop = [by_seed["ft"][s] for s in seeds], [by_seed["addrop"][s] for s in seeds]
     chosen = next(row["settings"] for row in rows if not row["baseline"])
+    histories = {row["trial"]: read_history(test_dir / "trials" / row["trial"]) for row in rows}
     selection_rows = [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
     return {"seeds": seeds, "ft": plain, "addrop": addrop, "chosen": chosen,
             "selection_hours": sum(row["seconds"] for row in selection_rows) / 3600,
             "test_hours": sum(row["seconds"] for row in rows) / 3600,
-            "complete": len(seeds) == len(TEST_SEEDS), "drift": prediction_drift(test_dir, rows),
-            "curves": epoch_curves(test_dir, rows, study.metric),
-            "best_phases": best_phases(test_dir, rows),
+            "complete": len(seeds) == len(TEST_SEEDS), "drift": prediction_drift(histories, rows),
+            "curves": epoch_curves(histories, rows, study.metric), "best_phases": best_phases(histories, rows),
             **(paired_statistics(plain, addrop) if len(seeds) > 1 else {})}
 
 
@@ -214,12 +214,12 @@ def selection_scores(rows: list[dict]) -> list[tuple[str, float]]:
     return sorted(scored, key=lambda item: -item[1])
 
 
-def best_phases(test: Path, rows: list[dict]) -> list[str]:
+def best_phases(histories: dict[str, list[dict]], rows: list[dict]) -> list[str]:
     """The phase ("ft" or "addrop") of each AD-DROP run's selected epoch."""
     phases = []
     for row in rows:
         if not row["baseline"]:
-            history = {record["epoch"]: record["phase"] for record in read_history(test / "trials" / row["trial"])}
+            history = {record["epoch"]: record["phase"] for record in histories[row["trial"]]}
             phases.append(history[row["best_epoch"]])
     return phases
 
@@ -228,24 +228,24 @@ def _setting(settings: dict) -> str:
     return f"p {settings['addrop.p']}, q {settings['addrop.q']}, {settings['addrop.layers']}"
 
 
-def prediction_drift(test: Path, rows: list[dict]) -> dict[str, float]:
+def prediction_drift(histories: dict[str, list[dict]], rows: list[dict]) -> dict[str, float]:
     """Mean share of the most predicted class on the selection set after plain and after AD-DROP epochs."""
     shares: dict[str, list[float]] = {"ft": [], "addrop": []}
     for row in rows:
         if row["baseline"]:
             continue
-        for epoch in read_history(test / "trials" / row["trial"]):
+        for epoch in histories[row["trial"]]:
             counts = epoch.get("eval_predictions") or {}
             if counts:
                 shares[epoch["phase"]].append(max(counts.values()) / sum(counts.values()))
     return {phase: statistics.fmean(values) for phase, values in shares.items() if values}
 
 
-def epoch_curves(test: Path, rows: list[dict], metric: str) -> dict[str, list[dict]]:
+def epoch_curves(histories: dict[str, list[dict]], rows: list[dict], metric: str) -> dict[str, list[dict]]:
     """Per arm ("ft", "addrop") and epoch: the phase, mean train loss and mean held-out score over seeds."""
     epochs: dict[str, dict[int, list[dict]]] = {"ft": {}, "addrop": {}}
     for row in rows:
-        for record in read_history(test / "trials" / row["trial"]):
+        for record in histories[row["trial"]]:
             epochs["ft" if row["baseline"] else "addrop"].setdefault(record["epoch"], []).append(record)
     return {arm: [{"epoch": epoch, "phase": records[0]["phase"],
                    "train_loss": statistics.fmean(r["train_loss"] for r in records),
