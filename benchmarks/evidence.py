@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from addrop_cli import sweep_summary
 from addrop_cli.outputs import write_text
 from addrop_cli.sweep import read_results
 from addrop_cli.training import read_history
@@ -127,13 +128,9 @@ def sweep(out: Path, arguments: list[str], log: CommandLog) -> None:
 
 
 def best_setting(selection: Path) -> list[str]:
-    """The p, q and layers of the selection sweep's best AD-DROP setting, as sweep options."""
-    rows = read_results(selection)
-    groups: dict[str, list[float]] = {}
-    for row in rows:
-        if not row["baseline"] and row["status"] == "ok":
-            groups.setdefault(json.dumps(row["settings"], sort_keys=True), []).append(row["eval"][row["metric"]])
-    settings = json.loads(max(groups, key=lambda key: statistics.fmean(groups[key])))
+    """The p, q and layers of the selection sweep's best AD-DROP setting (as in its best-recipe.yaml), as sweep
+    options."""
+    settings = sweep_summary.collect(selection)[0].best.settings
     return ["--p", str(settings["addrop.p"]), "--q", str(settings["addrop.q"]),
             "--grid", f"layers={settings['addrop.layers']}"]
 
