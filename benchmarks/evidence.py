@@ -197,11 +197,16 @@ def collect(study: Study, out: Path) -> dict | None:
     histories = {row["trial"]: read_history(test_dir / "trials" / row["trial"]) for row in rows}
     selection_rows = [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
     return {"seeds": seeds, "ft": plain, "addrop": addrop, "chosen": chosen,
-            "selection_hours": sum(row["seconds"] for row in selection_rows) / 3600,
-            "test_hours": sum(row["seconds"] for row in rows) / 3600,
+            "selection_hours": trial_hours(selection_rows), "test_hours": trial_hours(rows),
             "complete": len(seeds) == len(TEST_SEEDS), "drift": prediction_drift(histories, rows),
             "curves": epoch_curves(histories, rows, study.metric), "best_phases": best_phases(histories, rows),
             **(paired_statistics(plain, addrop) if len(seeds) > 1 else {})}
+
+
+def trial_hours(rows: list[dict]) -> float:
+    """Hours the trials took. A trial resumed in a later sitting reports only that sitting's seconds, so its epochs'
+    own seconds (``train_seconds``, summed from history.jsonl) count when they are more."""
+    return sum(max(row["seconds"], row.get("train_seconds", 0)) for row in rows) / 3600
 
 
 def selection_scores(rows: list[dict]) -> list[tuple[str, float]]:
