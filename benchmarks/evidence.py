@@ -244,13 +244,14 @@ def prediction_drift(histories: dict[str, list[dict]], rows: list[dict]) -> dict
 
 
 def epoch_curves(histories: dict[str, list[dict]], rows: list[dict], metric: str) -> dict[str, list[dict]]:
-    """Per arm ("ft", "addrop") and epoch: the phase, mean train loss and mean held-out score over seeds."""
+    """Per arm ("ft", "addrop") and epoch: the phase, mean train loss, held-out loss and held-out score over seeds."""
     epochs: dict[str, dict[int, list[dict]]] = {"ft": {}, "addrop": {}}
     for row in rows:
         for record in histories[row["trial"]]:
             epochs["ft" if row["baseline"] else "addrop"].setdefault(record["epoch"], []).append(record)
     return {arm: [{"epoch": epoch, "phase": records[0]["phase"],
                    "train_loss": statistics.fmean(r["train_loss"] for r in records),
+                   "eval_loss": statistics.fmean(r["eval_loss"] for r in records),
                    "score": 100 * statistics.fmean(r["eval"][metric] for r in records)}
                   for epoch, records in sorted(by_epoch.items())]
             for arm, by_epoch in epochs.items()}
@@ -317,15 +318,17 @@ def curve_lines(found: dict[str, dict], study: Study) -> list[str]:
     ft, addrop = result["curves"]["ft"], result["curves"]["addrop"]
     lines = [f"## Epoch by epoch: {study.title}", "",
              f"Means over the test seeds; held-out {study.metric} (the selection split), not the dev file.", "",
-             "| epoch | FT train loss | FT held-out | AD-DROP phase | AD-DROP train loss | AD-DROP held-out |",
-             "|---|---|---|---|---|---|"]
+             "| epoch | FT train loss | FT held-out loss | FT held-out | AD-DROP phase | AD-DROP train loss | "
+             "AD-DROP held-out loss | AD-DROP held-out |", "|---|---|---|---|---|---|---|---|"]
     for plain, dropped in zip(ft, addrop, strict=False):
-        lines.append(f"| {plain['epoch']} | {plain['train_loss']:.3f} | {plain['score']:.1f} | {dropped['phase']} | "
-                     f"{dropped['train_loss']:.3f} | {dropped['score']:.1f} |")
+        lines.append(f"| {plain['epoch']} | {plain['train_loss']:.3f} | {plain['eval_loss']:.3f} | "
+                     f"{plain['score']:.1f} | {dropped['phase']} | {dropped['train_loss']:.3f} | "
+                     f"{dropped['eval_loss']:.3f} | {dropped['score']:.1f} |")
     best = max(ft, key=lambda row: row["score"])
     lines += ["", f"Plain fine-tuning peaks at epoch {best['epoch']} ({best['score']:.1f}) and ends at "
               f"{ft[-1]['score']:.1f} while its train loss goes {ft[0]['train_loss']:.3f} → "
-              f"{ft[-1]['train_loss']:.3f}.", ""]
+              f"{ft[-1]['train_loss']:.3f} and its held-out loss {ft[0]['eval_loss']:.3f} → {ft[-1]['eval_loss']:.3f} "
+              f"(lowest {min(row['eval_loss'] for row in ft):.3f}).", ""]
     return lines
 
 
