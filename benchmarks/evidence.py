@@ -290,13 +290,18 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
     lines = ["## Where the time went", "",
              "Hours of training and evaluation per study (one process on 2 CPU cores, trials run one after another):",
              "", "| study | selection sweep | five-seed test | total |", "|---|---|---|---|"]
+    total = 0.0
     for study in all_studies:
-        if (result := found.get(study.name)) is not None:
-            selection = f"{result['selection_hours']:.2f}" if study.selection_from is None else \
-                f"– (uses {study.selection_from})"
-            lines.append(f"| {study.title} | {selection} | {result['test_hours']:.2f} | "
-                         f"{result['selection_hours'] + result['test_hours']:.2f} |")
-    total = sum(result["selection_hours"] + result["test_hours"] for result in found.values())
+        result = found.get(study.name)
+        selection_rows = [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
+        if result is None and not selection_rows:
+            continue
+        selection_hours = result["selection_hours"] if result else trial_hours(selection_rows)
+        test_hours = result["test_hours"] if result else 0.0
+        selection = f"{selection_hours:.2f}" if study.selection_from is None else f"– (uses {study.selection_from})"
+        test = f"{test_hours:.2f}" if result else "not run yet"
+        lines.append(f"| {study.title} | {selection} | {test} | {selection_hours + test_hours:.2f} |")
+        total += selection_hours + test_hours
     current = {shlex.join(["addrop", "sweep", *arguments, "--output-dir", str(directory)])
                for study in all_studies for directory, arguments in sweeps_of(study, out, data)}
     kept = sum(entry["seconds"] for entry in log.entries if entry["command"] in current) / 3600
