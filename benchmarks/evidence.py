@@ -197,12 +197,17 @@ def collect(study: Study, out: Path) -> dict | None:
     plain, addrop = [by_seed["ft"][s] for s in seeds], [by_seed["addrop"][s] for s in seeds]
     chosen = next(row["settings"] for row in rows if not row["baseline"])
     histories = {row["trial"]: read_history(test_dir / "trials" / row["trial"]) for row in rows}
-    selection_rows = [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
+    selection_rows = finished_selection(study, out)
     return {"seeds": seeds, "ft": plain, "addrop": addrop, "chosen": chosen,
             "selection_hours": trial_hours(selection_rows), "test_hours": trial_hours(rows),
             "complete": len(seeds) == len(TEST_SEEDS), "drift": prediction_drift(histories, rows),
             "curves": epoch_curves(histories, rows, study.metric), "best_phases": best_phases(histories, rows),
             **(paired_statistics(plain, addrop) if len(seeds) > 1 else {})}
+
+
+def finished_selection(study: Study, out: Path) -> list[dict]:
+    """The study's own selection sweep's finished trials (none for a study that reuses another's)."""
+    return [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
 
 
 def trial_hours(rows: list[dict]) -> float:
@@ -293,7 +298,7 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
     total = 0.0
     for study in all_studies:
         result = found.get(study.name)
-        selection_rows = [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
+        selection_rows = finished_selection(study, out)
         if result is None and not selection_rows:
             continue
         selection_hours = result["selection_hours"] if result else trial_hours(selection_rows)
@@ -314,7 +319,7 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
 def selection_lines(all_studies: list[Study], out: Path) -> list[str]:
     lines = ["## Selection sweeps (held-out 10 %, seed 1)", ""]
     for study in all_studies:
-        rows = [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
+        rows = finished_selection(study, out)
         if rows:
             scores = "; ".join(f"{setting} {score:.1f}" for setting, score in selection_scores(rows))
             lines.append(f"- {study.title}: {scores}.")
