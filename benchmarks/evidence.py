@@ -202,6 +202,7 @@ def collect(study: Study, out: Path) -> dict | None:
             "selection_hours": trial_hours(selection_rows), "test_hours": trial_hours(rows),
             "complete": len(seeds) == len(TEST_SEEDS), "drift": prediction_drift(histories, rows),
             "curves": epoch_curves(histories, rows, study.metric), "best_phases": best_phases(histories, rows),
+            "ft_best_epochs": sorted(row["best_epoch"] for row in rows if row["baseline"]),
             **(paired_statistics(plain, addrop) if len(seeds) > 1 else {})}
 
 
@@ -344,7 +345,8 @@ def curve_lines(found: dict[str, dict], study: Study) -> list[str]:
     lines += ["", f"Plain fine-tuning peaks at epoch {best['epoch']} ({best['score']:.1f}) and ends at "
               f"{ft[-1]['score']:.1f} while its train loss goes {ft[0]['train_loss']:.3f} → "
               f"{ft[-1]['train_loss']:.3f} and its held-out loss {ft[0]['eval_loss']:.3f} → {ft[-1]['eval_loss']:.3f} "
-              f"(lowest {min(row['eval_loss'] for row in ft):.3f}).", ""]
+              f"(lowest {min(row['eval_loss'] for row in ft):.3f}); the epochs its seeds' checkpoints were selected "
+              f"at (best held-out {study.metric}): {', '.join(map(str, result['ft_best_epochs']))} of {len(ft)}.", ""]
     return lines
 
 
