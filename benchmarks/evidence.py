@@ -350,8 +350,9 @@ def overfit_lines(found: dict[str, dict], all_studies: list[Study]) -> list[str]
     if not falls:
         return []
     steepest = max(falls, key=falls.get)
-    lines += ["", f"Held-out loss ends above its lowest point in {sum(g > 1.05 for g in loss_growth.values())} of "
-              f"{len(falls)} studies (up to {max(loss_growth.values()):.1f}×), but the held-out score falls by at most "
+    lines += ["", f"Held-out loss ends more than 20 % above its lowest point in "
+              f"{sum(growth > 1.2 for growth in loss_growth.values())} of {len(falls)} studies (up to "
+              f"{max(loss_growth.values()):.1f}×), but the held-out score falls by at most "
               f"{falls[steepest]:.1f} points ({steepest}): plain fine-tuning overfits in confidence (loss) far more "
               "than in accuracy here, which leaves a regularizer little score to win back."]
     return [*lines, ""]
