@@ -112,6 +112,9 @@ class CommandLog:
         return sum(entry["seconds"] for entry in self.entries) / 3600
 
 
+PATH_OPTIONS = {"--train-file", "--test-file", "--output-dir"}
+
+
 def sweep(out: Path, arguments: list[str], log: CommandLog) -> None:
     """Run (or resume) one ``addrop sweep``. Ctrl-C or SIGTERM lets it checkpoint, logs the time, and stops."""
     command = ["addrop", "sweep", *arguments, "--output-dir", str(out)]
@@ -308,13 +311,21 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
         test = f"{test_hours:.2f}" if result else "not run yet"
         lines.append(f"| {study.title} | {selection} | {test} | {selection_hours + test_hours:.2f} |")
         total += selection_hours + test_hours
-    current = {shlex.join(["addrop", "sweep", *arguments, "--output-dir", str(directory)])
+    current = {_command_key(shlex.join(["addrop", "sweep", *arguments, "--output-dir", str(directory)]))
                for study in all_studies for directory, arguments in sweeps_of(study, out, data)}
-    kept = sum(entry["seconds"] for entry in log.entries if entry["command"] in current) / 3600
+    kept = sum(entry["seconds"] for entry in log.entries if _command_key(entry["command"]) in current) / 3600
     lines += ["", f"Total: {total:.1f} h in trials; {kept:.1f} h of wall time in these `addrop sweep` calls, over "
               f"the sittings (a resumed sweep adds only what it ran), and {log.hours() - kept:.1f} h more in calls "
               "with earlier settings that were discarded (see Studies).", ""]
     return lines
+
+
+def _command_key(command: str) -> tuple[str, ...]:
+    """A sweep command with each path cut to its last two parts (``MRPC/train.tsv``, ``mrpc/test``), so calls logged
+    from another checkout or data folder still match."""
+    words = shlex.split(command)
+    return tuple("/".join(Path(word).parts[-2:]) if previous in PATH_OPTIONS else word
+                 for previous, word in zip(["", *words], words, strict=False))
 
 
 def selection_lines(all_studies: list[Study], out: Path) -> list[str]:
