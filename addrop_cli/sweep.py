@@ -169,7 +169,10 @@ class Trial:
 
 
 def recipe_digest(recipe: Recipe) -> str:
-    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of everything that shapes the run; where it is written is left out, so a moved sweep keeps its trials."""
+    values = recipe.to_dict()
+    values["train"].pop("output_dir")
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def get_value(values: dict[str, Any], key: str) -> Any:

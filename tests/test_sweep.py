@@ -169,6 +169,18 @@ def test_finished_sweep_reruns_nothing_and_a_different_grid_is_refused(tmp_path,
     assert re.findall(r"^\[\d/2\] \S+", forced.stderr, re.MULTILINE) == ["[2/2] addrop_p0.3_q0.6_seed1:"]
 
 
+def test_moved_sweep_directory_keeps_its_finished_trials(tmp_path, tiny_checkpoint):
+    out, moved = tmp_path / "sweep", tmp_path / "elsewhere" / "sweep"
+    grid = ("--seeds", "1", "--p", "0.3", "--q", "0.3")
+    assert runner.invoke(app, sweep_args(out, tiny_checkpoint, *grid)).exit_code == 0
+    moved.parent.mkdir()
+    out.rename(moved)
+    rerun = runner.invoke(app, sweep_args(moved, tiny_checkpoint, *grid))
+    assert rerun.exit_code == 0 and "1 trial(s) were already finished and skipped" in rerun.stderr
+    summary = runner.invoke(app, ["sweep", "--summarize", str(moved)])
+    assert summary.exit_code == 0 and "1/1 trials finished" in summary.stderr
+
+
 def test_dry_run_lists_trials_and_writes_nothing(tmp_path, tiny_checkpoint):
     out = tmp_path / "sweep"
     result = runner.invoke(app, sweep_args(out, tiny_checkpoint, "--p", "0.1:0.9", "--q", "0.5", "--seeds", "1,2",
