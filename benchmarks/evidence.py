@@ -112,9 +112,6 @@ class CommandLog:
         return sum(entry["seconds"] for entry in self.entries) / 3600
 
 
-PATH_OPTIONS = {"--train-file", "--test-file", "--output-dir"}
-
-
 def sweep(out: Path, arguments: list[str], log: CommandLog) -> None:
     """Run (or resume) one ``addrop sweep``. Ctrl-C or SIGTERM lets it checkpoint, logs the time, and stops."""
     command = ["addrop", "sweep", *arguments, "--output-dir", str(out)]
@@ -318,6 +315,9 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
               f"the sittings (a resumed sweep adds only what it ran), and {log.hours() - kept:.1f} h more in calls "
               "with earlier settings that were discarded (see Studies).", ""]
     return lines
+
+
+PATH_OPTIONS = {"--train-file", "--test-file", "--output-dir"}
 
 
 def _command_key(command: str) -> tuple[str, ...]:
