@@ -112,9 +112,13 @@ class CommandLog:
         return sum(entry["seconds"] for entry in self.entries) / 3600
 
 
+def sweep_command(arguments: list[str], directory: Path) -> list[str]:
+    return ["addrop", "sweep", *arguments, "--output-dir", str(directory)]
+
+
 def sweep(out: Path, arguments: list[str], log: CommandLog) -> None:
     """Run (or resume) one ``addrop sweep``. Ctrl-C or SIGTERM lets it checkpoint, logs the time, and stops."""
-    command = ["addrop", "sweep", *arguments, "--output-dir", str(out)]
+    command = sweep_command(arguments, out)
     print(f"\n$ {shlex.join(command)}", flush=True)
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "addrop_cli", *command[1:]])
@@ -164,7 +168,7 @@ def commands(all_studies: list[Study], out: Path) -> list[str]:
     for study in all_studies:
         for directory, arguments in sweeps_of(study, out, Path("../shared/data")):
             shown = directory.relative_to(ROOT) if directory.is_relative_to(ROOT) else directory
-            lines.append(shlex.join(["addrop", "sweep", *arguments, "--output-dir", str(shown)]))
+            lines.append(shlex.join(sweep_command(arguments, shown)))
     return list(dict.fromkeys(lines))  # the overfit study's reused selection appears once
 
 
@@ -298,19 +302,20 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
              "", "| study | selection sweep | five-seed test | total |", "|---|---|---|---|"]
     total = 0.0
     for study in all_studies:
-        result = found.get(study.name)
-        selection_rows = finished_selection(study, out)
-        if result is None and not selection_rows:
+        if result := found.get(study.name):
+            selection_hours, test_hours = result["selection_hours"], result["test_hours"]
+        elif selection_rows := finished_selection(study, out):  # selection done, test not yet
+            selection_hours, test_hours = trial_hours(selection_rows), 0.0
+        else:
             continue
-        selection_hours = result["selection_hours"] if result else trial_hours(selection_rows)
-        test_hours = result["test_hours"] if result else 0.0
         selection = f"{selection_hours:.2f}" if study.selection_from is None else f"– (uses {study.selection_from})"
         test = f"{test_hours:.2f}" if result else "not run yet"
         lines.append(f"| {study.title} | {selection} | {test} | {selection_hours + test_hours:.2f} |")
         total += selection_hours + test_hours
-    current = {_command_key(shlex.join(["addrop", "sweep", *arguments, "--output-dir", str(directory)]))
+    current = {_command_key(sweep_command(arguments, directory))
                for study in all_studies for directory, arguments in sweeps_of(study, out, data)}
-    kept = sum(entry["seconds"] for entry in log.entries if _command_key(entry["command"]) in current) / 3600
+    kept = sum(entry["seconds"] for entry in log.entries
+               if _command_key(shlex.split(entry["command"])) in current) / 3600
     lines += ["", f"Total: {total:.1f} h in trials; {kept:.1f} h of wall time in these `addrop sweep` calls, over "
               f"the sittings (a resumed sweep adds only what it ran), and {log.hours() - kept:.1f} h more in calls "
               "with earlier settings that were discarded (see Studies).", ""]
@@ -320,10 +325,9 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
 PATH_OPTIONS = {"--train-file", "--test-file", "--output-dir"}
 
 
-def _command_key(command: str) -> tuple[str, ...]:
+def _command_key(words: list[str]) -> tuple[str, ...]:
     """A sweep command with each path cut to its last two parts (``MRPC/train.tsv``, ``mrpc/test``), so calls logged
     from another checkout or data folder still match."""
-    words = shlex.split(command)
     return tuple("/".join(Path(word).parts[-2:]) if previous in PATH_OPTIONS else word
                  for previous, word in zip(["", *words], words, strict=False))
 
