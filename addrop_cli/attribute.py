@@ -1,4 +1,4 @@
-"""``addrop attribute``: what AD-DROP sees on given inputs (paper Fig. 1).
+"""The ``addrop attribute`` engine: what AD-DROP sees on given inputs (paper Fig. 1).
 
 For each example and selected encoder self-attention layer: the attention probabilities, the attribution
 scores (GA, IGA or AA, to the pseudo or gold label), the candidate discard region (Eq. 6) and one seeded
@@ -19,12 +19,14 @@ import torch
 from safetensors.torch import save_file
 
 from addrop_cli import plots
-from addrop_cli.attribution import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
-from addrop_cli.config import ADDropConfig
+from addrop_cli.core.masking import sample_drops
+from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.settings import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, ADDropConfig
 from addrop_cli.errors import UserError
-from addrop_cli.masking import sample_drops
 from addrop_cli.outputs import write_dir, write_json, write_text
-from addrop_cli.regularizer import ADDrop
+from addrop_cli.recipe import Recipe
+from addrop_cli.tasks.models import load_tokenizer
+from addrop_cli.tasks.pipelines import pipeline_for
 
 KEY_TOKENS = 5
 
@@ -88,6 +90,32 @@ def key_tokens(attribution: torch.Tensor, tokens: list[str], count: int = KEY_TO
 def select_heads(tensor: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
     """(H, n, n) -> (len(heads), n, n); every head when ``heads`` is None."""
     return tensor if heads is None else tensor[heads]
+
+
+def attribute_checkpoint(
+    checkpoint: str,
+    recipe: Recipe,
+    *,
+    text: str | None = None,
+    text_pair: str | None = None,
+    heads: list[int] | None = None,
+    seed: int = 42,
+) -> list[ExampleAttribution]:
+    """Attribute ``text`` (and ``text_pair``), or else the recipe's test split, with the checkpoint's model.
+
+    ``recipe.addrop`` sets the method, labels, layers, p and q; ``recipe.data.test_file`` and
+    ``max_eval_samples`` the examples when no text is given.
+    """
+    pipeline = pipeline_for(recipe)
+    tokenizer = load_tokenizer(checkpoint)
+    if text is not None:
+        features = [pipeline.encode_text(text, text_pair, tokenizer, recipe)]
+    else:
+        features = pipeline.encode(pipeline.read(recipe, "test"), tokenizer, recipe)
+    model = pipeline.load_model(checkpoint)
+    return attribute_examples(model, tokenizer, features, pipeline.collator(tokenizer), recipe.addrop,
+                              pipeline.task_type, heads=heads, seed=seed,
+                              max_target_length=recipe.data.max_target_length)
 
 
 def attribute_examples(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from addrop_cli.config import ADDropConfig
-from addrop_cli.regularizer import ADDrop, epoch_phase
+from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.settings import ADDropConfig, epoch_phase
 
 
 class ADDropTrainer(Trainer):

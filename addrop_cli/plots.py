@@ -1,5 +1,6 @@
-"""Figures in the style of the paper: attention maps with candidate regions and dropped positions (Fig. 1),
-per-token attribution bars, and train / dev loss curves of several runs (Fig. 2).
+"""Figures in the style of the paper, drawn from plain arrays: attention maps with candidate regions and dropped
+positions (Fig. 1), per-token attribution bars, train / dev loss curves of several runs (Fig. 2) and the p × q
+sensitivity heatmaps of a sweep (Fig. 6).
 
 Figures are built with matplotlib's object API (no pyplot, so no global state or GUI backend) and saved
 atomically by :func:`save_figure`.
@@ -8,6 +9,7 @@ atomically by :func:`save_figure`.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +24,7 @@ FORMATS = ("png", "pdf", "svg")
 CELL_INCHES = 0.3
 ATTRIBUTION_COLORS = "Blues"
 CROSS_COLOR = (1.0, 0.5, 0.05, 1.0)
+HEATMAP_INCHES, HEATMAP_DPI = (7.0, 6.0), 100  # 700 x 600 pixels: room for a 9 x 9 grid with values
 
 
 def save_figure(figure: Figure, path: Path, dpi: int = 100, tight: bool = True) -> None:
@@ -143,4 +146,35 @@ def loss_curves(runs: dict[str, list[dict]]) -> Figure:
         axes.grid(alpha=0.3)
     dev_axes.legend()
     figure.tight_layout()
+    return figure
+
+
+def sensitivity_heatmap(values: np.ndarray, ps: Sequence[str], qs: Sequence[str], *, cmap: str,
+                        limits: tuple[float, float], title: str, colorbar: str, fmt: str) -> Figure:
+    """Fig. 6: one cell per (p, q), coloured by ``values`` within ``limits`` and labelled with ``fmt``.
+
+    Args:
+        values: (len(ps), len(qs)), nan where no trial finished.
+        ps, qs: the axis labels (p down, q across).
+    """
+    low, high = limits
+    if not (math.isfinite(low) and math.isfinite(high)) or low == high:
+        low, high = (low - 1, high + 1) if math.isfinite(low) else (0, 1)
+    figure = Figure(figsize=HEATMAP_INCHES, dpi=HEATMAP_DPI, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=low, vmax=high, aspect="auto")
+    axes.set_xticks(range(len(qs)), qs)
+    axes.set_yticks(range(len(ps)), ps)
+    axes.set_xlabel("q (drop rate)")
+    axes.set_ylabel("p (candidate share)")
+    axes.set_title(title, fontsize=9, wrap=True)
+    size = 9 if max(len(ps), len(qs)) <= 5 else 7
+    middle = (low + high) / 2
+    for i in range(len(ps)):
+        for j in range(len(qs)):
+            if np.isfinite(values[i, j]):
+                dark = values[i, j] < middle if cmap == "viridis" else abs(values[i, j]) > 0.6
+                axes.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=size,
+                          color="white" if dark else "black")
+    figure.colorbar(image, ax=axes, label=colorbar)
     return figure

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from addrop_cli.training.run_dir import BEST_DIR, METRICS_FILE, read_history
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "MRPC"
 MRPC_MINORITY = 1194  # "not paraphrase" pairs in MRPC train: k_shot at this count balances the classes
@@ -47,15 +49,15 @@ def train(out: Path, *options: str, data: Path) -> dict:
     """One ``addrop train`` run (skipped when finished); returns its last history row."""
     command = [sys.executable, "-m", "addrop_cli", "train", *COMMON, "--train-file", str(data / "train.tsv"),
                "--validation-file", str(data / "dev.tsv"), "--output-dir", str(out), *options]
-    if not (out / "metrics.json").is_file():
+    if not (out / METRICS_FILE).is_file():
         print("$ " + shlex.join(["addrop", *command[3:]]), flush=True)
         subprocess.run(command, check=True)
-    return json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    return read_history(out)[-1]
 
 
 def dev_batches(tokenizer, data: Path, batch_size: int = 32):
-    from addrop_cli.data import encode_examples, make_collator, read_examples
-    from addrop_cli.tasks import get_task
+    from addrop_cli.tasks.glue_data import encode_examples, make_collator, read_examples
+    from addrop_cli.tasks.registry import get_task
 
     examples = read_examples(str(data / "dev.tsv"), get_task("mrpc"))
     features = encode_examples(examples, tokenizer, 128)
@@ -85,8 +87,8 @@ def selection_statistics(model_dir: Path, data: Path, labels: str = "pseudo") ->
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from addrop_cli import ADDrop, ADDropConfig
-    from addrop_cli.attention import ForwardState
-    from addrop_cli.masking import sample_drops
+    from addrop_cli.core.attention import ForwardState
+    from addrop_cli.core.masking import sample_drops
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -128,14 +130,14 @@ def main() -> None:
                                  ("balanced", ["--set", f"data.k_shot={MRPC_MINORITY}"], BALANCED_VARIANTS)):
         start = args.out / regime / "start"
         first = train(start, *START, *extra, data=args.data)
-        report[regime]["start"] = {"accuracy": first["eval"]["accuracy"], **margins(start / "best", args.data)}
+        report[regime]["start"] = {"accuracy": first["eval"]["accuracy"], **margins(start / BEST_DIR, args.data)}
         for name in names:
-            row = train(args.out / regime / name, "--model", str(start / "best"), *VARIANT_SCHEDULE,
+            row = train(args.out / regime / name, "--model", str(start / BEST_DIR), *VARIANT_SCHEDULE,
                         *VARIANTS[name], *extra, data=args.data)
             report[regime][name] = {"accuracy": row["eval"]["accuracy"], "train_loss": row["train_loss"],
-                                    **margins(args.out / regime / name / "best", args.data)}
+                                    **margins(args.out / regime / name / BEST_DIR, args.data)}
             print(name, report[regime][name], flush=True)
-    start = args.out / "variants" / "start" / "best"
+    start = args.out / "variants" / "start" / BEST_DIR
     report["selection"] = {labels: selection_statistics(start, args.data, labels) for labels in ("pseudo", "gold")}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from addrop_cli import sweep_summary
 from addrop_cli.outputs import write_text
-from addrop_cli.sweep import read_results
-from addrop_cli.training import read_history
+from addrop_cli.sweep import summary as sweep_summary
+from addrop_cli.sweep.plan import TRIALS_DIR, read_results
+from addrop_cli.training.run_dir import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -200,7 +200,7 @@ def collect(study: Study, out: Path) -> dict | None:
         return None
     plain, addrop = [by_seed["ft"][s] for s in seeds], [by_seed["addrop"][s] for s in seeds]
     chosen = next(row["settings"] for row in rows if not row["baseline"])
-    histories = {row["trial"]: read_history(test_dir / "trials" / row["trial"]) for row in rows}
+    histories = {row["trial"]: read_history(test_dir / TRIALS_DIR / row["trial"]) for row in rows}
     selection_rows = finished_selection(study, out)
     return {"seeds": seeds, "ft": plain, "addrop": addrop, "chosen": chosen,
             "selection_hours": trial_hours(selection_rows), "test_hours": trial_hours(rows),

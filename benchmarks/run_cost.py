@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from addrop_cli.training.run_dir import read_history
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "MRPC"
 
 
@@ -30,7 +32,7 @@ def train(out: Path, args, *extra: str) -> dict:
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
     seconds = time.perf_counter() - start
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    history = read_history(out)
     return {"seconds": seconds, "epochs": [{k: h[k] for k in ("epoch", "phase", "seconds", "eval")} for h in history]}
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from addrop_cli import ADDrop, ADDropConfig
-from addrop_cli.data import make_collator, read_examples
-from addrop_cli.models import resolve_model
-from addrop_cli.tasks import get_task
+from addrop_cli.tasks.glue_data import make_collator, read_examples
+from addrop_cli.tasks.models import resolve_model
+from addrop_cli.tasks.registry import get_task
 
 SHARED_MRPC = Path(__file__).resolve().parents[2] / "shared" / "data" / "MRPC" / "train.tsv"
 VARIANTS = {

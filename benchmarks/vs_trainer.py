@@ -24,8 +24,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "MRPC"
 ADDROP_RUN = """
 import json, sys, time
 from addrop_cli.cli.common import quiet_libraries
-from addrop_cli.recipes import resolve_recipe
-from addrop_cli.training import train
+from addrop_cli.recipe import resolve_recipe
+from addrop_cli.training.loop import train
 quiet_libraries()
 args = json.loads(sys.argv[1])
 recipe = resolve_recipe(task="mrpc", flags={{
@@ -48,9 +48,10 @@ import numpy as np, transformers
 from datasets import Dataset
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                           TrainingArguments)
-from addrop_cli.data import read_examples, select_samples
-from addrop_cli.models import resolve_model
-from addrop_cli.tasks import get_task
+from addrop_cli.tasks.glue_data import read_examples
+from addrop_cli.tasks.splits import select_samples
+from addrop_cli.tasks.models import resolve_model
+from addrop_cli.tasks.registry import get_task
 transformers.logging.set_verbosity_error()
 args = json.loads(sys.argv[1])
 task = get_task("mrpc")

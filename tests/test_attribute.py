@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_encoder_decoder import tiny_seq2seq
+from tiny_models import tiny_seq2seq
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 from typer.testing import CliRunner
 
 from addrop_cli.attribute import row_ranks, token_attribution
-from addrop_cli.cli import app
-from addrop_cli.pipelines import CONLL_TAGS
+from addrop_cli.cli.app import app
 from addrop_cli.plots import region_outline
+from addrop_cli.tasks.registry import CONLL_TAGS
 
 runner = CliRunner()
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,

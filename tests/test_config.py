@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from addrop_cli.config import ADDropConfig, Recipe, build, load_yaml, parse_override
+from addrop_cli.core.settings import ADDropConfig
 from addrop_cli.errors import UserError
+from addrop_cli.recipe import Recipe, build, load_yaml, parse_override
 
 
 @pytest.mark.parametrize(

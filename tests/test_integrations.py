@@ -7,9 +7,9 @@ from datasets import Dataset
 from tiny_models import tiny_classifier
 from transformers import TrainingArguments
 
-from addrop_cli.config import ADDropConfig
+from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.settings import ADDropConfig
 from addrop_cli.integrations import ADDropTrainer
-from addrop_cli.regularizer import ADDrop
 
 
 def test_trainer_subclass_runs_addrop_on_even_epochs(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from addrop_cli.errors import UserError
-from addrop_cli.pipelines import pipeline_for
-from addrop_cli.recipes import bundled_recipes, find_recipe, resolve_path, resolve_recipe
+from addrop_cli.recipe import bundled_recipes, find_recipe, resolve_path, resolve_recipe
+from addrop_cli.tasks.pipelines import pipeline_for
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ["sst2", "mnli", "qnli", "qqp", "cola", "stsb", "mrpc", "rte"]
@@ -77,7 +77,7 @@ def test_recipes_and_demo_data_ship_in_the_wheel(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True)
-    probe = ("from addrop_cli.recipes import find_recipe, resolve_recipe, resolve_path; import pathlib;"
+    probe = ("from addrop_cli.recipe import find_recipe, resolve_recipe, resolve_path; import pathlib;"
              "p = find_recipe('mrpc'); r = resolve_recipe();"
              "print(p); assert pathlib.Path(resolve_path(r.data.train_file)).is_file()")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target),

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
     BertConfig,
     BertForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    MarianConfig,
+    MarianMTModel,
     RobertaConfig,
     RobertaForSequenceClassification,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 VOCAB = 100
@@ -50,3 +56,23 @@ def random_batch(batch_size: int = 4, length: int = 11, seed: int = 0, num_label
     else:
         labels = torch.randint(0, num_labels, (batch_size,), generator=generator)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def tiny_seq2seq(family: str) -> torch.nn.Module:
+    """A 2-layer encoder-decoder (marian, t5 or bart), eval mode, fixed seed."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, pad_token_id=0, eos_token_id=3, decoder_start_token_id=2)
+    if family == "marian":
+        config = MarianConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                              decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                              max_position_embeddings=64, **common)
+        model = MarianMTModel(config)
+    elif family == "t5":
+        config = T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=4, **common)
+        model = T5ForConditionalGeneration(config)
+    else:
+        config = BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                            max_position_embeddings=64, bos_token_id=2, **common)
+        model = BartForConditionalGeneration(config)
+    return model.eval()

@@ -9,9 +9,11 @@ import typer
 from rich.console import Console
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import checkpoint_recipe, nested, quiet_libraries, reports_user_errors
-from addrop_cli.config import Recipe, build, merge, parse_override
+from addrop_cli.cli.common import quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
+from addrop_cli.recipe import resolve_recipe
+from addrop_cli.tasks.registry import get_task
+from addrop_cli.training.run_dir import recipe_path
 
 Opt = typer.Option
 METHODS = ("ga", "iga", "aa")
@@ -61,30 +63,16 @@ def attribute(
     if max_examples < 1 or max_tokens < 2:
         raise UserError(f"--max-examples {max_examples} / --max-tokens {max_tokens} is invalid: use at least 1 / 2")
     head_indices = parse_heads(heads)
-    values = merge(checkpoint_recipe(checkpoint, recipe, task), nested({
-        "data.test_file": input_file, "data.max_eval_samples": max_examples, "addrop.enabled": True,
-        "addrop.attribution": method, "addrop.labels": labels, "addrop.layers": layers, "addrop.p": p,
-        "addrop.q": q, "addrop.strategy": "high", "addrop.attention": ["encoder"],
-    }))
-    for assignment in set_ or []:
-        values = merge(values, parse_override(assignment))
-    resolved = build(Recipe, values)
-    from addrop_cli.attribute import attribute_examples, write_report  # heavy imports only once input is valid
-    from addrop_cli.models import load_tokenizer
-    from addrop_cli.pipelines import pipeline_for
+    flags = {"data.test_file": input_file, "data.max_eval_samples": max_examples, "addrop.enabled": True,
+             "addrop.attribution": method, "addrop.labels": labels, "addrop.layers": layers, "addrop.p": p,
+             "addrop.q": q, "addrop.strategy": "high", "addrop.attention": ["encoder"]}
+    resolved = resolve_recipe(recipe, task, flags, set_, saved=recipe_path(checkpoint))
+    from addrop_cli.attribute import attribute_checkpoint, write_report  # torch only once the input is valid
 
-    pipeline = pipeline_for(resolved)
-    tokenizer = load_tokenizer(checkpoint)
-    if text is not None:
-        features = [pipeline.encode_text(text, text_pair, tokenizer, resolved)]
-    else:
-        features = pipeline.encode(pipeline.read(resolved, "test"), tokenizer, resolved)
-    model = pipeline.load_model(checkpoint)
-    examples = attribute_examples(model, tokenizer, features, pipeline.collator(tokenizer), resolved.addrop,
-                                  pipeline.task_type, heads=head_indices, seed=seed,
-                                  max_target_length=resolved.data.max_target_length)
-    settings = {"checkpoint": checkpoint, "task": resolved.task, "task_type": pipeline.task_type, "method": method,
-                "labels": labels, "layers": [layer.layer for layer in examples[0].layers],
+    examples = attribute_checkpoint(checkpoint, resolved, text=text, text_pair=text_pair, heads=head_indices,
+                                    seed=seed)
+    settings = {"checkpoint": checkpoint, "task": resolved.task, "task_type": get_task(resolved.task).kind,
+                "method": method, "labels": labels, "layers": [layer.layer for layer in examples[0].layers],
                 "heads": "mean" if head_indices is None else head_indices, "p": resolved.addrop.p,
                 "q": resolved.addrop.q, "seed": seed}
     write_report(output_dir, examples, settings, max_tokens)

@@ -6,14 +6,11 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import typer
 
-from addrop_cli.config import load_yaml, merge, nest
 from addrop_cli.errors import UserError
-from addrop_cli.recipes import resolve_recipe
 
 EXIT_USAGE = 2
 
@@ -42,22 +39,3 @@ def reports_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
-
-
-def nested(flags: dict[str, Any]) -> dict[str, Any]:
-    """``{"train.lr": 1e-5, "task": None}`` -> ``{"train": {"lr": 1e-5}}``: only flags the user gave."""
-    out: dict[str, Any] = {}
-    for key, value in flags.items():
-        if value is not None:
-            out = merge(out, nest(key, value))
-    return out
-
-
-def checkpoint_recipe(checkpoint: str, recipe: str | None, task: str | None) -> dict[str, Any]:
-    """The recipe saved beside a checkpoint directory, unless --recipe or --task says otherwise."""
-    if recipe is not None or task is not None:
-        return resolve_recipe(recipe, task).to_dict()
-    saved = Path(checkpoint) / "recipe.yaml"
-    if not saved.is_file():
-        raise UserError(f"{checkpoint} has no recipe.yaml; pass --task NAME or --recipe NAME|PATH")
-    return load_yaml(saved)

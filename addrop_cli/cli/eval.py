@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import checkpoint_recipe, nested, quiet_libraries, reports_user_errors
-from addrop_cli.config import Recipe, build, merge, parse_override
+from addrop_cli.cli.common import quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json
+from addrop_cli.recipe import resolve_recipe
+from addrop_cli.training.run_dir import recipe_path
 
 Opt = typer.Option
 
@@ -33,12 +34,9 @@ def evaluate(
     quiet_libraries()
     if not checkpoint.is_dir():
         raise UserError(f"checkpoint {checkpoint} is not a directory (give a run's best/ folder)")
-    values = merge(checkpoint_recipe(str(checkpoint), recipe, task),
-                   nested({"data.validation_file": validation_file, "data.max_eval_samples": max_eval_samples}))
-    for assignment in set_ or []:
-        values = merge(values, parse_override(assignment))
-    resolved = build(Recipe, values)
-    from addrop_cli.evaluation import evaluate_checkpoint  # heavy imports only once the input is valid
+    flags = {"data.validation_file": validation_file, "data.max_eval_samples": max_eval_samples}
+    resolved = resolve_recipe(recipe, task, flags, set_, saved=recipe_path(checkpoint))
+    from addrop_cli.training.evaluation import evaluate_checkpoint  # torch is imported only once input is valid
 
     result = evaluate_checkpoint(str(checkpoint), resolved)
     table = Table(title=f"{resolved.task} — {checkpoint}")

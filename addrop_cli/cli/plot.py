@@ -26,8 +26,8 @@ def plot(
     names = label or [run.resolve().name for run in run_dirs]
     if len(set(names)) != len(names):
         raise UserError(f"runs would share a legend label ({', '.join(names)}); name them with --label")
-    from addrop_cli import plots  # heavy imports only once the input is valid
-    from addrop_cli.training import read_history
+    from addrop_cli import plots  # matplotlib is imported only once the input is valid
+    from addrop_cli.training.run_dir import read_history
 
     histories = {name: read_history(run, ("epoch", "train_loss", "eval_loss"))
                  for name, run in zip(names, run_dirs, strict=True)}

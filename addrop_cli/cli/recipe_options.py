@@ -6,8 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from addrop_cli.cli.common import nested
-
 Opt = typer.Option
 
 RecipeName = Annotated[str | None, Opt("--recipe", help="Bundled recipe name (e.g. mrpc, demo) or a YAML path.")]
@@ -48,7 +46,7 @@ RECIPE_KEYS = {
 
 
 def recipe_flags(options: dict[str, Any], no_addrop: bool = False) -> dict[str, Any]:
-    """The given options as a nested recipe fragment (``{"train": {"lr": 1e-5}}``); unset ones left out."""
+    """The options as dotted recipe keys (``{"train.lr": 1e-5}``); None for options that were not given."""
     flags = {key: options[name] for name, key in RECIPE_KEYS.items() if name in options}
     flags["addrop.enabled"] = False if no_addrop else None
-    return nested(flags)
+    return flags

@@ -15,7 +15,10 @@ from rich.table import Table
 from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
-from addrop_cli.recipes import resolve_recipe
+from addrop_cli.recipe import resolve_recipe
+from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value, parse_grid, parse_seeds, parse_values
+from addrop_cli.sweep.plan import RESULTS_FILE, Trial, check_manifest, manifest, plan_trials
+from addrop_cli.sweep.runner import SweepInterrupted, run_sweep
 
 Opt = typer.Option
 SHOWN_ROWS = 15  # the live table shows the latest finished trials
@@ -63,8 +66,6 @@ def sweep(
     set_: options.Overrides = None,
 ) -> None:
     """Train one run per grid point and seed; summarize as mean ± std tables, best recipe and p × q heatmaps."""
-    from addrop_cli import sweep as sweeps
-
     console = Console(stderr=True)
     if summarize is not None:
         _print_summary(summarize, console)
@@ -75,46 +76,53 @@ def sweep(
     flags = options.recipe_flags({k: v for k, v in locals().items() if k not in ("p", "q", "output_dir")}, no_addrop)
     base = resolve_recipe(recipe, task, flags, set_)
     directory = Path(output_dir or f"{base.train.output_dir}-sweep")
-    axes: dict[str, list[Any]] = {}
-    if p is not None:
-        axes[sweeps.P_KEY] = sweeps.parse_values(p, "--p")
-    if q is not None:
-        axes[sweeps.Q_KEY] = sweeps.parse_values(q, "--q")
-    for assignment in grid or []:
-        key, values = sweeps.parse_grid(assignment)
-        if key in axes:
-            raise UserError(f"--grid {assignment!r}: {key} is already swept; give each key once")
-        axes[key] = values
-    seed_list = sweeps.parse_seeds(seeds) if seeds is not None else [base.train.seed]
-    trials = sweeps.plan_trials(base, axes, seed_list, baseline, directory)
+    axes = _axes(p, q, grid)
+    seed_list = parse_seeds(seeds) if seeds is not None else [base.train.seed]
+    trials = plan_trials(base, axes, seed_list, baseline, directory)
     if dry_run:
         _print_trials(trials, directory)
         return
-
-    sweeps.check_manifest(directory, sweeps.manifest(base, axes, seed_list, baseline), force)
-    board = _Board(len(trials))
-    try:
-        if console.is_terminal:
-            with Live(board, console=console, refresh_per_second=2, transient=False):
-                progress = sweeps.run_sweep(trials, directory, workers=workers, force=force,
-                                            trust_remote_code=trust_remote_code, on_change=board.update)
-        else:  # a log file: Live would only draw at the end, so one line per finished trial instead
-            progress = sweeps.run_sweep(trials, directory, workers=workers, force=force,
-                                        trust_remote_code=trust_remote_code, on_change=_LineLog(console).update)
-    except (sweeps.SweepInterrupted, KeyboardInterrupt) as stop:
-        code = stop.exit_code if isinstance(stop, sweeps.SweepInterrupted) else 130
-        print(f"sweep interrupted; finished trials are in {directory / sweeps.RESULTS_FILE}; run the same command "
-              "again to resume", file=sys.stderr)
-        raise typer.Exit(code) from None
+    check_manifest(directory, manifest(base, axes, seed_list, baseline), force)
+    progress = _run(trials, directory, console, workers=workers, force=force, trust_remote_code=trust_remote_code)
     if progress.skipped:
         console.print(f"{progress.skipped} trial(s) were already finished and skipped")
     _print_summary(directory, console)
 
 
+def _axes(p: str | None, q: str | None, grid: list[str] | None) -> dict[str, list[Any]]:
+    """Swept recipe key -> its values, from --p, --q and each --grid KEY=V1,V2."""
+    axes: dict[str, list[Any]] = {}
+    if p is not None:
+        axes[P_KEY] = parse_values(p, "--p")
+    if q is not None:
+        axes[Q_KEY] = parse_values(q, "--q")
+    for assignment in grid or []:
+        key, values = parse_grid(assignment)
+        if key in axes:
+            raise UserError(f"--grid {assignment!r}: {key} is already swept; give each key once")
+        axes[key] = values
+    return axes
+
+
+def _run(trials: list[Trial], directory: Path, console: Console, **run_options: Any):
+    """Run the sweep with a live table on a terminal, one line per finished trial elsewhere; exit 128 + the
+    signal number when interrupted."""
+    board = _Board(len(trials))
+    try:
+        if console.is_terminal:
+            with Live(board, console=console, refresh_per_second=2, transient=False):
+                return run_sweep(trials, directory, on_change=board.update, **run_options)
+        # A log file: Live would only draw at the end, so one line per finished trial instead.
+        return run_sweep(trials, directory, on_change=_LineLog(console).update, **run_options)
+    except (SweepInterrupted, KeyboardInterrupt) as stop:
+        code = stop.exit_code if isinstance(stop, SweepInterrupted) else 130
+        print(f"sweep interrupted; finished trials are in {directory / RESULTS_FILE}; run the same command "
+              "again to resume", file=sys.stderr)
+        raise typer.Exit(code) from None
+
+
 def _row_text(row: dict) -> tuple[str, str]:
     """A finished trial's score and best epoch as shown to the user."""
-    from addrop_cli.sweep import format_value
-
     score = "diverged" if row["status"] != "ok" else f"{row['metric']} {row['eval'][row['metric']]:.4f}"
     return score, format_value(row.get("best_epoch", "–"))
 
@@ -161,7 +169,7 @@ class _Board:
 
 
 def _print_trials(trials, directory: Path) -> None:
-    from addrop_cli.sweep_summary import trials_table
+    from addrop_cli.sweep.summary import trials_table
 
     table = Table(title=f"{len(trials)} trials in {directory}", title_justify="left")
     table.add_column("trial", no_wrap=True)
@@ -173,8 +181,7 @@ def _print_trials(trials, directory: Path) -> None:
 
 
 def _print_summary(directory: Path, console: Console) -> None:
-    from addrop_cli.sweep import format_value
-    from addrop_cli.sweep_summary import summarize
+    from addrop_cli.sweep.summary import summarize  # numpy and matplotlib only when summarizing
 
     summary = summarize(directory)
     console.print(f"{summary.finished}/{summary.total} trials finished; best: "

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import quiet_libraries, reports_user_errors
-from addrop_cli.recipes import resolve_recipe
+from addrop_cli.recipe import resolve_recipe
 
 Opt = typer.Option
 
@@ -50,8 +50,8 @@ def train(
     quiet_libraries()
     flags = options.recipe_flags(locals(), no_addrop)
     resolved = resolve_recipe(recipe, task, flags, set_)
-    from addrop_cli.training import TrainingDiverged, TrainingInterrupted
-    from addrop_cli.training import train as run_training  # heavy imports only once the input is valid
+    from addrop_cli.training.loop import TrainingDiverged, TrainingInterrupted
+    from addrop_cli.training.loop import train as run_training  # torch is imported only once the input is valid
 
     console = Console(stderr=True)
     try:

@@ -1,0 +1,347 @@
+"""Recipes: typed, validated run configuration, its YAML form, the bundled recipes, and the one resolver.
+
+A recipe YAML mirrors :class:`Recipe` field for field. Every command resolves its run the same way
+(:func:`resolve_recipe`): recipe file < command-line flags < ``--set key=value`` overrides. Importing this
+module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from addrop_cli.core.settings import ADDropConfig, require
+from addrop_cli.errors import UserError
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_PREFIX = "package:"
+DEMO = "demo"
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they are tokenized."""
+
+    dataset: str | None = None
+    dataset_config: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_columns: list[str] | None = None
+    label_column: str | None = None
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    k_shot: int | None = None
+    train_fraction: float | None = None
+    holdout_fraction: float | None = None
+    group_by_length: bool = True
+    label_all_tokens: bool = False
+    source_lang: str | None = None
+    target_lang: str | None = None
+    max_target_length: int = 128
+    source_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        require(self.max_length >= 8, "data.max_length", self.max_length, "use at least 8 tokens")
+        for key in ("max_train_samples", "max_eval_samples", "k_shot"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"data.{key}", value, "use a positive number or leave it unset")
+        require(self.train_fraction is None or 0 < self.train_fraction <= 1, "data.train_fraction",
+                 self.train_fraction, "use a fraction in (0, 1] or leave it unset")
+        require(self.k_shot is None or self.train_fraction is None, "data.k_shot", self.k_shot,
+                 "give either data.k_shot or data.train_fraction, not both")
+        require(self.holdout_fraction is None or 0 < self.holdout_fraction < 1, "data.holdout_fraction",
+                 self.holdout_fraction, "use a fraction in (0, 1) or leave it unset")
+        require(self.holdout_fraction is None or self.validation_file is None, "data.holdout_fraction",
+                 self.holdout_fraction, "the held-out share replaces the validation data: drop "
+                 "data.validation_file (give the dev file as --test-file to score it once)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, selection and output (HF Trainer's defaults where the paper is silent)."""
+
+    output_dir: str = "runs/addrop"
+    seed: int = 42
+    epochs: int = 3
+    lr: float = 2e-5
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    adam_epsilon: float = 1e-6
+    warmup_ratio: float = 0.0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    metric: str | None = None
+    patience: int | None = None
+    log_every: int = 10
+    save_steps: int | None = None
+    save_total_limit: int | None = 2
+    num_beams: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
+            value = getattr(self, key)
+            require(value >= 1, f"train.{key}", value, "use a positive integer")
+        require(self.lr > 0, "train.lr", self.lr, "the learning rate must be positive")
+        require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
+        require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "use a value >= 0")
+        require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "use a value >= 0")
+        require(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision", self.mixed_precision,
+                 f"choose one of {', '.join(MIXED_PRECISION)}")
+        require(self.patience is None or self.patience >= 1, "train.patience", self.patience,
+                 "use a positive number of epochs or leave it unset")
+        for key in ("save_steps", "save_total_limit"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"train.{key}", value, "use a positive integer or leave it unset")
+
+
+@dataclass
+class Recipe:
+    """A whole run: task, model, data, training and AD-DROP settings."""
+
+    task: str = "sst2"
+    model: str = "minilm"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    addrop: ADDropConfig = field(default_factory=ADDropConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- building from dicts
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown_key(key: str, valid: list[str]) -> UserError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return UserError(f"unknown recipe key '{key}'{hint} (valid here: {', '.join(valid)})")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise a UserError naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except UserError as error:
+                errors.append(str(error))
+        raise UserError(errors[-1])
+    if origin is list:
+        if isinstance(value, str) and "," in value:
+            value = [v.strip() for v in value.split(",")]
+        if not isinstance(value, list):
+            raise UserError(f"{key}={value!r} is invalid: expected a list")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise UserError(f"{key}={value!r} is invalid: expected true or false")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UserError(f"{key}={value!r} is invalid: expected an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{key}={value!r} is invalid: expected an integer") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r} is invalid: expected a number")
+        try:
+            return float(value)  # YAML reads 1e-5 (no dot) as a string
+        except (TypeError, ValueError):
+            raise UserError(f"{key}={value!r} is invalid: expected a number") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise UserError(f"{key}={value!r} is invalid: expected a string")
+        return str(value)
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly nested) dict, rejecting unknown keys."""
+    if not isinstance(values, dict):
+        raise UserError(f"recipe section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = _field_names(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key(prefix + str(key), names)
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = build(annotation, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, annotation, prefix + key)
+    return cls(**kwargs)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of nested dicts; ``update`` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(assignment: str) -> dict[str, Any]:
+    """``"train.lr=2e-5"`` -> ``{"train": {"lr": 2e-5}}``; the value is read as YAML."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r} is invalid: use KEY=VALUE with a dotted key, e.g. train.lr=2e-5")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {assignment!r} is invalid: the key must be dotted names, e.g. addrop.p=0.3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return nest(key, value)
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``("train.lr", 2e-5)`` -> ``{"train": {"lr": 2e-5}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a recipe file safely (``yaml.safe_load``); syntax errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot read recipe {path}: {error.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"recipe {path}{where}: YAML syntax error: {problem}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"recipe {path} must be a mapping of keys (task, model, data, train, addrop)")
+    return values
+
+
+def dump_yaml(values: dict[str, Any], header: str = "") -> str:
+    return header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------- bundled recipes and resolving
+
+
+def recipes_dir() -> Path:
+    """``addrop_cli/recipes`` in a wheel; the checkout's top-level ``recipes/`` otherwise."""
+    shipped = PACKAGE_DIR / "recipes"
+    return shipped if shipped.is_dir() else PACKAGE_DIR.parent / "recipes"
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Recipe name (file stem, e.g. ``mrpc``, ``demo``) -> path."""
+    return {path.stem: path for path in sorted(recipes_dir().rglob("*.yaml"))}
+
+
+def name_key(name: str) -> str:
+    """The one name normaliser: recipe and task names match ignoring case, dashes and underscores
+    (``SST-2`` is ``sst2``, ``wmt16-en-ro`` is ``wmt16_en_ro``)."""
+    return name.strip().lower().replace("-", "").replace("_", "")
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file path, or the bundled recipe of that name."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"recipe file {path} does not exist")
+        return path
+    recipes = bundled_recipes()
+    for name, recipe_path in recipes.items():
+        if name_key(name) == name_key(name_or_path):
+            return recipe_path
+    close = difflib.get_close_matches(name_or_path, list(recipes), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise UserError(
+        f"unknown recipe '{name_or_path}'{hint} (bundled: {', '.join(recipes)}; or give a path to a .yaml file)"
+    )
+
+
+def resolve_path(value: str | None) -> str | None:
+    """Expand ``package:relative/path`` (files shipped inside addrop_cli) to an absolute path."""
+    if value and value.startswith(PACKAGE_PREFIX):
+        return str(PACKAGE_DIR / value[len(PACKAGE_PREFIX) :])
+    return value
+
+
+def nested(flags: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 1e-5, "task": None}`` -> ``{"train": {"lr": 1e-5}}``: only the flags that were given."""
+    out: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is not None:
+            out = merge(out, nest(key, value))
+    return out
+
+
+def _base_values(recipe: str | None, task: str | None, saved: Path | None) -> dict[str, Any]:
+    """What flags and overrides apply to: the named recipe, else the task's bundled recipe (or the defaults
+    for a task without one), else the ``saved`` recipe of a checkpoint, else the demo."""
+    if recipe is None and task is None and saved is not None:
+        if not saved.is_file():
+            raise UserError(f"{saved.parent} has no {saved.name}; pass --task NAME or --recipe NAME|PATH")
+        return load_yaml(saved)
+    if recipe is None:
+        recipe = task if task is not None else DEMO
+        if task is not None and name_key(task) not in {name_key(name) for name in bundled_recipes()}:
+            recipe = None
+    values = load_yaml(find_recipe(recipe)) if recipe is not None else {}
+    if task is not None:
+        values["task"] = task
+    return values
+
+
+def resolve_recipe(
+    recipe: str | None = None,
+    task: str | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    *,
+    saved: Path | None = None,
+) -> Recipe:
+    """Recipe < command-line flags < ``--set`` overrides, validated into a :class:`Recipe`: every command's rule.
+
+    The recipe is ``recipe`` (a bundled name or a YAML path); with only ``task``, its bundled recipe
+    (``--task mrpc`` means ``recipes/glue/mrpc.yaml``); with neither, ``saved`` (the ``recipe.yaml`` beside a
+    checkpoint, for ``eval`` and ``attribute``) or else the demo recipe. ``flags`` are dotted keys
+    (``{"train.lr": 1e-5}``); None values are flags that were not given.
+    """
+    values = merge(_base_values(recipe, task, saved), nested(flags or {}))
+    for assignment in overrides or []:
+        values = merge(values, parse_override(assignment))
+    return build(Recipe, values)

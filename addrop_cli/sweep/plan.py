@@ -1,0 +1,157 @@
+"""A sweep's plan: one :class:`Trial` per grid point and seed, the manifest (``sweep.json``) that keeps a
+different grid out of the directory, and the result rows (``results.jsonl``) of the trials that finished.
+
+A sweep directory holds ``sweep.json``, ``results.jsonl`` (one line per finished trial, rewritten atomically)
+and ``trials/<trial-id>/``, each an ordinary ``addrop train`` output directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from addrop_cli.errors import UserError
+from addrop_cli.outputs import write_json
+from addrop_cli.recipe import Recipe, build, merge, nest
+from addrop_cli.sweep.grid import SEED_KEY, format_value, get_value
+
+SWEEP_FILE, RESULTS_FILE, TRIALS_DIR, LOG_FILE = "sweep.json", "results.jsonl", "trials", "train.log"
+MAX_ID_LENGTH = 120
+
+# ---------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One train run of a sweep: its settings (dotted key -> value, seed apart) and its resolved recipe."""
+
+    id: str
+    settings: dict[str, Any]
+    seed: int
+    baseline: bool
+    recipe: Recipe
+
+    @property
+    def digest(self) -> str:
+        """Identifies the exact run: finished results count only for a trial with the same recipe."""
+        return recipe_digest(self.recipe)
+
+    def row(self) -> dict[str, Any]:
+        return {"trial": self.id, "settings": self.settings, "seed": self.seed, "baseline": self.baseline}
+
+
+def recipe_digest(recipe: Recipe) -> str:
+    """Hash of everything that shapes the run; where it is written is left out, so a moved sweep keeps its trials."""
+    values = recipe.to_dict()
+    values["train"].pop("output_dir")
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _id_part(key: str, value: Any) -> str:
+    name = key.rsplit(".", 1)[-1]
+    text = format_value(value)
+    joined = f"{name}{text}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{name}-{text}"
+    return re.sub(r"[^A-Za-z0-9.+=-]", "-", joined)
+
+
+def trial_id(settings: dict[str, Any], seed: int, baseline: bool) -> str:
+    """A readable, path-safe name: ``addrop_p0.3_q0.5_lr2e-05_seed1``, ``ft_seed1``."""
+    parts = ["ft" if baseline else "addrop"] + [_id_part(k, v) for k, v in settings.items()] + [f"seed{seed}"]
+    name = "_".join(parts)
+    if len(name) > MAX_ID_LENGTH:  # long model paths: keep the name usable, still unique
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[:MAX_ID_LENGTH - 9]}-{digest}"
+    return name
+
+
+def plan_trials(base: Recipe, axes: dict[str, list[Any]], seeds: list[int], baseline: bool,
+                directory: Path) -> list[Trial]:
+    """Every trial of the grid, seed by seed (so one seed's full grid finishes first): the baseline points,
+    then the AD-DROP points. Raises UserError for a value the recipe rejects, before anything runs."""
+    base_values = base.to_dict()
+    addrop_axes = [key for key in axes if key.startswith("addrop.")]
+    if not base.addrop.enabled and (addrop_axes or baseline):
+        raise UserError("the base recipe has AD-DROP disabled (--no-addrop): sweeping "
+                        f"{', '.join(addrop_axes) or '--baseline'} needs it enabled")
+    plain_axes = {key: values for key, values in axes.items() if key not in addrop_axes}
+    trials = []
+    for seed in seeds:
+        groups = ([(plain_axes, True)] if baseline else []) + [(axes, False)]
+        for group_axes, is_baseline in groups:
+            for combination in itertools.product(*group_axes.values()):
+                values = merge(base_values, nest(SEED_KEY, seed))
+                for key, value in zip(group_axes, combination, strict=True):
+                    values = merge(values, nest(key, value))
+                if is_baseline:
+                    values = merge(values, nest("addrop.enabled", False))
+                recipe = build(Recipe, values)
+                # Typed values (the YAML "2e-5" becomes 2e-05) name the trial.
+                settings = {key: get_value(recipe.to_dict(), key) for key in group_axes}
+                name = trial_id(settings, seed, is_baseline)
+                recipe.train.output_dir = str(directory / TRIALS_DIR / name)
+                trials.append(Trial(name, settings, seed, is_baseline, recipe))
+    names = [trial.id for trial in trials]
+    if len(set(names)) != len(names):
+        raise UserError("two grid values give the same trial name (they are equal once typed): "
+                        + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    return trials
+
+
+# ------------------------------------------------------------------------------ manifest and results
+
+
+def manifest(base: Recipe, axes: dict[str, list[Any]], seeds: list[int], baseline: bool) -> dict[str, Any]:
+    """What ``sweep.json`` records; re-running compares it so a different grid is never mixed in."""
+    values = base.to_dict()
+    values["train"].pop("seed")
+    values["train"].pop("output_dir")
+    return json.loads(json.dumps({"base": values, "axes": axes, "seeds": seeds, "baseline": baseline}))
+
+
+def check_manifest(directory: Path, wanted: dict[str, Any], force: bool) -> None:
+    """Refuse a sweep directory that holds a different grid (unless ``force``); record this grid."""
+    path = directory / SWEEP_FILE
+    if path.is_file() and not force:
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"{path} is unreadable ({error}); pass --force to start this grid over it") from None
+        if previous != wanted:
+            changed = [key for key in wanted if previous.get(key) != wanted[key]]
+            raise UserError(f"{directory} holds a different sweep ({', '.join(changed)} differ in {SWEEP_FILE}); "
+                            "re-run the original command to resume it, choose another --output-dir, or pass "
+                            "--force to run this grid there (finished trials with identical settings are kept)")
+    write_json(path, wanted)
+
+
+def load_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / SWEEP_FILE
+    if not path.is_file():
+        raise UserError(f"{directory} is not a sweep directory (no {SWEEP_FILE}); run addrop sweep there first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is unreadable: {error}") from None
+
+
+def plan_from_manifest(directory: Path, values: dict[str, Any]) -> list[Trial]:
+    base_values = merge(values["base"], {"train": {"output_dir": str(directory)}})
+    return plan_trials(build(Recipe, base_values), values["axes"], values["seeds"], values["baseline"], directory)
+
+
+def read_results(directory: Path) -> list[dict[str, Any]]:
+    path = directory / RESULTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def current_results(trials: list[Trial], rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Trial id -> its result row, only for rows of exactly these trials (same recipe digest)."""
+    wanted = {trial.id: trial.digest for trial in trials}
+    return {row["trial"]: row for row in rows if wanted.get(row["trial"]) == row.get("digest")}

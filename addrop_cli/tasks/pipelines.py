@@ -1,0 +1,269 @@
+"""What differs between task kinds, behind one interface (:class:`Pipeline`) the loop, ``eval`` and
+``attribute`` share.
+
+A pipeline reads a split, loads the model with the task's head, encodes and collates examples, and scores a
+model on an evaluation loader. :class:`SequencePipeline` covers GLUE-style classification and regression,
+:class:`TokenPipeline` named-entity recognition (CoNLL-2003 tags), :class:`Seq2SeqPipeline` translation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import transformers
+from accelerate import Accelerator
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
+
+from addrop_cli.core.settings import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
+from addrop_cli.errors import UserError
+from addrop_cli.recipe import Recipe
+from addrop_cli.tasks.glue_data import Example, encode_examples, make_collator
+from addrop_cli.tasks.metrics import bleu_metrics, compute_metrics, seqeval_metrics
+from addrop_cli.tasks.models import load_classifier, load_pretrained, load_seq2seq
+from addrop_cli.tasks.ner_data import TaggedSentence, encode_tagged, load_hub_tagged, read_tagged, token_collator
+from addrop_cli.tasks.registry import AnyTaskSpec, Seq2SeqTaskSpec, TaskSpec, TokenTaskSpec, get_task
+from addrop_cli.tasks.splits import load_split, read_split
+from addrop_cli.tasks.translation_data import (
+    encode_translation,
+    load_hub_translation,
+    read_translation,
+    seq2seq_collator,
+)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    loss: float
+    prediction_counts: dict[str, int]
+
+
+class Pipeline(Protocol):
+    """What the loop, ``addrop eval`` and ``addrop attribute`` need of a task kind."""
+
+    task: AnyTaskSpec
+    task_type: str  # classification, regression, token or seq2seq (core.settings)
+    metrics: tuple[str, ...]
+    default_metric: str
+
+    def read(self, recipe: Recipe, split: str) -> list | None:
+        """The items of ``split`` (train, validation, test); None for a test split that is not configured."""
+
+    def labelled(self, items: list) -> bool:
+        """Whether the items carry what the task scores against (labels, tags, target texts)."""
+
+    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+        """The model with the task's head (and label names in its config)."""
+
+    def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
+        """Tokenized features, with ``labels`` when the items are labelled."""
+
+    def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
+        """One unlabelled input typed by a user."""
+
+    def collator(self, tokenizer) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+        """Pads a list of features into a batch of tensors."""
+
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
+        """Metrics, mean loss and predicted-label counts over a (possibly sharded) evaluation split."""
+
+
+class SequencePipeline:
+    """Sentence and sentence-pair classification or regression (GLUE)."""
+
+    def __init__(self, task: TaskSpec):
+        self.task = task
+        self.task_type = REGRESSION if task.is_regression else CLASSIFICATION
+        self.metrics, self.default_metric = task.metrics, task.default_metric
+
+    def read(self, recipe: Recipe, split: str) -> list | None:
+        return load_split(recipe, self.task, split)
+
+    def labelled(self, items: list) -> bool:
+        return bool(items) and items[0].label is not None
+
+    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+        return load_classifier(name, self.task, trust_remote_code)
+
+    def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
+        return encode_examples(items, tokenizer, recipe.data.max_length)
+
+    def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
+        """One unlabelled input typed by a user: a sentence, or a sentence pair."""
+        return self.encode([Example(text, text_pair, None)], tokenizer, recipe)[0]
+
+    def collator(self, tokenizer):
+        return make_collator(tokenizer)
+
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
+        """Metrics, mean loss and predicted-label counts over a (possibly sharded) evaluation split."""
+        logits, labels = _gather_outputs(model, loader, accelerator)
+        task = self.task
+        if task.is_regression:
+            predictions = logits.squeeze(-1)
+            loss = F.mse_loss(predictions, labels.float()).item()
+            counts: dict[str, int] = {}
+        else:
+            predictions = logits.argmax(-1)
+            loss = F.cross_entropy(logits, labels).item()
+            tally = torch.bincount(predictions, minlength=task.num_labels).tolist()
+            counts = dict(zip(task.label_names, tally, strict=True))
+        metrics = compute_metrics(task.metrics, predictions.numpy(), labels.numpy(), num_labels=task.num_labels)
+        return EvalResult(metrics, loss, counts)
+
+
+class TokenPipeline:
+    """Named-entity recognition: word tags aligned to sub-words, seqeval entity-level scores."""
+
+    task_type = TOKEN
+
+    def __init__(self, task: TokenTaskSpec):
+        self.task = task
+        self.metrics, self.default_metric = task.metrics, task.default_metric
+        self.label2id = {label: i for i, label in enumerate(task.label_names)}
+
+    def read(self, recipe: Recipe, split: str) -> list | None:
+        data = recipe.data
+        return read_split(recipe, split, read_tagged,
+                          lambda name: load_hub_tagged(data.dataset, data.dataset_config, name),
+                          "CoNLL columns, or JSON/JSONL with tokens and ner_tags")
+
+    def labelled(self, items: list) -> bool:
+        return bool(items) and items[0].tags is not None
+
+    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+        names = self.task.label_names
+        config = load_pretrained(AutoConfig.from_pretrained, name, "model config", trust_remote_code=trust_remote_code,
+                       num_labels=len(names), id2label=dict(enumerate(names)),
+                       label2id={label: i for i, label in enumerate(names)})
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # a fresh token-classification head is expected
+        try:
+            return load_pretrained(AutoModelForTokenClassification.from_pretrained, name, "model", config=config,
+                         trust_remote_code=trust_remote_code)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+
+    def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
+        return encode_tagged(items, tokenizer, self.label2id, recipe.data.max_length,
+                             label_all_tokens=recipe.data.label_all_tokens)
+
+    def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
+        """One unlabelled sentence typed by a user, split into words at whitespace."""
+        _refuse_pair(text_pair, self.task.name)
+        return self.encode([TaggedSentence(text.split(), None)], tokenizer, recipe)[0]
+
+    def collator(self, tokenizer):
+        return token_collator(tokenizer)
+
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
+        """seqeval over the first sub-word of each word (positions labelled -100 are skipped)."""
+        logits, labels = _gather_outputs(model, loader, accelerator, pad_dim=1)
+        real = labels != IGNORE_INDEX
+        loss = F.cross_entropy(logits[real], labels[real]).item()
+        predictions = logits.argmax(-1)
+        names = self.task.label_names
+        predicted_tags = [[names[p] for p, keep in zip(row, mask, strict=True) if keep]
+                          for row, mask in zip(predictions.tolist(), real.tolist(), strict=True)]
+        reference_tags = [[names[t] for t in row if t != IGNORE_INDEX] for row in labels.tolist()]
+        tally = torch.bincount(predictions[real], minlength=len(names)).tolist()
+        return EvalResult(seqeval_metrics(predicted_tags, reference_tags), loss, dict(zip(names, tally, strict=True)))
+
+
+class Seq2SeqPipeline:
+    """Translation: teacher-forced loss for training, generation scored with sacrebleu for evaluation."""
+
+    task_type = SEQ2SEQ
+
+    def __init__(self, task: Seq2SeqTaskSpec, recipe: Recipe):
+        self.task = task
+        self.metrics, self.default_metric = task.metrics, task.default_metric
+        self.source_lang = recipe.data.source_lang or task.source_lang
+        self.target_lang = recipe.data.target_lang or task.target_lang
+        self.max_target_length = recipe.data.max_target_length
+        self.num_beams = recipe.train.num_beams
+
+    def read(self, recipe: Recipe, split: str) -> list | None:
+        data, source, target = recipe.data, self.source_lang, self.target_lang
+        return read_split(recipe, split, lambda path: read_translation(path, source, target),
+                          lambda name: load_hub_translation(data.dataset, data.dataset_config, name, source, target),
+                          "a Moses-style prefix such as wmt16_en_ro/newsdev2016, or JSON/JSONL translation rows")
+
+    def labelled(self, items: list) -> bool:
+        return bool(items) and items[0].target is not None
+
+    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+        return load_seq2seq(name, trust_remote_code)
+
+    def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
+        return encode_translation(items, tokenizer, max_source_length=recipe.data.max_length,
+                                  max_target_length=self.max_target_length, source_prefix=recipe.data.source_prefix)
+
+    def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
+        """One source sentence typed by a user, without a target (features without labels)."""
+        _refuse_pair(text_pair, self.task.name)
+        return dict(tokenizer(recipe.data.source_prefix + text, truncation=True, max_length=recipe.data.max_length))
+
+    def collator(self, tokenizer):
+        return seq2seq_collator(tokenizer)
+
+    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
+        """Teacher-forced loss, then generation (``train.num_beams``) scored with corpus BLEU and mean length."""
+        model.eval()
+        generator = accelerator.unwrap_model(model)
+        pad = tokenizer.pad_token_id
+        losses, hypotheses, references, lengths = [], [], [], []
+        with torch.no_grad():
+            for batch in loader:
+                losses.append(accelerator.gather_for_metrics(model(**batch).loss.detach()[None]).float())
+                generated = generator.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                               num_beams=self.num_beams, max_length=self.max_target_length)
+                generated = accelerator.pad_across_processes(generated, dim=1, pad_index=pad)
+                labels = accelerator.pad_across_processes(batch["labels"], dim=1, pad_index=IGNORE_INDEX)
+                generated, labels = accelerator.gather_for_metrics((generated, labels))
+                labels = labels.masked_fill(labels == IGNORE_INDEX, pad)
+                hypotheses += tokenizer.batch_decode(generated, skip_special_tokens=True)
+                references += tokenizer.batch_decode(labels, skip_special_tokens=True)
+                lengths += (generated != pad).sum(-1).tolist()
+        metrics = bleu_metrics([h.strip() for h in hypotheses], [r.strip() for r in references], lengths)
+        return EvalResult(metrics, torch.cat(losses).mean().item(), {})
+
+
+def _refuse_pair(text_pair: str | None, task: str) -> None:
+    if text_pair is not None:
+        raise UserError(f"--text-pair is for sentence-pair tasks (e.g. mrpc, rte); {task} takes one --text")
+
+
+def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator, pad_dim: int | None = None):
+    """Logits and labels of a whole split, gathered from every process (padding duplicates dropped)."""
+    model.eval()
+    all_logits, all_labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits, labels = model(**batch).logits.float(), batch["labels"]
+            if pad_dim is not None:  # batches differ in length across processes and steps
+                logits = accelerator.pad_across_processes(logits, dim=pad_dim)
+                labels = accelerator.pad_across_processes(labels, dim=pad_dim, pad_index=IGNORE_INDEX)
+            logits, labels = accelerator.gather_for_metrics((logits, labels))
+            all_logits.append(logits.cpu())
+            all_labels.append(labels.cpu())
+    if pad_dim is not None:
+        width = max(t.shape[pad_dim] for t in all_labels)
+        all_logits = [F.pad(t, (0, 0, 0, width - t.shape[1])) for t in all_logits]
+        all_labels = [F.pad(t, (0, width - t.shape[1]), value=IGNORE_INDEX) for t in all_labels]
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def pipeline_for(recipe: Recipe) -> Pipeline:
+    """The pipeline of the recipe's task: GLUE (sequence), conll2003 (token) or WMT16 (translation)."""
+    task = get_task(recipe.task)
+    if isinstance(task, TokenTaskSpec):
+        return TokenPipeline(task)
+    if isinstance(task, Seq2SeqTaskSpec):
+        return Seq2SeqPipeline(task, recipe)
+    return SequencePipeline(task)

@@ -1,0 +1,57 @@
+"""Evaluation plumbing shared by the loop and ``addrop eval``: the Accelerator, evaluation loaders, and
+scoring a saved checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch.utils.data import DataLoader
+
+from addrop_cli.errors import UserError
+from addrop_cli.recipe import Recipe, TrainConfig
+from addrop_cli.tasks.models import load_tokenizer
+from addrop_cli.tasks.pipelines import EvalResult, Pipeline, pipeline_for
+from addrop_cli.training.batching import EncodedDataset, longest_first
+
+
+def build_accelerator(train: TrainConfig) -> Accelerator:
+    """The run's Accelerator. Loaders give global batches (per-device size x processes) that Accelerate
+    splits across processes, so the same examples make up each update whatever the number of processes."""
+    try:
+        return Accelerator(mixed_precision=train.mixed_precision,
+                           gradient_accumulation_steps=train.gradient_accumulation_steps,
+                           dataloader_config=DataLoaderConfiguration(split_batches=True))
+    except ValueError as error:
+        raise UserError(f"train.mixed_precision={train.mixed_precision!r} is not available here: {error}") from None
+
+
+def eval_loader(features: list[dict[str, Any]], batch_size: int, collate: Callable) -> DataLoader:
+    """Longest first (far less padding; metrics do not depend on order), with a generator of its own so
+    that iterating never draws from the global RNG that dropout and AD-DROP use."""
+    dataset = EncodedDataset(features)
+    return DataLoader(dataset, batch_size=batch_size, sampler=longest_first(dataset), collate_fn=collate,
+                      generator=torch.Generator())
+
+
+def labelled_split(pipeline: Pipeline, recipe: Recipe, split: str) -> list | None:
+    """The items of ``split`` when they carry labels to score against, else None."""
+    items = pipeline.read(recipe, split)
+    return items if items is not None and pipeline.labelled(items) else None
+
+
+def evaluate_checkpoint(checkpoint: str, recipe: Recipe, split: str = "validation") -> EvalResult:
+    """Score a saved checkpoint (e.g. a run's ``best/``) on ``split`` of the recipe's data."""
+    pipeline = pipeline_for(recipe)
+    items = labelled_split(pipeline, recipe, split)
+    if items is None:
+        raise UserError(f"the {split} split has no labels to score against; give a labelled --{split}-file")
+    tokenizer = load_tokenizer(checkpoint)
+    accelerator = build_accelerator(recipe.train)
+    loader = eval_loader(pipeline.encode(items, tokenizer, recipe),
+                         recipe.train.eval_batch_size * accelerator.num_processes, pipeline.collator(tokenizer))
+    model, loader = accelerator.prepare(pipeline.load_model(checkpoint), loader)
+    return pipeline.evaluate(model, loader, accelerator, tokenizer)

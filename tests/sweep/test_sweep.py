@@ -1,0 +1,229 @@
+"""``addrop sweep``: grid parsing, the trial plan, resumability, summaries and heatmaps on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from helpers import one_line_error
+from PIL import Image
+from typer.testing import CliRunner
+
+from addrop_cli.cli.app import app
+from addrop_cli.recipe import Recipe
+from addrop_cli.sweep.grid import parse_grid, parse_seeds, parse_values
+from addrop_cli.sweep.plan import plan_trials, trial_id
+from addrop_cli.sweep.summary import scaled_difference
+
+runner = CliRunner()
+
+
+def sweep_args(out, checkpoint, *extra):
+    """A CPU-sized sweep: the tiny BERT on 24 bundled SST-2 sentences, one epoch per trial."""
+    return ["sweep", "--model", str(checkpoint), "--max-train-samples", "24", "--max-eval-samples", "24",
+            "--max-length", "24", "--epochs", "2", "--batch-size", "8", "--output-dir", str(out),
+            "--set", "train.lr=1e-3", *extra]
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+def test_ranges_are_exact_decimals():
+    values = parse_values("0.1:0.9", "--p")
+    assert values == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert parse_values("0.1:0.9:0.2", "--q") == [0.1, 0.3, 0.5, 0.7, 0.9]
+    assert parse_values("0.1,0.3,0.5", "--p") == [0.1, 0.3, 0.5]
+    assert parse_values("0.3", "--p") == [0.3]
+    assert parse_values("0:1:0.25", "--q") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_values("0.05:0.95:0.05", "--q")[-1] == 0.95 and len(parse_values("0.05:0.95:0.05", "--q")) == 19
+
+
+@pytest.mark.parametrize(("spec", "fragment"), [("0.9:0.1", "START <= STOP"), ("0.1:0.9:0", "positive STEP"),
+                                                ("a:b", "'a' is not a number"), ("1:2:3:4", "START:STOP"),
+                                                ("0.1,0.1", "repeated"), (",", "at least one value")])
+def test_bad_ranges_name_the_option(spec, fragment):
+    one_line_error(lambda: parse_values(spec, "--p"), "--p", fragment)
+
+
+def test_seeds_count_or_list():
+    assert parse_seeds("5") == [1, 2, 3, 4, 5]
+    assert parse_seeds("7,11") == [7, 11]
+    one_line_error(lambda: parse_seeds("0"), "--seeds", "at least 1")
+    one_line_error(lambda: parse_seeds("1,x"), "--seeds", "1,2,3")
+
+
+def test_grid_keys_resolve_by_last_part_and_values_keep_lists():
+    assert parse_grid("lr=1e-5,2e-5") == ("train.lr", ["1e-5", "2e-5"])
+    assert parse_grid("addrop.layers=first,all,[0,3]") == ("addrop.layers", ["first", "all", [0, 3]])
+    assert parse_grid("k_shot=16,64") == ("data.k_shot", [16, 64])
+    one_line_error(lambda: parse_grid("lrr=1"), "unknown recipe key 'lrr'", "did you mean 'lr'")
+    one_line_error(lambda: parse_grid("p=0.1"), "use --p")
+    one_line_error(lambda: parse_grid("seed=1,2"), "use --seeds")
+    one_line_error(lambda: parse_grid("lr"), "KEY=V1,V2")
+
+
+def test_plan_has_baselines_per_seed_and_plain_grid_point(tmp_path):
+    axes = {"addrop.p": [0.1, 0.3], "addrop.q": [0.5], "train.lr": ["1e-5", "2e-5"]}
+    trials = plan_trials(Recipe(), axes, [1, 2], True, tmp_path)
+    assert len(trials) == 2 * (2 + 2 * 1 * 2)
+    baselines = [t for t in trials if t.baseline]
+    assert [t.id for t in baselines] == ["ft_lr1e-05_seed1", "ft_lr2e-05_seed1", "ft_lr1e-05_seed2",
+                                         "ft_lr2e-05_seed2"]
+    assert all(not t.recipe.addrop.enabled and "addrop.p" not in t.settings for t in baselines)
+    first = next(t for t in trials if not t.baseline)
+    assert first.id == "addrop_p0.1_q0.5_lr1e-05_seed1"
+    assert first.recipe.addrop.p == 0.1 and first.recipe.train.lr == 1e-5 and first.recipe.train.seed == 1
+    assert first.recipe.train.output_dir == str(tmp_path / "trials" / first.id)
+    assert len({t.id for t in trials}) == len(trials)
+
+
+def test_trial_ids_are_path_safe():
+    name = trial_id({"model": "org/some model:v2", "addrop.layers": [0, 3]}, 1, False)
+    assert name == "addrop_model-org-some-model-v2_layers-0+3_seed1"
+    assert len(trial_id({"model": "x" * 300}, 1, False)) <= 120
+
+
+def test_bad_grid_values_fail_before_anything_runs(tmp_path):
+    one_line_error(lambda: plan_trials(Recipe(), {"addrop.p": [0.5, 1.5]}, [1], False, tmp_path), "addrop.p=1.5")
+    assert not any(tmp_path.iterdir())
+
+
+def test_scaled_difference_is_in_unit_range():
+    import numpy as np
+
+    scaled, scale = scaled_difference(np.array([[0.80, 0.90], [0.70, np.nan]]), 0.85)
+    assert scale == pytest.approx(0.15)
+    assert scaled[1, 0] == pytest.approx(-1.0) and scaled[0, 1] == pytest.approx(1 / 3)
+    assert np.isnan(scaled[1, 1])
+
+
+# ---------------------------------------------------------------------------------------- end to end
+
+
+def test_two_by_two_grid_with_two_seeds_and_a_baseline_writes_every_file(tmp_path, tiny_checkpoint):
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, sweep_args(out, tiny_checkpoint, "--p", "0.1,0.5", "--q", "0.2,0.6", "--seeds", "2",
+                                           "--baseline"))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * (1 + 4) and all(row["status"] == "ok" for row in rows)
+    # Off a terminal, progress is one line per finished trial, in order.
+    logged = re.findall(r"^\[(\d+)/10\] (\S+): accuracy [0-9.]+ \(best epoch \d", result.stderr, re.MULTILINE)
+    assert logged == [(str(i), row["trial"]) for i, row in enumerate(rows, 1)]
+    for row in rows:
+        trial = out / "trials" / row["trial"]
+        assert (trial / "metrics.json").is_file() and (trial / "best").is_dir() and (trial / "history.jsonl").is_file()
+        assert set(row) >= {"settings", "seed", "eval", "best_epoch", "seconds"}
+
+    with open(out / "summary.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["kind"] for r in table] == ["ft"] + ["addrop"] * 4
+    assert all(r["seeds"] == "2" for r in table)
+    assert sum(r["best"] == "yes" for r in table) == 1
+    accuracy = [row["eval"]["accuracy"] for row in rows if row["settings"] == {"addrop.p": 0.1, "addrop.q": 0.2}]
+    first = next(r for r in table if r["addrop.p"] == "0.1" and r["addrop.q"] == "0.2")
+    assert float(first["eval.accuracy_mean"]) == pytest.approx(sum(accuracy) / 2, abs=1e-6)
+
+    markdown = (out / "summary.md").read_text()
+    assert "| FT |" in markdown and "±" in markdown and "Best setting: " in markdown
+
+    best = yaml.safe_load((out / "best-recipe.yaml").read_text())
+    chosen = next(r for r in table if r["best"] == "yes")
+    assert best["addrop"]["p"] == float(chosen["addrop.p"]) and best["addrop"]["q"] == float(chosen["addrop.q"])
+    assert best["model"] == str(tiny_checkpoint) and best["train"]["epochs"] == 2
+    assert (out / "best-recipe.yaml").read_text().startswith("# Best setting")
+
+    for name in ("heatmap.png", "heatmap-vs-baseline.png"):
+        with Image.open(out / name) as image:
+            image.load()
+            assert image.size == (700, 600)  # every heatmap the same size, whatever the grid
+
+    again = runner.invoke(app, ["sweep", "--summarize", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "10/10 trials finished" in again.stderr
+
+
+def test_finished_sweep_reruns_nothing_and_a_different_grid_is_refused(tmp_path, tiny_checkpoint):
+    out = tmp_path / "sweep"
+    common = sweep_args(out, tiny_checkpoint, "--seeds", "1", "--no-cross-tuning")
+    args = [*common, "--p", "0.3", "--q", "0.3"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (out / "results.jsonl").read_text()
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0 and "1 trial(s) were already finished and skipped" in rerun.stderr
+    assert (out / "results.jsonl").read_text() == before
+
+    different = runner.invoke(app, [*common, "--p", "0.5", "--q", "0.3"])
+    assert different.exit_code == 2
+    assert "holds a different sweep (axes differ" in different.stderr and "--force" in different.stderr
+
+    forced = runner.invoke(app, [*common, "--p", "0.3", "--q", "0.3,0.6", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "1 trial(s) were already finished and skipped" in forced.stderr  # q=0.3 kept
+    assert re.findall(r"^\[\d/2\] \S+", forced.stderr, re.MULTILINE) == ["[2/2] addrop_p0.3_q0.6_seed1:"]
+
+
+def test_moved_sweep_directory_keeps_its_finished_trials(tmp_path, tiny_checkpoint):
+    out, moved = tmp_path / "sweep", tmp_path / "elsewhere" / "sweep"
+    grid = ("--seeds", "1", "--p", "0.3", "--q", "0.3")
+    assert runner.invoke(app, sweep_args(out, tiny_checkpoint, *grid)).exit_code == 0
+    moved.parent.mkdir()
+    out.rename(moved)
+    rerun = runner.invoke(app, sweep_args(moved, tiny_checkpoint, *grid))
+    assert rerun.exit_code == 0 and "1 trial(s) were already finished and skipped" in rerun.stderr
+    summary = runner.invoke(app, ["sweep", "--summarize", str(moved)])
+    assert summary.exit_code == 0 and "1/1 trials finished" in summary.stderr
+
+
+def test_dry_run_lists_trials_and_writes_nothing(tmp_path, tiny_checkpoint):
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, sweep_args(out, tiny_checkpoint, "--p", "0.1:0.9", "--q", "0.5", "--seeds", "1,2",
+                                           "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert "18 trials" in result.stdout and "addrop_p0.9_q0.5_seed2" in result.stdout
+    assert not out.exists()
+
+
+def sweep_process(out, checkpoint, workers: int) -> subprocess.Popen:
+    args = sweep_args(out, checkpoint, "--p", "0.1,0.3", "--q", "0.5", "--seeds", "2", "--workers",
+                      str(workers))
+    return subprocess.Popen([sys.executable, "-m", "addrop_cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finished_rows(out) -> list[dict]:
+    path = out / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.parametrize(("workers", "signum"), [(1, signal.SIGKILL), (2, signal.SIGTERM)])
+def test_interrupted_sweep_resumes_and_skips_finished_trials(tmp_path, tiny_checkpoint, workers, signum):
+    out = tmp_path / "sweep"
+    process = sweep_process(out, tiny_checkpoint, workers)
+    deadline = time.time() + 240
+    while not finished_rows(out) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    if signum == signal.SIGTERM:
+        assert process.returncode == 143 and "run the same command again to resume" in stderr
+    finished = {row["trial"]: row for row in finished_rows(out)}
+    assert 1 <= len(finished) < 4, "the sweep should have been stopped part way"
+    stamps = {name: (out / "trials" / name / "metrics.json").stat().st_mtime_ns for name in finished}
+
+    resumed = sweep_process(out, tiny_checkpoint, workers)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert f"{len(finished)} trial(s) were already finished and skipped" in stderr
+    rows = finished_rows(out)
+    assert sorted(row["trial"] for row in rows) == sorted({row["trial"] for row in rows}) and len(rows) == 4
+    for name, stamp in stamps.items():  # finished trials were not trained again
+        assert (out / "trials" / name / "metrics.json").stat().st_mtime_ns == stamp
+        assert next(row for row in rows if row["trial"] == name) == finished[name]
