@@ -9,7 +9,6 @@ drop mask (Eq. 7), each (heads, n, n) over the example's n tokens. The numbers c
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +77,30 @@ def row_ranks(scores: torch.Tensor) -> torch.Tensor:
     """
     at_or_below = (scores[..., None, :] <= scores[..., :, None]).sum(-1) - 1
     return at_or_below.float() / max(scores.shape[-1] - 1, 1)
+
+
+def rows_without_attribution(attribution: torch.Tensor) -> torch.Tensor:
+    """Query rows whose attribution is exactly zero in every shown head: rows that cannot reach the target
+    (in a sequence classifier's last layer, every row but the pooled [CLS] one). Eq. 6 ties all their keys, so
+    they would look like one block of candidates; figures show them as "no attribution" instead.
+
+    Args:
+        attribution: (H, n, n).
+    Returns:
+        (n,) bool.
+    """
+    return (attribution == 0).all(dim=-1).all(dim=0)
+
+
+def describe_prediction(prediction: dict[str, Any]) -> str:
+    """A prediction in words: ``positive (p 0.97)``, ``score 3.21``, tags, or a translation."""
+    if "label" in prediction:
+        return f"{prediction['label']} (p {prediction['probability']:.2f})"
+    if "score" in prediction:
+        return f"score {prediction['score']:.3f}"
+    if "labels" in prediction:
+        return " ".join(prediction["labels"])
+    return f"{prediction['text']} (mean p {prediction['probability']:.2f})"
 
 
 def key_tokens(attribution: torch.Tensor, tokens: list[str], count: int = KEY_TOKENS) -> list[dict[str, Any]]:
@@ -263,8 +286,10 @@ def _example_summary(index: int, example: ExampleAttribution) -> dict[str, Any]:
         "text": example.text,
         "prediction": example.prediction,
         "gold": example.gold,
-        "layers": {str(layer.layer): {"key_tokens": key_tokens(layer.attribution, example.tokens)}
-                   for layer in example.layers},
+        "layers": {str(layer.layer): {
+            "key_tokens": key_tokens(layer.attribution, example.tokens),
+            "rows_without_attribution": torch.nonzero(rows_without_attribution(layer.attribution)).flatten().tolist(),
+        } for layer in example.layers},
         "images": {"layers": images, "tokens": f"{IMAGES_DIR}/ex{index}_tokens.png"},
     }
 
@@ -280,8 +305,8 @@ def _draw_example(
         ",".join(map(str, heads))
     shown = heads_label if heads != "mean" and len(heads) == 1 else f"mean over {heads_label}"
     legend = (f"size: attention · shade: attribution rank ({settings['method']}, {settings['labels']} label) · "
-              f"red dots: candidates (p={settings['p']}) · orange ×: dropped (q={settings['q']}, "
-              f"seed {settings['seed']})")
+              f"red dotted outline: candidates (p={settings['p']}) · orange ×: dropped (q={settings['q']}, "
+              f"seed {settings['seed']}) · grey: no attribution")
     for layer in example.layers:
         crop = (slice(None), slice(0, n), slice(0, n))
         attention, attribution = layer.attention[crop].mean(0), layer.attribution[crop].mean(0)
@@ -289,7 +314,8 @@ def _draw_example(
         figure = plots.attention_map(tokens, attention.numpy(), row_ranks(attribution).numpy(),
                                      candidate_share.numpy(), drop_share.numpy(),
                                      f"example {index}, layer {layer.layer}, {shown}",
-                                     "\n".join(filter(None, [legend, note])), "attribution rank within the query row")
+                                     "\n".join(filter(None, [legend, note])), "attribution rank within the query row",
+                                     blank_rows=rows_without_attribution(layer.attribution[crop]).numpy())
         plots.save_figure(figure, directory / entry["images"]["layers"][str(layer.layer)])
     totals = sum(token_attribution(layer.attribution) for layer in example.layers)[:n]
     layers = ",".join(str(layer.layer) for layer in example.layers)
@@ -314,13 +340,14 @@ def gallery_html(summary: dict[str, Any]) -> str:
         )
         sections.append(
             f'<section id="ex{i}"><h2>Example {i}</h2><p class="text">{esc(example["text"])}</p>'
-            f"<p>prediction: <code>{esc(json.dumps(example['prediction']))}</code>"
-            + (f" · gold: <code>{esc(json.dumps(example['gold']))}</code>" if example["gold"] is not None else "")
+            f"<p>prediction: <b>{esc(describe_prediction(example['prediction']))}</b>"
+            + (f" · gold: <b>{esc(describe_gold(example['gold']))}</b>" if example["gold"] is not None else "")
             + f"</p><p>{layer_links}</p>"
             f'<img src="{esc(example["images"]["tokens"])}" alt="example {i} attribution per token">'
             f'<div class="layers">{figures}</div></section>'
         )
-    settings = {k: v for k, v in summary.items() if k != "examples"}
+    settings = "".join(f"<tr><th>{esc(str(key))}</th><td>{esc(_setting_text(value))}</td></tr>"
+                       for key, value in summary.items() if key != "examples")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>addrop attribute</title>
 <style>
@@ -330,15 +357,30 @@ nav a, section p a {{ margin-right: 0.8em; }}
 .layers {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure {{ margin: 0; }} img {{ max-width: 100%; }}
 .text {{ font-size: 1.2em; }}
+table {{ border-collapse: collapse; }} th, td {{ text-align: left; padding: 0.1em 0.8em 0.1em 0; }}
 </style></head><body>
 <h1>AD-DROP attribution</h1>
-<p><code>{esc(json.dumps(settings))}</code></p>
+<table>{settings}</table>
 <p>Circle area: attention probability; shade: the attribution's rank within its query row (darker is higher;
 Eq. 6 compares scores within a row only); red dotted outline: candidate
 discard region (Eq. 6); orange crosses: positions dropped in one sampled mask (Eq. 7). With several heads averaged, the
 outline marks positions that are candidates in at least half of them, and a cross is as opaque as the share of
-heads that drop the position.</p>
+heads that drop the position. Grey rows have no attribution: the query row cannot reach the prediction (in a
+sequence classifier's last layer, every row but [CLS]), so all its scores are zero and Eq. 6 would tie every key.</p>
 <nav>{nav}</nav>
 {"".join(sections)}
 </body></html>
 """
+
+
+def describe_gold(gold: Any) -> str:
+    """A gold label in words: a class name, a score, tags (· for unlabelled pieces) or a target text."""
+    if isinstance(gold, list):
+        return " ".join("·" if tag is None else str(tag) for tag in gold)
+    return f"{gold:.3f}" if isinstance(gold, float) else str(gold)
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)

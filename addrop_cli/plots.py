@@ -68,10 +68,12 @@ def attention_map(
     title: str,
     note: str = "",
     shade_label: str = "attribution",
+    blank_rows: np.ndarray | None = None,
 ) -> Figure:
     """Fig. 1: one circle per attention position (query row, key column), its area the attention probability
-    and its shade the attribution (darker is higher); the candidate region outlined in red dots and dropped
-    positions crossed out.
+    and its shade the attribution (darker is higher); the candidate region outlined with a red dotted line and
+    dropped positions crossed out. ``blank_rows`` ((n,) bool) are query rows without attribution: greyed out
+    and labelled, with no outline or crosses.
 
     Args:
         tokens: the n tokens, on both axes.
@@ -94,9 +96,13 @@ def attention_map(
     dots = axes.scatter(cols.ravel(), rows.ravel(), s=sizes.ravel(), c=shade.ravel(), cmap=ATTRIBUTION_COLORS,
                         edgecolors="0.5", linewidths=0.4)
     figure.colorbar(dots, ax=axes, fraction=0.04, pad=0.02, label=shade_label)
-    axes.add_collection(LineCollection(region_outline(candidate_share >= 0.5), colors="red", linestyles=":",
-                                       linewidths=1.6))
-    crossed = drop_share > 0
+    blank = np.zeros(n, dtype=bool) if blank_rows is None else blank_rows
+    axes.add_collection(LineCollection(region_outline((candidate_share >= 0.5) & ~blank[:, None]), colors="red",
+                                       linestyles=":", linewidths=1.6))
+    for row in np.nonzero(blank)[0]:
+        axes.axhspan(row - 0.5, row + 0.5, color="0.85", alpha=0.7, zorder=3)
+        axes.text((n - 1) / 2, row, "no attribution", ha="center", va="center", fontsize=7, color="0.3", zorder=4)
+    crossed = (drop_share > 0) & ~blank[:, None]
     if crossed.any():
         colors = np.tile(CROSS_COLOR, (int(crossed.sum()), 1))  # orange stands out on every shade of blue
         colors[:, 3] = drop_share[crossed]

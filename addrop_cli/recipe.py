@@ -333,15 +333,25 @@ def resolve_recipe(
     overrides: list[str] | None = None,
     *,
     saved: Path | None = None,
+    unset: tuple[str, ...] = (),
 ) -> Recipe:
     """Recipe < command-line flags < ``--set`` overrides, validated into a :class:`Recipe`: every command's rule.
 
     The recipe is ``recipe`` (a bundled name or a YAML path); with only ``task``, its bundled recipe
     (``--task mrpc`` means ``recipes/glue/mrpc.yaml``); with neither, ``saved`` (the ``recipe.yaml`` beside a
     checkpoint, for ``eval`` and ``attribute``) or else the demo recipe. ``flags`` are dotted keys
-    (``{"train.lr": 1e-5}``); None values are flags that were not given.
+    (``{"train.lr": 1e-5}``); None values are flags that were not given. ``unset`` keys of the recipe go back
+    to their defaults before flags and overrides apply (settings of a training run that a command does not
+    inherit).
     """
-    values = merge(_base_values(recipe, task, saved), nested(flags or {}))
+    values = _base_values(recipe, task, saved)
+    for key in unset:
+        *sections, name = key.split(".")
+        target = values
+        for section in sections:
+            target = target.get(section, {})
+        target.pop(name, None)
+    values = merge(values, nested(flags or {}))
     for assignment in overrides or []:
         values = merge(values, parse_override(assignment))
     return build(Recipe, values)

@@ -22,7 +22,7 @@ LAYERS = [
     {"recipe"},
     {"tasks"},
     {"training"},
-    {"sweep", "attribute", "integrations"},
+    {"sweep", "attribute", "predict", "integrations"},
     {"cli"},
     {"__init__", "__main__"},
 ]

@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
 from rich.console import Console
+from rich.table import Table
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import model_dir, option, quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.tasks.registry import get_task
 from addrop_cli.training.run_dir import recipe_path
 
-Opt = typer.Option
 METHODS = ("ga", "iga", "aa")
 
 
@@ -31,25 +30,35 @@ def parse_heads(heads: str) -> list[int] | None:
 
 @reports_user_errors
 def attribute(
-    checkpoint: Annotated[str, Opt(help="A checkpoint directory (e.g. RUN/best), a model alias or a hub id.")],
-    text: Annotated[str | None, Opt(help="A sentence of your own to attribute.")] = None,
-    text_pair: Annotated[str | None, Opt(help="Its second sentence, for sentence-pair tasks.")] = None,
-    input_file: Annotated[str | None, Opt(help="Examples in any format train reads (labels optional).")] = None,
-    max_examples: Annotated[int, Opt(help="Attribute the first N examples of --input-file.")] = 8,
-    method: Annotated[str, Opt(help="Attribution: ga (gradient), iga (integrated gradient) or aa (attention).")]
+    checkpoint: Annotated[str, option(metavar="DIR",
+                                      help="A checkpoint directory (e.g. RUN/best), a model alias or a hub id.")],
+    text: Annotated[str | None, option(metavar="TEXT", help="A sentence of your own to attribute.")] = None,
+    text_pair: Annotated[str | None, option(metavar="TEXT",
+                                            help="Its second sentence, for sentence-pair tasks.")] = None,
+    input_file: Annotated[str | None, option(metavar="FILE",
+                                             help="Examples in any format train reads (labels optional).")] = None,
+    max_examples: Annotated[int, option(metavar="N", help="Attribute the first N examples of --input-file.")] = 8,
+    method: Annotated[str, option(metavar="ga|iga|aa",
+                                  help="Attribution: ga (gradient), iga (integrated gradient) or aa (attention).")]
     = "ga",
-    labels: Annotated[str, Opt(help="Attribute to the pseudo (predicted) label or the gold label.")] = "pseudo",
-    layers: Annotated[str, Opt(help="Encoder layers: first, all, or indices like 0,3,5.")] = "all",
-    heads: Annotated[str, Opt(help="Heads in the figures and tensors: mean (all, averaged) or indices like 0,3.")]
+    labels: Annotated[str, option(metavar="pseudo|gold",
+                                  help="Attribute to the pseudo (predicted) label or the gold label.")] = "pseudo",
+    layers: Annotated[str, option(metavar="first|all|0,3,5",
+                                  help="Encoder layers: first, all, or indices like 0,3,5.")] = "all",
+    heads: Annotated[str, option(metavar="mean|0,3",
+                                 help="Heads in the figures and tensors: mean (all, averaged) or indices like 0,3.")]
     = "mean",
-    p: Annotated[float | None, Opt("--p", help="Candidate share p (default: the checkpoint recipe's).")] = None,
-    q: Annotated[float | None, Opt("--q", help="Drop rate q (default: the checkpoint recipe's).")] = None,
-    seed: Annotated[int, Opt(help="Seed of the sampled drop mask.")] = 42,
-    max_tokens: Annotated[int, Opt(help="Figures show at most the first N tokens.")] = 40,
-    output_dir: Annotated[Path, Opt(help="Where the report goes (replaced if it holds an earlier one).")]
+    p: Annotated[float | None, option("--p", metavar="P",
+                                      help="Candidate share p (default: the checkpoint recipe's).")] = None,
+    q: Annotated[float | None, option("--q", metavar="Q",
+                                      help="Drop rate q (default: the checkpoint recipe's).")] = None,
+    seed: Annotated[int, option(metavar="N", help="Seed of the sampled drop mask.")] = 42,
+    max_tokens: Annotated[int, option(metavar="N", help="Figures show at most the first N tokens.")] = 40,
+    output_dir: Annotated[Path, option(metavar="DIR",
+                                       help="Where the report goes (replaced if it holds an earlier one).")]
     = Path("outputs/attribute"),
-    task: Annotated[str | None, Opt(help="Task (default: the checkpoint's recipe).")] = None,
-    recipe: Annotated[str | None, Opt(help="Recipe name or YAML path (default: the checkpoint's).")] = None,
+    task: options.CheckpointTask = None,
+    recipe: options.CheckpointRecipe = None,
     set_: options.Overrides = None,
 ) -> None:
     """Attribute inputs: heatmaps, candidate regions and dropped positions per layer, and an index.html."""
@@ -66,8 +75,14 @@ def attribute(
     flags = {"data.test_file": input_file, "data.max_eval_samples": max_examples, "addrop.enabled": True,
              "addrop.attribution": method, "addrop.labels": labels, "addrop.layers": layers, "addrop.p": p,
              "addrop.q": q, "addrop.strategy": "high", "addrop.attention": ["encoder"]}
+    checkpoint = model_dir(checkpoint)
     resolved = resolve_recipe(recipe, task, flags, set_, saved=recipe_path(checkpoint))
-    from addrop_cli.attribute import attribute_checkpoint, write_report  # torch only once the input is valid
+    from addrop_cli.attribute import (  # torch only once the input is valid
+        attribute_checkpoint,
+        describe_gold,
+        describe_prediction,
+        write_report,
+    )
 
     examples = attribute_checkpoint(checkpoint, resolved, text=text, text_pair=text_pair, heads=head_indices,
                                     seed=seed)
@@ -76,7 +91,13 @@ def attribute(
                 "heads": "mean" if head_indices is None else head_indices, "p": resolved.addrop.p,
                 "q": resolved.addrop.q, "seed": seed}
     write_report(output_dir, examples, settings, max_tokens)
-    console = Console(stderr=True)
+    table = Table(title=f"{len(examples)} example(s), layers {', '.join(map(str, settings['layers']))}",
+                  title_justify="left")
+    for column in ("example", "text", "prediction", "gold"):
+        table.add_column(column, overflow="fold")
     for i, example in enumerate(examples):
-        console.print(f"example {i}: {example.prediction}")
+        table.add_row(str(i), example.text, describe_prediction(example.prediction),
+                      "" if example.gold is None else describe_gold(example.gold))
+    console = Console(stderr=True)
+    console.print(table)
     console.print(f"open {output_dir / 'index.html'}")

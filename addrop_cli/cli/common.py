@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -27,6 +28,14 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
 
 
+def option(*param_decls: str, help: str, metavar: str = "", recipe_default: bool = False, **kwargs: Any) -> Any:
+    """``typer.Option`` with a plain metavar (``N``, ``FILE``; none for flags) instead of a type tag, and, for an
+    option that falls back to the recipe when not given, ``[default: the recipe's]``."""
+    if recipe_default:
+        kwargs["show_default"] = "the recipe's"
+    return typer.Option(*param_decls, help=help, metavar=metavar, **kwargs)
+
+
 def reports_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Print a UserError as ``error: ...`` on stderr and exit 2, without a traceback."""
 
@@ -39,3 +48,20 @@ def reports_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
+
+
+def checkpoint_dir(path: Path) -> Path:
+    """The model directory an ``--checkpoint`` names (see :func:`model_dir`); a UserError if it is no folder."""
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} is not a directory (give a run's best/ folder)")
+    return Path(model_dir(str(path)))
+
+
+def model_dir(path: str) -> str:
+    """A run directory means its best checkpoint: ``runs/demo`` -> ``runs/demo/best``; anything else as given."""
+    from addrop_cli.training.run_dir import BEST_DIR
+
+    candidate = Path(path).expanduser()
+    if not (candidate / "config.json").is_file() and (candidate / BEST_DIR / "config.json").is_file():
+        return str(candidate / BEST_DIR)
+    return path

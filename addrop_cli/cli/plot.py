@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from addrop_cli.cli.common import reports_user_errors
+from addrop_cli.cli.common import option, reports_user_errors
 from addrop_cli.errors import UserError
 
 
@@ -16,8 +16,9 @@ from addrop_cli.errors import UserError
 def plot(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (each with the history.jsonl train writes).",
                                                    show_default=False)],
-    output: Annotated[Path, typer.Option(help="Figure file: .png, .pdf or .svg.")],
-    label: Annotated[list[str] | None, typer.Option(help="Legend label per run, in order (default: folder names).")]
+    output: Annotated[Path, option(metavar="FILE", help="Figure file: .png, .pdf or .svg.")],
+    label: Annotated[list[str] | None, option(metavar="TEXT",
+                                              help="Legend label per run, in order (default: folder names).")]
     = None,
 ) -> None:
     """Plot training and validation loss per epoch of several runs side by side, as in the paper's Fig. 2."""

@@ -2,36 +2,52 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
-import typer
+from addrop_cli.cli.common import option
 
-Opt = typer.Option
-
-RecipeName = Annotated[str | None, Opt("--recipe", help="Bundled recipe name (e.g. mrpc, demo) or a YAML path.")]
-Task = Annotated[str | None, Opt(help="GLUE task; alone it selects the task's bundled recipe.")]
-Model = Annotated[str | None, Opt(help="Model alias (minilm), local directory or hub id.")]
-TrainFile = Annotated[str | None, Opt(help="Training data: TSV, CSV, JSON or JSONL.")]
-ValidationFile = Annotated[str | None, Opt(help="Validation data used for selection.")]
-TestFile = Annotated[str | None, Opt(help="Test data, scored once with the best checkpoint.")]
-Epochs = Annotated[int | None, Opt(help="Number of epochs.")]
-LearningRate = Annotated[float | None, Opt("--lr", help="Peak learning rate.")]
-BatchSize = Annotated[int | None, Opt(help="Training batch size per device.")]
-MaxLength = Annotated[int | None, Opt(help="Maximum tokens per example.")]
-Layers = Annotated[str | None, Opt(help="Layers to act on: first, all, or indices like 0,3,5.")]
-Attribution = Annotated[str | None, Opt(help="ga, iga, aa or rd (paper Table 2).")]
-Labels = Annotated[str | None, Opt(help="Attribute to pseudo (default) or gold labels.")]
-CrossTuning = Annotated[bool | None, Opt("--cross-tuning/--no-cross-tuning",
+RecipeName = Annotated[str | None, option("--recipe", metavar="NAME|PATH",
+                                          help="Bundled recipe name (e.g. mrpc, demo) or a YAML path.")]
+Task = Annotated[str | None, option(metavar="NAME",
+                                    help="Task: a GLUE task (sst2, mrpc, cola, stsb, ...), conll2003 (NER) or "
+                                         "wmt16-en-ro / wmt16-tr-en (translation); alone it selects the task's "
+                                         "bundled recipe.")]
+Model = Annotated[str | None, option(metavar="NAME|PATH", recipe_default=True,
+                                     help="Model alias (minilm), local directory or hub id.")]
+TrainFile = Annotated[str | None, option(metavar="FILE", recipe_default=True,
+                                         help="Training data: TSV, CSV, JSON or JSONL.")]
+ValidationFile = Annotated[str | None, option(metavar="FILE", recipe_default=True,
+                                              help="Validation data used for selection.")]
+TestFile = Annotated[str | None, option(metavar="FILE", recipe_default=True,
+                                        help="Test data, scored once with the best checkpoint.")]
+Epochs = Annotated[int | None, option(metavar="N", recipe_default=True, help="Number of epochs.")]
+LearningRate = Annotated[float | None, option("--lr", metavar="F", recipe_default=True, help="Peak learning rate.")]
+BatchSize = Annotated[int | None, option(metavar="N", recipe_default=True, help="Training batch size per device.")]
+MaxLength = Annotated[int | None, option(metavar="N", recipe_default=True, help="Maximum tokens per example.")]
+Layers = Annotated[str | None, option(metavar="first|all|0,3,5", recipe_default=True,
+                                      help="Layers to act on: first, all, or indices like 0,3,5.")]
+Attribution = Annotated[str | None, option(metavar="ga|iga|aa|rd", recipe_default=True,
+                                           help="ga, iga, aa or rd (paper Table 2).")]
+Labels = Annotated[str | None, option(metavar="pseudo|gold", recipe_default=True,
+                                      help="Attribute to pseudo (default) or gold labels.")]
+CrossTuning = Annotated[bool | None, option("--cross-tuning/--no-cross-tuning", recipe_default=True,
                                          help="Alternate plain and AD-DROP epochs.")]
-NoADDrop = Annotated[bool, Opt("--no-addrop", help="Plain fine-tuning baseline, same loop.")]
-MaxTrainSamples = Annotated[int | None, Opt(help="Use only the first N training examples.")]
-MaxEvalSamples = Annotated[int | None, Opt(help="Use only the first N evaluation examples.")]
-MixedPrecision = Annotated[str | None, Opt(help="no, fp16 or bf16 (handed to Accelerate).")]
-SaveSteps = Annotated[int | None, Opt(help="Also checkpoint every N optimizer updates (always at epoch ends).")]
-SaveTotalLimit = Annotated[int | None, Opt(help="Keep the newest K checkpoints (default 2).")]
-TrustRemoteCode = Annotated[bool, Opt("--trust-remote-code",
+NoADDrop = Annotated[bool, option("--no-addrop", help="Plain fine-tuning baseline, same loop.")]
+MaxTrainSamples = Annotated[int | None, option(metavar="N", recipe_default=True,
+                                               help="Use only the first N training examples.")]
+MaxEvalSamples = Annotated[int | None, option(metavar="N", recipe_default=True,
+                                              help="Use only the first N evaluation examples.")]
+MixedPrecision = Annotated[str | None, option(metavar="no|fp16|bf16", recipe_default=True,
+                                              help="no, fp16 or bf16 (handed to Accelerate).")]
+SaveSteps = Annotated[int | None, option(metavar="N", recipe_default=True,
+                                         help="Also checkpoint every N optimizer updates (always at epoch ends).")]
+SaveTotalLimit = Annotated[int | None, option(metavar="K", recipe_default=True,
+                                              help="Keep the newest K checkpoints (default 2).")]
+TrustRemoteCode = Annotated[bool, option("--trust-remote-code",
                                       help="Allow model code from the checkpoint (off by default).")]
-Overrides = Annotated[list[str] | None, Opt("--set", help="Override any recipe key: KEY=VALUE, dotted.")]
+Overrides = Annotated[list[str] | None, option("--set", metavar="KEY=VALUE",
+                                               help="Override any recipe key: KEY=VALUE, dotted.")]
 
 # Option name -> recipe key.
 RECIPE_KEYS = {
@@ -50,3 +66,11 @@ def recipe_flags(options: dict[str, Any], no_addrop: bool = False) -> dict[str, 
     flags = {key: options[name] for name, key in RECIPE_KEYS.items() if name in options}
     flags["addrop.enabled"] = False if no_addrop else None
     return flags
+
+# The options of commands that start from a saved checkpoint (eval, predict, attribute).
+Checkpoint = Annotated[Path, option(metavar="DIR", help="A checkpoint directory (RUN/best; a run directory means "
+                                    "its best/).")]
+CheckpointTask = Annotated[str | None, option("--task", metavar="NAME",
+                                              help="Task (default: the checkpoint's recipe).")]
+CheckpointRecipe = Annotated[str | None, option("--recipe", metavar="NAME|PATH",
+                                                help="Recipe name or YAML path (default: the checkpoint's).")]

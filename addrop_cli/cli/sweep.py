@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,14 +12,13 @@ from rich.live import Live
 from rich.table import Table
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value, parse_grid, parse_seeds, parse_values
 from addrop_cli.sweep.plan import RESULTS_FILE, Trial, check_manifest, manifest, plan_trials
 from addrop_cli.sweep.runner import SweepInterrupted, run_sweep
 
-Opt = typer.Option
 SHOWN_ROWS = 15  # the live table shows the latest finished trials
 
 
@@ -32,21 +30,29 @@ def sweep(
     train_file: options.TrainFile = None,
     validation_file: options.ValidationFile = None,
     test_file: options.TestFile = None,
-    output_dir: Annotated[str | None, Opt(help="The sweep directory (default: the recipe's output_dir + -sweep).")]
+    output_dir: Annotated[str | None, option(metavar="DIR",
+                                             help="The sweep directory (default: the recipe's output_dir + -sweep).")]
     = None,
-    p: Annotated[str | None, Opt("--p", help="p values: 0.1:0.9 (step 0.1), 0.1:0.9:0.2 or 0.1,0.3,0.5.")] = None,
-    q: Annotated[str | None, Opt("--q", help="q values, as for --p.")] = None,
-    seeds: Annotated[str | None, Opt(help="5 (seeds 1 to 5) or a list 1,2,3 (default: the recipe's seed).")]
+    p: Annotated[str | None, option("--p", metavar="VALUES",
+                                    help="p values: 0.1:0.9 (step 0.1), 0.1:0.9:0.2 or 0.1,0.3,0.5.")] = None,
+    q: Annotated[str | None, option("--q", metavar="VALUES", help="q values, as for --p.")] = None,
+    seeds: Annotated[str | None, option(metavar="N|1,2,3",
+                                        help="5 (seeds 1 to 5) or a list 1,2,3 (default: the recipe's seed).")]
     = None,
-    grid: Annotated[list[str] | None, Opt("--grid", help="KEY=V1,V2,... for any other recipe key; repeatable.")]
+    grid: Annotated[list[str] | None, option("--grid", metavar="KEY=V1,V2",
+                                             help="KEY=V1,V2,... for any other recipe key; repeatable.")]
     = None,
-    baseline: Annotated[bool, Opt("--baseline", help="Add plain fine-tuning trials for every seed and "
+    baseline: Annotated[bool, option("--baseline", help="Add plain fine-tuning trials for every seed and "
                                   "non-AD-DROP grid point.")] = False,
-    workers: Annotated[int, Opt(help="Trials run at once, each in its own process (one GPU each, round robin).")]
+    workers: Annotated[int, option(metavar="N",
+                                   help="Trials run at once, each in its own process (one GPU each, round robin).")]
     = 1,
-    dry_run: Annotated[bool, Opt("--dry-run", help="Print the trials and exit.")] = False,
-    force: Annotated[bool, Opt("--force", help="Run a different grid in a directory that holds one.")] = False,
-    summarize: Annotated[Path | None, Opt(help="Only (re)write the summary of the sweep in this directory.")]
+    dry_run: Annotated[bool, option("--dry-run", help="Print the trials and exit.")] = False,
+    force: Annotated[bool, option("--force", help="Run a different grid in a directory that holds one.")] = False,
+    keep_checkpoints: Annotated[bool, option("--keep-checkpoints", help="Keep finished trials' resumable checkpoints "
+                                          "(by default only best/, history and metrics stay).")] = False,
+    summarize: Annotated[Path | None, option(metavar="DIR",
+                                             help="Only (re)write the summary of the sweep in this directory.")]
     = None,
     epochs: options.Epochs = None,
     lr: options.LearningRate = None,
@@ -83,7 +89,8 @@ def sweep(
         _print_trials(trials, directory)
         return
     check_manifest(directory, manifest(base, axes, seed_list, baseline), force)
-    progress = _run(trials, directory, console, workers=workers, force=force, trust_remote_code=trust_remote_code)
+    progress = _run(trials, directory, console, workers=workers, force=force, trust_remote_code=trust_remote_code,
+                    keep_checkpoints=keep_checkpoints)
     if progress.skipped:
         console.print(f"{progress.skipped} trial(s) were already finished and skipped")
     _print_summary(directory, console)
@@ -131,15 +138,20 @@ class _LineLog:
     """Progress off a terminal: one line per trial that finishes in this run."""
 
     def __init__(self, console: Console):
-        self.console, self.shown = console, None
+        self.console, self.shown, self.notes = console, None, 0
 
     def update(self, progress) -> None:
         if self.shown is None:
             self.shown = progress.skipped
+        for note in progress.notes[self.notes:]:
+            self.console.print(note, highlight=False, soft_wrap=True)
+        self.notes = len(progress.notes)
         for row in progress.finished[self.shown:]:
             score, epoch = _row_text(row)
             self.console.print(f"[{len(progress.finished)}/{progress.total}] {row['trial']}: {score} (best epoch "
                                f"{epoch}, {row['seconds'] / 60:.1f} min)", highlight=False, soft_wrap=True)
+        if len(progress.finished) > self.shown and len(progress.finished) < progress.total:
+            self.console.print(progress.status(), highlight=False, soft_wrap=True)
         self.shown = len(progress.finished)
 
 
@@ -161,11 +173,9 @@ class _Board:
         for row in finished[-SHOWN_ROWS:]:
             score, epoch = _row_text(row)
             table.add_row(row["trial"], str(row["seed"]), score, epoch, f"{row['seconds'] / 60:.1f}")
-        running = self.progress.running if self.progress else {}
-        now = time.time()
-        status = f"{len(finished)}/{self.total} finished" + "".join(
-            f" | running {name} ({(now - started) / 60:.1f} min)" for name, started in running.items())
-        return Group(table, status)
+        if self.progress is None:
+            return Group(table, f"0/{self.total} finished")
+        return Group(table, *self.progress.notes[-3:], self.progress.status())
 
 
 def _print_trials(trials, directory: Path) -> None:

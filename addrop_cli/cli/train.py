@@ -9,10 +9,8 @@ import typer
 from rich.console import Console
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import model_dir, option, quiet_libraries, reports_user_errors
 from addrop_cli.recipe import resolve_recipe
-
-Opt = typer.Option
 
 
 @reports_user_errors
@@ -23,14 +21,17 @@ def train(
     train_file: options.TrainFile = None,
     validation_file: options.ValidationFile = None,
     test_file: options.TestFile = None,
-    output_dir: Annotated[str | None, Opt(help="Where recipe.yaml, history.jsonl, metrics.json, best/ go.")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
+    output_dir: Annotated[str | None, option(recipe_default=True, metavar="DIR",
+                                             help="Where recipe.yaml, history.jsonl, metrics.json, best/ go.")] = None,
+    seed: Annotated[int | None, option(recipe_default=True, metavar="N", help="Random seed.")] = None,
     epochs: options.Epochs = None,
     lr: options.LearningRate = None,
     batch_size: options.BatchSize = None,
     max_length: options.MaxLength = None,
-    p: Annotated[float | None, Opt("--p", help="AD-DROP candidate share p in (0, 1).")] = None,
-    q: Annotated[float | None, Opt("--q", help="AD-DROP drop rate q in [0, 1].")] = None,
+    p: Annotated[float | None, option("--p", recipe_default=True, metavar="P",
+                                      help="AD-DROP candidate share p in (0, 1).")] = None,
+    q: Annotated[float | None, option("--q", recipe_default=True, metavar="Q",
+                                      help="AD-DROP drop rate q in [0, 1].")] = None,
     layers: options.Layers = None,
     attribution: options.Attribution = None,
     labels: options.Labels = None,
@@ -41,14 +42,16 @@ def train(
     mixed_precision: options.MixedPrecision = None,
     save_steps: options.SaveSteps = None,
     save_total_limit: options.SaveTotalLimit = None,
-    resume: Annotated[bool, Opt("--resume", help="Continue from the newest checkpoint in --output-dir.")] = False,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a different run in --output-dir.")] = False,
+    resume: Annotated[bool, option("--resume", help="Continue from the newest checkpoint in --output-dir.")] = False,
+    overwrite: Annotated[bool, option("--overwrite", help="Replace a different run in --output-dir.")] = False,
     trust_remote_code: options.TrustRemoteCode = False,
     set_: options.Overrides = None,
 ) -> None:
     """Fine-tune a model with cross-tuned AD-DROP (or plain, with --no-addrop). No options: the demo."""
     quiet_libraries()
     flags = options.recipe_flags(locals(), no_addrop)
+    if model is not None:
+        flags["model"] = model_dir(model)  # a run directory means its best checkpoint
     resolved = resolve_recipe(recipe, task, flags, set_)
     from addrop_cli.training.loop import TrainingDiverged, TrainingInterrupted
     from addrop_cli.training.loop import train as run_training  # torch is imported only once the input is valid

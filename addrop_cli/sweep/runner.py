@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -19,7 +20,15 @@ from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_jsonl, write_text
 from addrop_cli.recipe import dump_yaml, load_yaml
 from addrop_cli.sweep.plan import LOG_FILE, RESULTS_FILE, Trial, current_results, read_results
-from addrop_cli.training.run_dir import read_history, read_metrics, recipe_path
+from addrop_cli.training.run_dir import (
+    CHECKPOINTS_DIR,
+    latest_checkpoint,
+    read_history,
+    read_metrics,
+    read_progress,
+    recipe_differences,
+    recipe_path,
+)
 
 
 def _result_row(trial: Trial, seconds: float, status: str = "ok", message: str | None = None) -> dict[str, Any]:
@@ -40,12 +49,57 @@ def _result_row(trial: Trial, seconds: float, status: str = "ok", message: str |
 
 @dataclass
 class SweepProgress:
-    """What the live display reads: finished rows, running trials with their start time, the total."""
+    """What the live display reads: finished rows, running trials (id -> start time and directory), the total,
+    and notes such as "resuming trial X from step-N"."""
 
     total: int
+    workers: int = 1
     finished: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     running: dict[str, float] = dataclasses.field(default_factory=dict)
+    directories: dict[str, Path] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
     skipped: int = 0
+
+    def start(self, trial: Trial) -> None:
+        directory = Path(trial.recipe.train.output_dir)
+        self.running[trial.id], self.directories[trial.id] = time.time(), directory
+        checkpoint = latest_checkpoint(directory)
+        if checkpoint is not None:
+            self.notes.append(f"resuming {trial.id} from {checkpoint.name}")
+
+    def status(self, now: float | None = None) -> str:
+        """``3/81 finished | running T epoch 2/3 step 50/125 (1.4 min) | eta 1 h 12 min``."""
+        now = time.time() if now is None else now
+        parts = [f"{len(self.finished)}/{self.total} finished"]
+        estimates = []  # (elapsed, estimated total) of each running trial
+        for name, started in self.running.items():
+            where = read_progress(self.directories[name]) or {}
+            elapsed, fraction = now - started, _fraction(where)
+            position = f" epoch {where['epoch']}/{where['epochs']} step {where['step']}/{where['steps']}" \
+                if where else ""
+            parts.append(f"running {name}{position} ({elapsed / 60:.1f} min)")
+            if fraction > 0:
+                estimates.append((elapsed, elapsed / fraction))
+        this_run = [row["seconds"] for row in self.finished[self.skipped:] if "seconds" in row]
+        typical = statistics.fmean(this_run) if this_run else (
+            statistics.fmean(total for _, total in estimates) if estimates else None)
+        waiting = self.total - len(self.finished) - len(self.running)
+        if typical is not None and (estimates or not self.running):
+            left = sum(total - elapsed for elapsed, total in estimates) + waiting * typical
+            parts.append(f"eta {_duration(left / max(self.workers, 1))}")
+        return " | ".join(parts)
+
+
+def _fraction(where: dict[str, Any]) -> float:
+    """The share of a trial's steps done, from its progress.json."""
+    if not where:
+        return 0.0
+    return ((where["epoch"] - 1) * where["steps"] + where["step"]) / max(where["epochs"] * where["steps"], 1)
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(round(seconds / 60), 0)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
 class SweepInterrupted(Interrupted):
@@ -73,7 +127,9 @@ def _prepare_trial_dir(trial: Trial, force: bool) -> None:
     saved = recipe_path(directory)
     if saved.is_file() and load_yaml(saved) != trial.recipe.to_dict():
         if not force:
-            raise UserError(f"{directory} holds a different run than trial {trial.id}; pass --force to replace it")
+            changed = "; ".join(recipe_differences(load_yaml(saved), trial.recipe.to_dict()))
+            raise UserError(f"{directory} holds a different run than trial {trial.id} ({changed}); pass --force to "
+                            "replace it")
         shutil.rmtree(directory)
 
 
@@ -84,9 +140,13 @@ def run_sweep(
     workers: int = 1,
     force: bool = False,
     trust_remote_code: bool = False,
+    keep_checkpoints: bool = False,
     on_change: Callable[[SweepProgress], None] | None = None,
 ) -> SweepProgress:
     """Run every trial without a result yet; results.jsonl is rewritten atomically after each one.
+
+    A finished trial's resumable checkpoints are deleted once its row is written (its ``best/``, history and
+    metrics stay), unless ``keep_checkpoints``; a diverged trial keeps them.
 
     One worker trains in this process; more start one ``addrop train`` process per trial (each pinned to one
     GPU, round robin, when GPUs are visible). Raises :class:`SweepInterrupted` on SIGINT/SIGTERM once the
@@ -95,7 +155,7 @@ def run_sweep(
     rows = read_results(directory)
     done = current_results(trials, rows)
     # Rows of other grids (kept under --force) stay in the file; summaries only read this plan's rows.
-    progress = SweepProgress(total=len(trials), finished=[done[t.id] for t in trials if t.id in done],
+    progress = SweepProgress(total=len(trials), workers=workers, finished=[done[t.id] for t in trials if t.id in done],
                              skipped=len(done))
     todo = [trial for trial in trials if trial.id not in done]
     for trial in todo:
@@ -104,6 +164,8 @@ def run_sweep(
     def record(row: dict[str, Any]) -> None:
         rows[:] = [r for r in rows if r["trial"] != row["trial"]] + [row]
         write_jsonl(directory / RESULTS_FILE, rows)
+        if row["status"] == "ok" and not keep_checkpoints:
+            shutil.rmtree(progress.directories[row["trial"]] / CHECKPOINTS_DIR, ignore_errors=True)
         progress.finished.append(row)
         progress.running.pop(row["trial"], None)
         if on_change:
@@ -124,7 +186,7 @@ def _run_in_process(todo, progress, record, trust_remote_code, on_change) -> Non
     for trial in todo:
         directory = Path(trial.recipe.train.output_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        progress.running[trial.id] = time.time()
+        progress.start(trial)
         if on_change:
             on_change(progress)
         started = time.perf_counter()
@@ -157,7 +219,7 @@ def _run_in_subprocesses(todo, progress, record, workers, trust_remote_code, on_
                 trial = pending.pop()
                 running[slot] = (*_start_trial(trial, devices[slot % len(devices)] if devices else None,
                                                trust_remote_code), time.perf_counter())
-                progress.running[trial.id] = time.time()
+                progress.start(trial)
                 if on_change:
                     on_change(progress)
             time.sleep(0.2)

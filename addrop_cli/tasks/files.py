@@ -5,11 +5,16 @@ Errors are one-line :class:`~addrop_cli.errors.UserError` messages naming the fi
 
 from __future__ import annotations
 
+import functools
 import json
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from addrop_cli.errors import UserError
+
+HUB_PROBE_SECONDS = 3.0  # without it, an unreachable hub costs ~45 s of library retries before any error
 
 
 def read_text(path: Path) -> str:
@@ -59,10 +64,14 @@ def load_hub_split(dataset: str, config: str | None, split: str, what: str, cach
     import datasets  # imported here: it is slow to import and only the hub paths need it
 
     source = f"dataset {dataset!r}" + (f" (config {config!r})" if config else "") + f" split {split!r}"
+    instead = "give local files with --train-file and --validation-file (and --test-file) instead"
+    problem = None if Path(dataset).expanduser().exists() else hub_unreachable()
+    if problem is not None:
+        raise UserError(f"cannot load {source}: the Hugging Face Hub is unreachable ({problem}); {instead}")
     try:
         loaded = datasets.load_dataset(dataset, config, split=split, cache_dir=cache_dir)
     except Exception as err:  # datasets raises many unrelated types for a bad name, config or split
-        raise UserError(f"cannot load {source}: {describe(err)}") from err
+        raise UserError(f"cannot load {source}: {describe(err)}; {instead}") from err
     if len(loaded) == 0:
         raise UserError(f"{source} has no {what}")
     return loaded, source
@@ -90,3 +99,22 @@ def describe(err: BaseException) -> str:
         parts.append(text.splitlines()[0] if text else type(current).__name__)
         current = current.__cause__ or current.__context__
     return ": ".join(parts)
+
+
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached (one quick connection, once per process), or None.
+
+    None too in offline mode (``HF_HUB_OFFLINE``), where the libraries fail fast on their own.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as error:
+        return f"{endpoint.hostname}:{port}: {error.strerror or error}"
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import transformers
+from huggingface_hub import try_to_load_from_cache
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
@@ -15,7 +16,10 @@ from transformers import (
 )
 
 from addrop_cli.errors import UserError
+from addrop_cli.tasks.files import hub_unreachable
 from addrop_cli.tasks.registry import TaskSpec
+
+CONFIG_NAME = "config.json"
 
 
 def _minilm_path() -> str:
@@ -61,11 +65,20 @@ def load_seq2seq(name: str, trust_remote_code: bool = False) -> PreTrainedModel:
 
 def load_pretrained(loader, name: str, what: str, **kwargs):
     """``loader(name, **kwargs)`` for a model alias, local directory or hub id; a one-line UserError when it
-    cannot be loaded (``what`` names the thing in the message)."""
+    cannot be loaded (``what`` names the thing in the message).
+
+    A hub id is loaded from the local cache when the hub cannot be reached, and refused at once (not after the
+    libraries' retries) when it is not cached either.
+    """
     source = resolve_model(name)
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
-    if looks_local and not Path(source).expanduser().is_dir():
-        raise UserError(f"model path {source} does not exist (give a checkpoint directory, a hub id or 'minilm')")
+    if looks_local:
+        _check_model_dir(Path(source).expanduser())
+    elif hub_unreachable() is not None:
+        if try_to_load_from_cache(source, CONFIG_NAME) is None:
+            raise UserError(f"cannot load {what} '{name}': the Hugging Face Hub is unreachable ({hub_unreachable()}) "
+                            "and it is not cached; give a local checkpoint directory or --model minilm")
+        kwargs["local_files_only"] = True
     try:
         return loader(str(Path(source).expanduser()) if looks_local else source, **kwargs)
     except OSError as error:
@@ -73,6 +86,14 @@ def load_pretrained(loader, name: str, what: str, **kwargs):
         raise UserError(
             f"cannot load {what} '{name}': {first} (offline? give a local checkpoint directory or 'minilm')"
         ) from None
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise UserError(f"model path {path} does not exist (give a checkpoint directory, a hub id or 'minilm')")
+    if not (path / CONFIG_NAME).is_file():
+        raise UserError(f"{path} is not a model directory: it has no {CONFIG_NAME} (give a checkpoint such as "
+                        "RUN/best, a hub id or 'minilm')")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):

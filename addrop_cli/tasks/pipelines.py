@@ -8,6 +8,7 @@ model on an evaluation loader. :class:`SequencePipeline` covers GLUE-style class
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ class EvalResult:
     metrics: dict[str, float]
     loss: float
     prediction_counts: dict[str, int]
+    count: int  # examples scored (sentences for token tasks, sentence pairs for translation)
 
 
 class Pipeline(Protocol):
@@ -57,6 +59,9 @@ class Pipeline(Protocol):
     def labelled(self, items: list) -> bool:
         """Whether the items carry what the task scores against (labels, tags, target texts)."""
 
+    def label_counts(self, items: list) -> dict[str, int]:
+        """Examples per class name, for classification; empty for other task kinds."""
+
     def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
         """The model with the task's head (and label names in its config)."""
 
@@ -72,6 +77,10 @@ class Pipeline(Protocol):
     def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
         """Metrics, mean loss and predicted-label counts over a (possibly sharded) evaluation split."""
 
+    def predict(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer, items: list,
+                recipe: Recipe) -> list[dict[str, Any]]:
+        """One row per item, in order (the loader must not reorder): the input and the model's prediction."""
+
 
 class SequencePipeline:
     """Sentence and sentence-pair classification or regression (GLUE)."""
@@ -86,6 +95,12 @@ class SequencePipeline:
 
     def labelled(self, items: list) -> bool:
         return bool(items) and items[0].label is not None
+
+    def label_counts(self, items: list) -> dict[str, int]:
+        if self.task.is_regression or not self.labelled(items):
+            return {}
+        tally = Counter(item.label for item in items)
+        return {name: tally[index] for index, name in enumerate(self.task.label_names)}
 
     def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
         return load_classifier(name, self.task, trust_remote_code)
@@ -114,7 +129,23 @@ class SequencePipeline:
             tally = torch.bincount(predictions, minlength=task.num_labels).tolist()
             counts = dict(zip(task.label_names, tally, strict=True))
         metrics = compute_metrics(task.metrics, predictions.numpy(), labels.numpy(), num_labels=task.num_labels)
-        return EvalResult(metrics, loss, counts)
+        return EvalResult(metrics, loss, counts, len(labels))
+
+    def predict(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer, items: list,
+                recipe: Recipe) -> list[dict[str, Any]]:
+        """The label and every class's probability per example (the score for regression)."""
+        logits = _gather_logits(model, loader, accelerator)
+        rows = []
+        for item, row in zip(items, logits, strict=True):
+            out: dict[str, Any] = {"text": item.text_a, **({"text_pair": item.text_b} if item.text_b else {})}
+            if self.task.is_regression:
+                out["score"] = row[0].item()
+            else:
+                probabilities = row.softmax(-1).tolist()
+                out["label"] = self.task.label_names[int(row.argmax())]
+                out["probabilities"] = dict(zip(self.task.label_names, probabilities, strict=True))
+            rows.append(out)
+        return rows
 
 
 class TokenPipeline:
@@ -135,6 +166,9 @@ class TokenPipeline:
 
     def labelled(self, items: list) -> bool:
         return bool(items) and items[0].tags is not None
+
+    def label_counts(self, items: list) -> dict[str, int]:
+        return {}
 
     def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
         names = self.task.label_names
@@ -172,7 +206,24 @@ class TokenPipeline:
                           for row, mask in zip(predictions.tolist(), real.tolist(), strict=True)]
         reference_tags = [[names[t] for t in row if t != IGNORE_INDEX] for row in labels.tolist()]
         tally = torch.bincount(predictions[real], minlength=len(names)).tolist()
-        return EvalResult(seqeval_metrics(predicted_tags, reference_tags), loss, dict(zip(names, tally, strict=True)))
+        return EvalResult(seqeval_metrics(predicted_tags, reference_tags), loss, dict(zip(names, tally, strict=True)),
+                          len(reference_tags))
+
+    def predict(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer, items: list,
+                recipe: Recipe) -> list[dict[str, Any]]:
+        """One tag per word, read at the word's first sub-word (words cut off by max_length get none)."""
+        predicted = _gather_logits(model, loader, accelerator, pad_dim=1).argmax(-1).tolist()
+        encoded = tokenizer([item.tokens for item in items], is_split_into_words=True, truncation=True,
+                            max_length=recipe.data.max_length)
+        rows = []
+        for index, (item, tags) in enumerate(zip(items, predicted, strict=True)):
+            first_pieces, seen = [], set()
+            for position, word in enumerate(encoded.word_ids(index)):
+                if word is not None and word not in seen:
+                    seen.add(word)
+                    first_pieces.append(position)
+            rows.append({"tokens": item.tokens, "tags": [self.task.label_names[tags[i]] for i in first_pieces]})
+        return rows
 
 
 class Seq2SeqPipeline:
@@ -190,12 +241,16 @@ class Seq2SeqPipeline:
 
     def read(self, recipe: Recipe, split: str) -> list | None:
         data, source, target = recipe.data, self.source_lang, self.target_lang
-        return read_split(recipe, split, lambda path: read_translation(path, source, target),
+        return read_split(recipe, split, lambda path: read_translation(path, source, target,
+                                                                        require_target=split != "test"),
                           lambda name: load_hub_translation(data.dataset, data.dataset_config, name, source, target),
                           "a Moses-style prefix such as wmt16_en_ro/newsdev2016, or JSON/JSONL translation rows")
 
     def labelled(self, items: list) -> bool:
         return bool(items) and items[0].target is not None
+
+    def label_counts(self, items: list) -> dict[str, int]:
+        return {}
 
     def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
         return load_seq2seq(name, trust_remote_code)
@@ -231,7 +286,23 @@ class Seq2SeqPipeline:
                 references += tokenizer.batch_decode(labels, skip_special_tokens=True)
                 lengths += (generated != pad).sum(-1).tolist()
         metrics = bleu_metrics([h.strip() for h in hypotheses], [r.strip() for r in references], lengths)
-        return EvalResult(metrics, torch.cat(losses).mean().item(), {})
+        return EvalResult(metrics, torch.cat(losses).mean().item(), {}, len(references))
+
+    def predict(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer, items: list,
+                recipe: Recipe) -> list[dict[str, Any]]:
+        """The translation of each source sentence (``train.num_beams`` beams)."""
+        model.eval()
+        generator, pad = accelerator.unwrap_model(model), tokenizer.pad_token_id
+        translations = []
+        with torch.no_grad():
+            for batch in loader:
+                generated = generator.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                               num_beams=self.num_beams, max_length=self.max_target_length)
+                generated = accelerator.pad_across_processes(generated, dim=1, pad_index=pad)
+                translations += tokenizer.batch_decode(accelerator.gather_for_metrics(generated),
+                                                       skip_special_tokens=True)
+        return [{"source": item.source, "translation": text.strip()}
+                for item, text in zip(items, translations, strict=True)]
 
 
 def _refuse_pair(text_pair: str | None, task: str) -> None:
@@ -257,6 +328,23 @@ def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator, pad_dim
         all_logits = [F.pad(t, (0, 0, 0, width - t.shape[1])) for t in all_logits]
         all_labels = [F.pad(t, (0, width - t.shape[1]), value=IGNORE_INDEX) for t in all_labels]
     return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def _gather_logits(model, loader: DataLoader, accelerator: Accelerator, pad_dim: int | None = None) -> torch.Tensor:
+    """Logits of a whole (unlabelled) split in loader order, gathered from every process."""
+    model.eval()
+    chunks = []
+    with torch.no_grad():
+        for batch in loader:
+            batch = {key: value for key, value in batch.items() if key != "labels"}
+            logits = model(**batch).logits.float()
+            if pad_dim is not None:
+                logits = accelerator.pad_across_processes(logits, dim=pad_dim)
+            chunks.append(accelerator.gather_for_metrics(logits).cpu())
+    if pad_dim is not None:
+        width = max(chunk.shape[1] for chunk in chunks)
+        chunks = [F.pad(chunk, (0, 0, 0, width - chunk.shape[1])) for chunk in chunks]
+    return torch.cat(chunks)
 
 
 def pipeline_for(recipe: Recipe) -> Pipeline:

@@ -30,27 +30,36 @@ class TranslationPair:
     """One sentence and its translation."""
 
     source: str
-    target: str
+    target: str | None  # None for a source sentence to translate (addrop predict)
 
 
 # ---------------------------------------------------------------------------------------------- files
 
 
-def read_translation(path_or_prefix: str | Path, source_lang: str, target_lang: str) -> list[TranslationPair]:
+def read_translation(
+    path_or_prefix: str | Path, source_lang: str, target_lang: str, *, require_target: bool = True
+) -> list[TranslationPair]:
     """Read sentence pairs from a JSON/JSON Lines file or from two aligned Moses-style text files.
 
     A .json/.jsonl file holds rows {"translation": {"en": ..., "ro": ...}} (JSON: a list of them, or
     {"data": [...]}). Anything else is a prefix: "wmt16_en_ro/newsdev2016" reads newsdev2016.<source_lang>
     and newsdev2016.<target_lang>, one sentence per line, aligned line by line; their line counts must match
     and no line may be blank (a blank line usually means the files drifted out of alignment).
+
+    Without ``require_target``, sources alone are read too (the source-language file, given with or without
+    its suffix, or rows without the target language), as pairs whose target is None.
     """
     _check_languages(source_lang, target_lang)
     path = Path(path_or_prefix)
     if path.suffix.lower() in ROW_SUFFIXES and path.is_file():
-        return _read_rows(path, source_lang, target_lang)
+        return _read_rows(path, source_lang, target_lang, require_target)
+    if path.suffix[1:] == source_lang and not require_target and path.is_file():
+        path = path.with_suffix("")
     source_file, target_file = _language_file(path, source_lang), _language_file(path, target_lang)
     if source_file.is_file() and target_file.is_file():
         return _read_aligned(source_file, target_file)
+    if source_file.is_file() and not require_target:
+        return [TranslationPair(source, None) for source in _source_lines(source_file)]
     missing = ", ".join(str(file) for file in (path, source_file, target_file) if not file.is_file())
     hint = ""
     if path.suffix[1:] in (source_lang, target_lang):
@@ -101,13 +110,28 @@ def _read_aligned(source_file: Path, target_file: Path) -> list[TranslationPair]
     return [TranslationPair(source, target) for source, target in zip(sources, targets, strict=True)]
 
 
-def _read_rows(path: Path, source_lang: str, target_lang: str) -> list[TranslationPair]:
+def _source_lines(source_file: Path) -> list[str]:
+    sources = _lines(source_file)
+    for number, line in enumerate(sources, start=1):
+        if not line.strip():
+            raise UserError(f"{source_file} line {number}: blank line; give one sentence per line")
+    if not sources:
+        raise UserError(f"{source_file} has no sentences")
+    return sources
+
+
+def _read_rows(path: Path, source_lang: str, target_lang: str, require_target: bool = True) -> list[TranslationPair]:
     """Read {"translation": {...}} rows of a .json (numbered by item) or .jsonl (by line) file."""
     unit, items = read_json_items(path, "sentence pairs")
-    return [_row_pair(f"{path} {unit} {number}", item, source_lang, target_lang) for number, item in items]
+    pairs = [_row_pair(f"{path} {unit} {number}", item, source_lang, target_lang, require_target)
+             for number, item in items]
+    if len({pair.target is None for pair in pairs}) > 1:
+        raise UserError(f"{path}: some rows have {target_lang!r} and some do not; give it in all rows or none")
+    return pairs
 
 
-def _row_pair(where: str, row: Any, source_lang: str, target_lang: str) -> TranslationPair:
+def _row_pair(where: str, row: Any, source_lang: str, target_lang: str, require_target: bool = True
+              ) -> TranslationPair:
     """Take the two languages out of one row's "translation" object."""
     expected = f'{{"{TRANSLATION_COLUMN}": {{"{source_lang}": ..., "{target_lang}": ...}}}}'
     if not isinstance(row, dict) or not isinstance(row.get(TRANSLATION_COLUMN), dict):
@@ -115,6 +139,9 @@ def _row_pair(where: str, row: Any, source_lang: str, target_lang: str) -> Trans
     translation = row[TRANSLATION_COLUMN]
     texts = []
     for lang in (source_lang, target_lang):
+        if lang == target_lang and lang not in translation and not require_target:
+            texts.append(None)
+            continue
         if lang not in translation:
             have = ", ".join(map(repr, translation)) or "none"
             raise UserError(f"{where}: no {lang!r} in {TRANSLATION_COLUMN!r} (it has {have}); expected {expected}")
@@ -178,10 +205,13 @@ def encode_translation(
         inputs = tokenizer(
             [source_prefix + pair.source for pair in chunk], truncation=True, max_length=max_source_length
         )
+        keys = list(inputs.keys())
+        if chunk[0].target is None:  # sources to translate: features without labels
+            features.extend({key: inputs[key][offset] for key in keys} for offset in range(len(chunk)))
+            continue
         labels = tokenizer(
             text_target=[pair.target for pair in chunk], truncation=True, max_length=max_target_length
         )["input_ids"]
-        keys = list(inputs.keys())
         features.extend(
             {**{key: inputs[key][offset] for key in keys}, "labels": labels[offset]} for offset in range(len(chunk))
         )

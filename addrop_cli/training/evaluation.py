@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader
 
@@ -21,6 +21,10 @@ from addrop_cli.training.batching import EncodedDataset, longest_first
 def build_accelerator(train: TrainConfig) -> Accelerator:
     """The run's Accelerator. Loaders give global batches (per-device size x processes) that Accelerate
     splits across processes, so the same examples make up each update whatever the number of processes."""
+    if train.mixed_precision == "fp16" and PartialState().device.type == "cpu":
+        # Accelerate would run in fp32 without a word; refuse instead of reporting fp32 numbers as fp16.
+        raise UserError("train.mixed_precision='fp16' needs a GPU, and this run is on the CPU: use bf16 (CPU "
+                        "autocast) or no (--mixed-precision, or --set train.mixed_precision=no for eval)")
     try:
         return Accelerator(mixed_precision=train.mixed_precision,
                            gradient_accumulation_steps=train.gradient_accumulation_steps,

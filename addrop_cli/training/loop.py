@@ -18,12 +18,19 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
 from addrop_cli.core.regularizer import ADDrop
-from addrop_cli.core.settings import epoch_phase
+from addrop_cli.core.settings import CLASSIFICATION, epoch_phase
 from addrop_cli.errors import UserError
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_dir, write_json, write_jsonl, write_text
@@ -42,7 +49,10 @@ from addrop_cli.training.run_dir import (
     latest_checkpoint,
     package_versions,
     prepare_output_dir,
+    write_progress,
 )
+
+ONE_CLASS_SHARE = 0.95
 
 
 @dataclass
@@ -119,14 +129,16 @@ def train(
             run.console.print(f"run in {run.output_dir} is already complete; pass --overwrite to train again")
         return run.result()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} samples/s"),
-                        TimeElapsedColumn(), console=run.console, disable=not run.show, transient=True)
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                        TimeRemainingColumn(), console=run.console, disable=not run.show, transient=True)
     with progress, StopRequest() as stop:
         while not run.state.finished:
             seconds = train_epoch(run, progress, stop)
-            end_epoch(run, seconds)
-    if run.test_loader is not None:
-        score_test(run)
+            end_epoch(run, seconds, progress)
+            _stop_if_requested(run, stop)  # a signal during evaluation or the epoch's checkpoint
+        if run.test_loader is not None:
+            score_test(run, progress)
+            _stop_if_requested(run, stop)
     run.accelerator.wait_for_everyone()
     return run.result()
 
@@ -140,10 +152,10 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     pipeline = pipeline_for(recipe)
     metric = validate_metric(cfg.metric or pipeline.default_metric, pipeline.task)
     output_dir = Path(cfg.output_dir)
+    accelerator = build_accelerator(cfg)
     checkpoint = prepare_output_dir(output_dir, recipe, overwrite, resume)
     train_items, eval_items = pipeline.read(recipe, "train"), pipeline.read(recipe, "validation")
     test_items = labelled_split(pipeline, recipe, "test")
-    accelerator = build_accelerator(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(recipe.model, trust_remote_code)
     model = pipeline.load_model(recipe.model, trust_remote_code)
@@ -169,6 +181,8 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     run = Run(recipe, pipeline, metric, output_dir, accelerator, tokenizer, model, optimizer, scheduler, batches,
               train_loader, loaders[0], loaders[1] if len(loaders) > 1 else None, addrop, recipe_text,
               TrainingState(), console)
+    if run.show:
+        _print_header(run, {"train": train_items, "validation": eval_items, "test": test_items})
     if checkpoint is not None:
         run.state = load_checkpoint(accelerator, checkpoint)
         if run.show:
@@ -176,6 +190,27 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     elif run.show:
         write_text(output_dir / RECIPE_FILE, recipe_text)
     return run
+
+
+def _print_header(run: Run, splits: dict[str, list | None]) -> None:
+    """What is about to run: model, task, data, device, precision, output folder."""
+    model, accelerator, recipe = run.accelerator.unwrap_model(run.model), run.accelerator, run.recipe
+    parameters = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    sizes = ", ".join(f"{name} {len(items)}" for name, items in splits.items() if items is not None)
+    labels = run.pipeline.label_counts(splits["train"])
+    mode = "plain fine-tuning" if run.addrop is None else (
+        f"AD-DROP p {recipe.addrop.p} q {recipe.addrop.q} layers {recipe.addrop.layers} "
+        f"({recipe.addrop.attribution}{', cross-tuning' if recipe.addrop.cross_tuning else ''})")
+    lines = [f"model {recipe.model} ({type(model).__name__}, {parameters / 1e6:.1f}M parameters"
+             + (f", {trainable / 1e6:.1f}M trainable" if trainable != parameters else "") + ")",
+             f"task {recipe.task}: {sizes} examples"
+             + (" | train labels " + ", ".join(f"{k} {v}" for k, v in labels.items()) if labels else ""),
+             f"{mode} | {recipe.train.epochs} epochs, batch {recipe.train.batch_size}, lr {recipe.train.lr:g}",
+             f"device {accelerator.device} x {accelerator.num_processes} process(es), precision "
+             f"{accelerator.mixed_precision} | output {run.output_dir}"]
+    for line in lines:
+        run.console.print(line, highlight=False, soft_wrap=True)
 
 
 def _check_max_length(recipe: Recipe, model: torch.nn.Module, tokenizer) -> None:
@@ -224,7 +259,7 @@ def train_epoch(run: Run, progress: Progress, stop: StopRequest) -> float:
         run.batches.sampler.generator.manual_seed(cfg.seed + epoch)
     steps = len(run.train_loader)
     bar = progress.add_task(f"epoch {epoch}/{cfg.epochs} {phase}", total=steps, completed=state.step_in_epoch,
-                            loss="-", speed="-")
+                            status="")
     run.model.train()
     loss_sum = torch.tensor(state.loss_sum, device=accelerator.device)
     resumed_at, started = state.step_in_epoch, time.perf_counter() - state.seconds
@@ -245,8 +280,10 @@ def train_epoch(run: Run, progress: Progress, stop: StopRequest) -> float:
             if not math.isfinite(state.loss_sum):
                 _checkpoint(run)  # raises TrainingDiverged
             if run.show:
-                progress.update(bar, completed=step, loss=f"{state.loss_sum / step:.4f}",
-                                speed=f"{state.samples / state.seconds:.1f}")
+                progress.update(bar, status=f"loss {state.loss_sum / step:.4f} | "
+                                f"{state.samples / state.seconds:.1f} samples/s")
+                write_progress(run.output_dir, {"epoch": epoch, "epochs": cfg.epochs, "step": step, "steps": steps})
+        progress.update(bar, completed=step)
         if (saving and step < steps) or stopping:  # the epoch's end checkpoints in end_epoch
             saved = _checkpoint(run)
             if stopping:
@@ -272,13 +309,14 @@ def _train_step(run: Run, batch: dict[str, torch.Tensor], phase: str) -> torch.T
     return loss.detach()
 
 
-def end_epoch(run: Run, seconds: float) -> None:
+def end_epoch(run: Run, seconds: float, progress: Progress) -> None:
     """Evaluate, record the epoch in ``history.jsonl``, keep the best checkpoint, decide on early stopping,
     and checkpoint the loop at the epoch boundary."""
     state, cfg = run.state, run.recipe.train
     epoch = state.epoch
     train_loss = state.loss_sum / max(len(run.train_loader), 1)
-    result = run.pipeline.evaluate(run.model, run.eval_loader, run.accelerator, run.tokenizer)
+    result = run.pipeline.evaluate(run.model, _tracked(run.eval_loader, progress, "evaluating"), run.accelerator,
+                                   run.tokenizer)
     phase = epoch_phase(epoch, run.recipe.addrop)
     state.history.append({"epoch": epoch, "phase": phase, "train_loss": train_loss, "eval": result.metrics,
                           "eval_loss": result.loss, "eval_predictions": result.prediction_counts,
@@ -290,28 +328,32 @@ def end_epoch(run: Run, seconds: float) -> None:
         state.stale_epochs = 0
     else:
         state.stale_epochs += 1
+    early_stop = cfg.patience is not None and state.stale_epochs >= cfg.patience
+    state.epoch, state.step_in_epoch, state.loss_sum, state.samples, state.seconds = epoch + 1, 0, 0.0, 0, 0.0
+    state.finished = early_stop or state.epoch > cfg.epochs
     if run.show:
         write_jsonl(run.output_dir / HISTORY_FILE, state.history)
         if improved:
             _save_best(run)
-            write_json(run.output_dir / METRICS_FILE, _metrics_summary(run))
+        write_json(run.output_dir / METRICS_FILE, _metrics_summary(run))
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         run.console.print(f"epoch {epoch} ({phase}) train loss {train_loss:.4f} | eval {shown}"
-                          f"{' (best)' if improved else ''} | {seconds:.1f}s")
-    early_stop = cfg.patience is not None and state.stale_epochs >= cfg.patience
-    if early_stop and run.show:
-        run.console.print(f"early stopping: no {run.metric} gain for {state.stale_epochs} epochs")
-    state.epoch, state.step_in_epoch, state.loss_sum, state.samples, state.seconds = epoch + 1, 0, 0.0, 0, 0.0
-    state.finished = early_stop or state.epoch > cfg.epochs
+                          f"{' (best)' if improved else ''} | {seconds:.1f}s", highlight=False, soft_wrap=True)
+        warning = one_class_warning(result.prediction_counts) if run.pipeline.task_type == CLASSIFICATION else None
+        if warning:
+            run.console.print(f"  warning: {warning}", highlight=False, soft_wrap=True)
+        if early_stop:
+            run.console.print(f"early stopping: no {run.metric} gain for {state.stale_epochs} epochs")
     _checkpoint(run)
 
 
-def score_test(run: Run) -> None:
+def score_test(run: Run, progress: Progress) -> None:
     """Score the best checkpoint once on the test split, through the run's Accelerator and test loader."""
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     best = accelerator.prepare(run.pipeline.load_model(str(run.output_dir / BEST_DIR)))
-    run.state.test = run.pipeline.evaluate(best, run.test_loader, accelerator, run.tokenizer).metrics
+    loader = _tracked(run.test_loader, progress, "testing")
+    run.state.test = run.pipeline.evaluate(best, loader, accelerator, run.tokenizer).metrics
     if run.show:
         write_json(run.output_dir / METRICS_FILE, _metrics_summary(run))
     update_state(accelerator, latest_checkpoint(run.output_dir), run.state)
@@ -344,6 +386,36 @@ def _save_best(run: Run) -> None:
     write_dir(run.output_dir / BEST_DIR, fill)
 
 
+def one_class_warning(prediction_counts: dict[str, int], share: float = ONE_CLASS_SHARE) -> str | None:
+    """A warning when at least ``share`` of the predictions fall in one class (the drift AD-DROP epochs can
+    cause, docs/drift.md), else None."""
+    total = sum(prediction_counts.values())
+    if total == 0 or len(prediction_counts) < 2:
+        return None
+    label, count = max(prediction_counts.items(), key=lambda item: item[1])
+    if count < share * total:
+        return None
+    return f"{count / total:.0%} of the {total} evaluation predictions are '{label}': the model may predict one class"
+
+
+def _tracked(loader: DataLoader, progress: Progress, description: str):
+    """Iterate ``loader`` while a progress bar counts its batches."""
+    bar = progress.add_task(description, total=len(loader), status="")
+    try:
+        for batch in loader:
+            yield batch
+            progress.advance(bar)
+    finally:
+        progress.remove_task(bar)
+
+
+def _stop_if_requested(run: Run, stop: StopRequest) -> None:
+    """Raise :class:`TrainingInterrupted` if a signal came after the last step checked for one; the epoch's
+    checkpoint (or the test scores in it) is already written."""
+    if _stop_requested(stop, run.accelerator):
+        raise TrainingInterrupted(stop.signum or signal.SIGTERM, latest_checkpoint(run.output_dir))
+
+
 def _stop_requested(stop: StopRequest, accelerator: Accelerator) -> bool:
     """Whether any process got SIGINT/SIGTERM (all processes must checkpoint together)."""
     if accelerator.num_processes == 1:
@@ -354,7 +426,9 @@ def _stop_requested(stop: StopRequest, accelerator: Accelerator) -> bool:
 
 def _metrics_summary(run: Run) -> dict[str, Any]:
     state = run.state
-    summary = {"best_epoch": state.best_epoch, "metric": run.metric, "eval": state.best_eval,
+    # Finished: every epoch trained (or stopped early) and, when there is a test split, scored on it.
+    finished = state.finished and (run.test_loader is None or state.test is not None)
+    summary = {"finished": finished, "best_epoch": state.best_epoch, "metric": run.metric, "eval": state.best_eval,
                "task": run.recipe.task, "model": run.recipe.model}
     if state.test is not None:
         summary["test"] = state.test

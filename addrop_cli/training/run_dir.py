@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from addrop_cli.errors import UserError
+from addrop_cli.outputs import write_json
 from addrop_cli.recipe import Recipe, load_yaml
 from addrop_cli.version import __version__
 
 RECIPE_FILE, HISTORY_FILE, METRICS_FILE, BEST_DIR = "recipe.yaml", "history.jsonl", "metrics.json", "best"
+PROGRESS_FILE = "progress.json"  # where training is now (epoch, step), for a sweep's live view
 CHECKPOINTS_DIR, CHECKPOINT_PREFIX, STATE_FILE = "checkpoints", "step-", "trainer_state.json"
 VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
 
@@ -65,14 +67,41 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, resume
             shutil.rmtree(output_dir / name, ignore_errors=True)
         return None
     if previous.is_file() and load_yaml(previous) != recipe.to_dict():
+        changed = "; ".join(recipe_differences(load_yaml(previous), recipe.to_dict()))
         raise UserError(
-            f"output directory {output_dir} holds a different run (its {RECIPE_FILE} differs); "
+            f"output directory {output_dir} holds a different run ({changed}); "
             "pass --overwrite to replace it, or choose another --output-dir"
         )
     checkpoint = latest_checkpoint(output_dir) if previous.is_file() else None
     if resume and checkpoint is None:
         raise UserError(f"--resume: {output_dir} holds no checkpoint to resume from (run without --resume)")
     return checkpoint
+
+
+def recipe_differences(saved: dict[str, Any], wanted: dict[str, Any], limit: int = 3) -> list[str]:
+    """Up to ``limit`` dotted keys whose values differ, as ``"train.lr 2e-05 there, 5e-05 here"``."""
+    def flat(values: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(values, dict):
+            return {prefix.rstrip("."): values}
+        return {key: value for name, inner in values.items() for key, value in flat(inner, f"{prefix}{name}.").items()}
+
+    there, here = flat(saved), flat(wanted)
+    keys = [key for key in dict.fromkeys([*here, *there]) if there.get(key) != here.get(key)]
+    shown = [f"{key} {there.get(key)!r} there, {here.get(key)!r} here" for key in keys[:limit]]
+    return shown + ([f"{len(keys) - limit} more"] if len(keys) > limit else [])
+
+
+def write_progress(output_dir: Path, values: dict[str, Any]) -> None:
+    """Record where training is (epoch, step ...) in ``progress.json``, atomically."""
+    write_json(output_dir / PROGRESS_FILE, values)
+
+
+def read_progress(output_dir: Path) -> dict[str, Any] | None:
+    """What :func:`write_progress` last wrote, or None (not started, or unreadable mid-rename)."""
+    try:
+        return json.loads((output_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def read_metrics(output_dir: Path) -> dict[str, Any]:

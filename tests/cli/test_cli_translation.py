@@ -46,7 +46,9 @@ def test_tiny_translator_trains_and_scores_bleu(tmp_path, tiny_translator, share
     assert set(rows[0]["eval"]) == {"bleu", "gen_len"} and rows[0]["eval"]["gen_len"] > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metric"] == "bleu" and set(metrics["test"]) == {"bleu", "gen_len"}
-    evaluated = runner.invoke(app, ["eval", "--checkpoint", str(out / "best"), "--output", str(tmp_path / "e.json")])
+    # Training scored 8 pairs; eval scores the whole split unless told the same limit.
+    evaluated = runner.invoke(app, ["eval", "--checkpoint", str(out / "best"), "--max-eval-samples", "8",
+                                    "--output", str(tmp_path / "e.json")])
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "e.json").read_text())["eval"] == pytest.approx(metrics["eval"], abs=1e-6)
 
