@@ -197,3 +197,27 @@ def test_region_outline_traces_the_border_only():
     assert len(segments) == 8  # a 2 x 2 block has 8 unit sides on its border, none inside
     corners = {point for segment in segments for point in segment}
     assert min(corners) == (0.5, 0.5) and max(corners) == (2.5, 2.5)
+
+
+def test_the_report_reads_like_a_page_and_greys_rows_without_attribution(classifier, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["attribute", "--checkpoint", str(classifier), "--output-dir", str(out), "--task",
+                                 "sst2", "--text", SENTENCES[0]], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    prediction = summary["examples"][0]["prediction"]
+    # The terminal gets a table, not a Python dict.
+    assert "{'label'" not in result.stderr and "prediction" in result.stderr
+    assert f"{prediction['label']} (p {prediction['probability']:.2f})" in result.stderr
+    page = (out / "index.html").read_text()
+    assert "<table>" in page and "<th>method</th><td>ga</td>" in page and '{"' not in page
+    assert f"prediction: <b>{prediction['label']} (p {prediction['probability']:.2f})</b>" in page
+    assert "red dotted outline" in page and "red dots" not in page
+    # The last layer of a sequence classifier: only the [CLS] row reaches the logit, every other row has none.
+    tensors = load_file(out / "attributions.safetensors")
+    n = len(summary["examples"][0]["tokens"])
+    zero_rows = (tensors["ex0.layer1.attribution"] == 0).all(-1).all(0)
+    assert zero_rows.tolist() == [False] + [True] * (n - 1)
+    layers = summary["examples"][0]["layers"]
+    assert layers["1"]["rows_without_attribution"] == list(range(1, n))
+    assert layers["0"]["rows_without_attribution"] == []

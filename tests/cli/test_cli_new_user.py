@@ -279,3 +279,19 @@ def test_predict_bad_input_is_one_line(run_dir, tmp_path, mrpc_files):
                     tmp_path / "p.txt"], "unsupported format '.txt'", ".jsonl, .csv")
     one_line_error(["predict", "--checkpoint", out, "--input-file", tmp_path / "missing.tsv"], "missing.tsv")
     assert not (tmp_path / "p.txt").exists()
+
+
+def test_progress_on_a_terminal_has_an_eta_and_evaluation_progress(tmp_path, tiny_checkpoint, mrpc_files):
+    import io
+
+    from rich.console import Console
+
+    from addrop_cli.recipe import resolve_recipe
+
+    flags = {"model": str(tiny_checkpoint), "data.train_file": str(mrpc_files / "train.tsv"),
+             "data.validation_file": str(mrpc_files / "dev.tsv"), "train.output_dir": str(tmp_path / "run"),
+             "train.epochs": 1, "train.batch_size": 4, "data.max_train_samples": 16}
+    screen = io.StringIO()
+    loop.train(resolve_recipe(task="mrpc", flags=flags), console=Console(file=screen, force_terminal=True, width=160))
+    shown = screen.getvalue()
+    assert "epoch 1/1 ft" in shown and "eta" in shown and "evaluating" in shown

@@ -62,6 +62,19 @@ def test_tiny_token_classifier_trains_through_the_cli(tmp_path, conll, family, t
     assert metrics["metric"] == "f1" and set(metrics["test"]) == {"precision", "recall", "f1", "accuracy"}
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["id2label"]["1"] == "B-PER"
+    # predict: a tag per word, for tagged and for words-only (one-column) CoNLL files alike.
+    words_only = tmp_path / "words.txt"
+    words_only.write_text("\n".join(line.split()[0] if line.split() else "" for line in
+                                    valid_file.read_text().splitlines()) + "\n")
+    for source, output in ((valid_file, tmp_path / "tagged.jsonl"), (words_only, tmp_path / "words.jsonl")):
+        predicted = runner.invoke(app, ["predict", "--checkpoint", str(out), "--input-file", str(source),
+                                        "--output", str(output)])
+        assert predicted.exit_code == 0, predicted.output
+    tagged, words = ([json.loads(line) for line in path.read_text().splitlines()]
+                     for path in (tmp_path / "tagged.jsonl", tmp_path / "words.jsonl"))
+    assert tagged == words and len(tagged) > 0
+    for row in tagged:
+        assert 0 < len(row["tags"]) <= len(row["tokens"]) and set(row["tags"]) <= set(config["label2id"])
 
 
 def test_token_recipe_settings():

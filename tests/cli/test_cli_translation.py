@@ -51,6 +51,14 @@ def test_tiny_translator_trains_and_scores_bleu(tmp_path, tiny_translator, share
                                     "--output", str(tmp_path / "e.json")])
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "e.json").read_text())["eval"] == pytest.approx(metrics["eval"], abs=1e-6)
+    # predict: the source-language file alone is enough.
+    sources = (shared_data / "wmt16_en_ro/newstest2016.en").read_text(encoding="utf-8").splitlines()[:3]
+    (tmp_path / "few.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    predicted = runner.invoke(app, ["predict", "--checkpoint", str(out), "--input-file", str(tmp_path / "few.en"),
+                                    "--output", str(tmp_path / "t.jsonl")])
+    assert predicted.exit_code == 0, predicted.output
+    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["source"] for row in rows] == sources and all(isinstance(row["translation"], str) for row in rows)
 
 
 def test_translation_recipes_carry_the_reference_settings():
