@@ -260,6 +260,7 @@ def train_epoch(run: Run, progress: Progress, stop: StopRequest) -> float:
     steps = len(run.train_loader)
     bar = progress.add_task(f"epoch {epoch}/{cfg.epochs} {phase}", total=steps, completed=state.step_in_epoch,
                             status="")
+    progress.refresh()
     run.model.train()
     loss_sum = torch.tensor(state.loss_sum, device=accelerator.device)
     resumed_at, started = state.step_in_epoch, time.perf_counter() - state.seconds
@@ -401,6 +402,7 @@ def one_class_warning(prediction_counts: dict[str, int], share: float = ONE_CLAS
 def _tracked(loader: DataLoader, progress: Progress, description: str):
     """Iterate ``loader`` while a progress bar counts its batches."""
     bar = progress.add_task(description, total=len(loader), status="")
+    progress.refresh()  # shown at once, however short the evaluation
     try:
         for batch in loader:
             yield batch
