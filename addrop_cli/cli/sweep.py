@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import model_dir, option, quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value, parse_grid, parse_seeds, parse_values
@@ -80,6 +80,8 @@ def sweep(
     if workers < 1:
         raise UserError(f"--workers {workers} is invalid: use 1 or more processes")
     flags = options.recipe_flags({k: v for k, v in locals().items() if k not in ("p", "q", "output_dir")}, no_addrop)
+    if model is not None:
+        flags["model"] = model_dir(model)  # a run directory means its best checkpoint
     base = resolve_recipe(recipe, task, flags, set_)
     directory = Path(output_dir or f"{base.train.output_dir}-sweep")
     axes = _axes(p, q, grid)

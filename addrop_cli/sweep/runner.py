@@ -59,6 +59,7 @@ class SweepProgress:
     directories: dict[str, Path] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     skipped: int = 0
+    resumed: dict[str, float] = dataclasses.field(default_factory=dict)  # trial -> share done when it resumed
 
     def start(self, trial: Trial) -> None:
         directory = Path(trial.recipe.train.output_dir)
@@ -66,27 +67,31 @@ class SweepProgress:
         checkpoint = latest_checkpoint(directory)
         if checkpoint is not None:
             self.notes.append(f"resuming {trial.id} from {checkpoint.name}")
+            self.resumed[trial.id] = _fraction(read_progress(directory) or {})
 
     def status(self, now: float | None = None) -> str:
         """``3/81 finished | running T epoch 2/3 step 50/125 (1.4 min) | eta 1 h 12 min``."""
         now = time.time() if now is None else now
         parts = [f"{len(self.finished)}/{self.total} finished"]
-        estimates = []  # (elapsed, estimated total) of each running trial
+        remaining, whole = [], []  # per running trial: seconds left, and seconds a whole trial takes at its pace
         for name, started in self.running.items():
             where = read_progress(self.directories[name]) or {}
-            elapsed, fraction = now - started, _fraction(where)
+            elapsed = now - started
+            done = _fraction(where) - self.resumed.get(name, 0.0)  # the share done in this sitting
             position = f" epoch {where['epoch']}/{where['epochs']} step {where['step']}/{where['steps']}" \
                 if where else ""
             parts.append(f"running {name}{position} ({elapsed / 60:.1f} min)")
-            if fraction > 0:
-                estimates.append((elapsed, elapsed / fraction))
-        this_run = [row["seconds"] for row in self.finished[self.skipped:] if "seconds" in row]
-        typical = statistics.fmean(this_run) if this_run else (
-            statistics.fmean(total for _, total in estimates) if estimates else None)
+            if done > 0:
+                remaining.append(elapsed * (1 - _fraction(where)) / done)
+                whole.append(elapsed / done)
+        # Trials resumed in this sitting ran only part of their work here: they say nothing of a whole trial.
+        this_run = [row["seconds"] for row in self.finished[self.skipped:]
+                    if "seconds" in row and row["trial"] not in self.resumed]
+        typical = statistics.fmean(this_run) if this_run else (statistics.fmean(whole) if whole else None)
         waiting = self.total - len(self.finished) - len(self.running)
-        if typical is not None and (estimates or not self.running):
-            left = sum(total - elapsed for elapsed, total in estimates) + waiting * typical
-            parts.append(f"eta {_duration(left / max(self.workers, 1))}")
+        if typical is not None and (remaining or not self.running):
+            spread = (sum(remaining) + waiting * typical) / max(self.workers, 1)
+            parts.append(f"eta {_duration(max([spread, *remaining]))}")
         return " | ".join(parts)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ def load_hub_split(dataset: str, config: str | None, split: str, what: str, cach
 
     source = f"dataset {dataset!r}" + (f" (config {config!r})" if config else "") + f" split {split!r}"
     instead = "give local files with --train-file and --validation-file (and --test-file) instead"
-    problem = None if Path(dataset).expanduser().exists() else hub_unreachable()
+    local = Path(dataset).expanduser().exists()
+    problem = None if local or _dataset_cached(dataset, cache_dir) else hub_unreachable()
     if problem is not None:
         raise UserError(f"cannot load {source}: the Hugging Face Hub is unreachable ({problem}); {instead}")
     try:
@@ -101,15 +103,29 @@ def describe(err: BaseException) -> str:
     return ": ".join(parts)
 
 
+def _dataset_cached(dataset: str, cache_dir: str | Path | None) -> bool:
+    """Whether ``datasets`` has a cached copy to fall back on (then it is left to find it, as before)."""
+    import datasets
+    from huggingface_hub import constants
+
+    folder = dataset.replace("/", "___")
+    return (Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / folder).exists() or \
+        (Path(constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}").exists()
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
 @functools.cache
 def hub_unreachable() -> str | None:
     """Why the Hugging Face Hub cannot be reached (one quick connection, once per process), or None.
 
-    None too in offline mode (``HF_HUB_OFFLINE``), where the libraries fail fast on their own.
+    None too in offline mode (``HF_HUB_OFFLINE``), where the libraries fail fast on their own, and behind a
+    proxy, which a direct connection cannot judge.
     """
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in PROXY_VARIABLES):
         return None
     endpoint = urlparse(constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)

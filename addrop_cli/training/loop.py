@@ -49,6 +49,8 @@ from addrop_cli.training.run_dir import (
     latest_checkpoint,
     package_versions,
     prepare_output_dir,
+    read_history,
+    read_metrics,
     write_progress,
 )
 
@@ -124,7 +126,8 @@ def train(
     """
     run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code,
                 console=console or Console(stderr=True))
-    if run.state.finished:
+    tested = run.test_loader is None or run.state.test is not None
+    if run.state.finished and tested:
         if run.show:
             run.console.print(f"run in {run.output_dir} is already complete; pass --overwrite to train again")
         return run.result()
@@ -136,7 +139,7 @@ def train(
             seconds = train_epoch(run, progress, stop)
             end_epoch(run, seconds, progress)
             _stop_if_requested(run, stop)  # a signal during evaluation or the epoch's checkpoint
-        if run.test_loader is not None:
+        if run.test_loader is not None and run.state.test is None:  # also when a stop came before it
             score_test(run, progress)
             _stop_if_requested(run, stop)
     run.accelerator.wait_for_everyone()
@@ -183,13 +186,27 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
               TrainingState(), console)
     if run.show:
         _print_header(run, {"train": train_items, "validation": eval_items, "test": test_items})
-    if checkpoint is not None:
+    finished = None if checkpoint is not None or overwrite else finished_run(output_dir)
+    if finished is not None:  # a sweep deletes a finished trial's checkpoints; its metrics say it is complete
+        run.state = finished
+    elif checkpoint is not None:
         run.state = load_checkpoint(accelerator, checkpoint)
         if run.show:
             console.print(f"resuming from {checkpoint} (epoch {run.state.epoch}, step {run.state.step_in_epoch})")
     elif run.show:
         write_text(output_dir / RECIPE_FILE, recipe_text)
     return run
+
+
+def finished_run(output_dir: Path) -> TrainingState | None:
+    """The state of a complete run of this recipe whose checkpoints are gone, from ``metrics.json``."""
+    if not (output_dir / METRICS_FILE).is_file():
+        return None
+    metrics = read_metrics(output_dir)
+    if not metrics.get("finished"):
+        return None
+    return TrainingState(finished=True, best_epoch=metrics["best_epoch"], best_eval=metrics["eval"],
+                         test=metrics.get("test"), history=read_history(output_dir))
 
 
 def _print_header(run: Run, splits: dict[str, list | None]) -> None:

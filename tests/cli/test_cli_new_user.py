@@ -126,6 +126,11 @@ def test_sigint_during_the_last_checkpoint_stops_the_sweep(monkeypatch, tmp_path
     for trial in (tmp_path / "sweep" / "trials").iterdir():
         assert (trial / "best").is_dir() and (trial / "metrics.json").is_file()
         assert not (trial / "checkpoints").exists()
+    # Without its checkpoints, a finished trial is still complete: training it again does not start over.
+    trial = tmp_path / "sweep" / "trials" / "addrop_p0.3_q0.3_seed1"
+    history = (trial / "history.jsonl").read_text()
+    again = ok(["train", "--recipe", trial / "recipe.yaml"])
+    assert "already complete" in again.stderr and (trial / "history.jsonl").read_text() == history
 
 
 def test_sweep_keep_checkpoints_keeps_them(tmp_path, tiny_checkpoint, mrpc_files):
@@ -148,6 +153,20 @@ def test_sigint_at_an_epoch_end_stops_train_and_metrics_say_unfinished(monkeypat
     monkeypatch.undo()
     ok(args)
     assert json.loads((out / "metrics.json").read_text())["finished"] is True
+
+
+def test_a_stop_before_the_test_split_is_scored_scores_it_on_resume(monkeypatch, tmp_path, tiny_checkpoint,
+                                                                     mrpc_files):
+    out = tmp_path / "run"
+    args = train_args(tiny_checkpoint, mrpc_files, out, "--epochs", "1", "--test-file", mrpc_files / "dev.tsv")
+    interrupt_at_save(monkeypatch, 1)  # the last epoch's checkpoint: training is done, the test is not
+    assert runner.invoke(app, [str(arg) for arg in args]).exit_code == 130
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["finished"] is False and "test" not in metrics
+    monkeypatch.undo()
+    ok(args)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["finished"] is True and set(metrics["test"]) == {"accuracy", "f1"}
 
 
 # ---------------------------------------------------------------------------- 3: an unreachable hub
@@ -233,6 +252,32 @@ def test_sweep_status_shows_the_running_trial_and_an_eta(tmp_path):
     # t1: 15 of 40 steps in 300 s -> 500 s left; then two trials of 600 s each.
     status = progress.status(now=1300.0)
     assert status == "1/4 finished | running t1 epoch 2/4 step 5/10 (5.0 min) | eta 28 min"
+
+
+def test_sweep_eta_counts_this_sitting_only_and_the_longest_running_trial(tmp_path):
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    (trial / "progress.json").write_text(json.dumps({"epoch": 1, "epochs": 1, "step": 95, "steps": 100}))
+    progress = SweepProgress(total=2, workers=4)
+    progress.running["t1"], progress.directories["t1"], progress.resumed["t1"] = 0.0, trial, 0.90
+    # Resumed at 90 %, 5 % done in 60 s: 60 s left, and a whole trial at that pace takes 20 min (counting the
+    # earlier sitting's 90 % as done here would make it 63 s); (60 s + 20 min) / 4 workers = 5 min.
+    assert progress.status(now=60.0).endswith("| eta 5 min")
+    (trial / "progress.json").write_text(json.dumps({"epoch": 1, "epochs": 1, "step": 10, "steps": 100}))
+    progress = SweepProgress(total=1, workers=4)
+    progress.running["t1"], progress.directories["t1"] = 0.0, trial
+    assert progress.status(now=120.0).endswith("| eta 18 min")  # one trial left: its own time, not a quarter
+
+
+def test_the_hub_probe_steps_aside_behind_a_proxy(monkeypatch):
+    from addrop_cli.tasks import files
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    files.hub_unreachable.cache_clear()
+    try:
+        assert files.hub_unreachable() is None
+    finally:
+        files.hub_unreachable.cache_clear()
 
 
 # -------------------------------------------------------------------------------------- 11: help
