@@ -134,7 +134,7 @@ class SequencePipeline:
     def predict(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer, items: list,
                 recipe: Recipe) -> list[dict[str, Any]]:
         """The label and every class's probability per example (the score for regression)."""
-        logits = _gather_logits(model, loader, accelerator)
+        logits, _ = _gather_outputs(model, loader, accelerator)
         rows = []
         for item, row in zip(items, logits, strict=True):
             out: dict[str, Any] = {"text": item.text_a, **({"text_pair": item.text_b} if item.text_b else {})}
@@ -212,7 +212,8 @@ class TokenPipeline:
     def predict(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer, items: list,
                 recipe: Recipe) -> list[dict[str, Any]]:
         """One tag per word, read at the word's first sub-word (words cut off by max_length get none)."""
-        predicted = _gather_logits(model, loader, accelerator, pad_dim=1).argmax(-1).tolist()
+        logits, _ = _gather_outputs(model, loader, accelerator, pad_dim=1)
+        predicted = logits.argmax(-1).tolist()
         encoded = tokenizer([item.tokens for item in items], is_split_into_words=True, truncation=True,
                             max_length=recipe.data.max_length)
         rows = []
@@ -310,41 +311,31 @@ def _refuse_pair(text_pair: str | None, task: str) -> None:
         raise UserError(f"--text-pair is for sentence-pair tasks (e.g. mrpc, rte); {task} takes one --text")
 
 
-def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator, pad_dim: int | None = None):
-    """Logits and labels of a whole split, gathered from every process (padding duplicates dropped)."""
+def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator,
+                    pad_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and labels (None when the batches carry none) of a whole split in loader order, gathered from every
+    process (padding duplicates dropped). With ``pad_dim``, sequences are padded to the longest (labels with
+    ``IGNORE_INDEX``)."""
     model.eval()
     all_logits, all_labels = [], []
     with torch.no_grad():
         for batch in loader:
-            logits, labels = model(**batch).logits.float(), batch["labels"]
+            logits, labels = model(**batch).logits.float(), batch.get("labels")
             if pad_dim is not None:  # batches differ in length across processes and steps
                 logits = accelerator.pad_across_processes(logits, dim=pad_dim)
-                labels = accelerator.pad_across_processes(labels, dim=pad_dim, pad_index=IGNORE_INDEX)
+                if labels is not None:
+                    labels = accelerator.pad_across_processes(labels, dim=pad_dim, pad_index=IGNORE_INDEX)
+            if labels is None:
+                all_logits.append(accelerator.gather_for_metrics(logits).cpu())
+                continue
             logits, labels = accelerator.gather_for_metrics((logits, labels))
             all_logits.append(logits.cpu())
             all_labels.append(labels.cpu())
     if pad_dim is not None:
-        width = max(t.shape[pad_dim] for t in all_labels)
+        width = max(t.shape[1] for t in all_logits)
         all_logits = [F.pad(t, (0, 0, 0, width - t.shape[1])) for t in all_logits]
         all_labels = [F.pad(t, (0, width - t.shape[1]), value=IGNORE_INDEX) for t in all_labels]
-    return torch.cat(all_logits), torch.cat(all_labels)
-
-
-def _gather_logits(model, loader: DataLoader, accelerator: Accelerator, pad_dim: int | None = None) -> torch.Tensor:
-    """Logits of a whole (unlabelled) split in loader order, gathered from every process."""
-    model.eval()
-    chunks = []
-    with torch.no_grad():
-        for batch in loader:
-            batch = {key: value for key, value in batch.items() if key != "labels"}
-            logits = model(**batch).logits.float()
-            if pad_dim is not None:
-                logits = accelerator.pad_across_processes(logits, dim=pad_dim)
-            chunks.append(accelerator.gather_for_metrics(logits).cpu())
-    if pad_dim is not None:
-        width = max(chunk.shape[1] for chunk in chunks)
-        chunks = [F.pad(chunk, (0, 0, 0, width - chunk.shape[1])) for chunk in chunks]
-    return torch.cat(chunks)
+    return torch.cat(all_logits), torch.cat(all_labels) if all_labels else None
 
 
 def pipeline_for(recipe: Recipe) -> Pipeline:
