@@ -9,11 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import model_dir, option, quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.tasks.registry import get_task
-from addrop_cli.training.run_dir import recipe_path
+from addrop_cli.training.run_dir import model_dir, recipe_path
 
 METHODS = ("ga", "iga", "aa")
 

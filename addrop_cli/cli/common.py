@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from addrop_cli.errors import UserError
+from addrop_cli.training.run_dir import model_dir
 
 EXIT_USAGE = 2
 
@@ -55,13 +56,3 @@ def checkpoint_dir(path: Path) -> Path:
     if not path.is_dir():
         raise UserError(f"checkpoint {path} is not a directory (give a run's best/ folder)")
     return Path(model_dir(str(path)))
-
-
-def model_dir(path: str) -> str:
-    """A run directory means its best checkpoint: ``runs/demo`` -> ``runs/demo/best``; anything else as given."""
-    from addrop_cli.training.run_dir import BEST_DIR
-
-    candidate = Path(path).expanduser()
-    if not (candidate / "config.json").is_file() and (candidate / BEST_DIR / "config.json").is_file():
-        return str(candidate / BEST_DIR)
-    return path

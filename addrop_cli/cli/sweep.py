@@ -12,12 +12,13 @@ from rich.live import Live
 from rich.table import Table
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import model_dir, option, quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value, parse_grid, parse_seeds, parse_values
 from addrop_cli.sweep.plan import RESULTS_FILE, Trial, check_manifest, manifest, plan_trials
 from addrop_cli.sweep.runner import SweepInterrupted, run_sweep
+from addrop_cli.training.run_dir import model_dir
 
 SHOWN_ROWS = 15  # the live table shows the latest finished trials
 

@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import model_dir, option, quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
 from addrop_cli.recipe import resolve_recipe
+from addrop_cli.training.run_dir import model_dir
 
 
 @reports_user_errors

@@ -14,12 +14,11 @@ from transformers import (
     EncoderDecoderModel,
     PreTrainedModel,
 )
+from transformers.utils import CONFIG_NAME
 
 from addrop_cli.errors import UserError
 from addrop_cli.tasks.files import hub_unreachable
 from addrop_cli.tasks.registry import TaskSpec
-
-CONFIG_NAME = "config.json"
 
 
 def _minilm_path() -> str:

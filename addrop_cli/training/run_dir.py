@@ -18,6 +18,7 @@ from addrop_cli.recipe import Recipe, load_yaml
 from addrop_cli.version import __version__
 
 RECIPE_FILE, HISTORY_FILE, METRICS_FILE, BEST_DIR = "recipe.yaml", "history.jsonl", "metrics.json", "best"
+MODEL_CONFIG = "config.json"  # what save_pretrained writes first (transformers' CONFIG_NAME, without transformers)
 PROGRESS_FILE = "progress.json"  # where training is now (epoch, step), for a sweep's live view
 CHECKPOINTS_DIR, CHECKPOINT_PREFIX, STATE_FILE = "checkpoints", "step-", "trainer_state.json"
 VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
@@ -37,6 +38,14 @@ def package_versions() -> dict[str, str]:
 def recipe_path(directory: str | Path) -> Path:
     """Where a run (or a checkpoint it saved, such as ``best/``) keeps its resolved recipe."""
     return Path(directory) / RECIPE_FILE
+
+
+def model_dir(path: str) -> str:
+    """A run directory means its best checkpoint: ``runs/demo`` -> ``runs/demo/best``; anything else as given."""
+    candidate = Path(path).expanduser()
+    if not (candidate / MODEL_CONFIG).is_file() and (candidate / BEST_DIR / MODEL_CONFIG).is_file():
+        return str(candidate / BEST_DIR)
+    return path
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
