@@ -1,6 +1,6 @@
 """``python -m addrop_cli`` is the ``addrop`` command."""
 
-from addrop_cli.cli.app import main
+from addrop_cli.cli import main
 
 if __name__ == "__main__":
     main()

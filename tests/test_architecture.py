@@ -125,7 +125,7 @@ def test_help_and_the_package_import_no_torch() -> None:
 import sys
 import addrop_cli
 from typer.testing import CliRunner
-from addrop_cli.cli.app import app
+from addrop_cli.cli import app
 for args in (["--help"], ["train", "--help"], ["eval", "--help"], ["sweep", "--help"], ["attribute", "--help"],
              ["plot", "--help"]):
     result = CliRunner().invoke(app, args)

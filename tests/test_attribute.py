@@ -15,7 +15,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 from typer.testing import CliRunner
 
 from addrop_cli.attribute import row_ranks, token_attribution
-from addrop_cli.cli.app import app
+from addrop_cli.cli import app
 from addrop_cli.plots import region_outline
 from addrop_cli.tasks.registry import CONLL_TAGS
 

@@ -9,7 +9,7 @@ import pytest
 from transformers import DebertaV2Config, DebertaV2Model
 from typer.testing import CliRunner
 
-from addrop_cli.cli.app import app
+from addrop_cli.cli import app
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from addrop_cli.cli.app import app
+from addrop_cli.cli import app
 from addrop_cli.sweep.runner import SweepProgress
 from addrop_cli.training import loop
 from addrop_cli.training.loop import one_class_warning

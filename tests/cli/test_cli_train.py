@@ -11,7 +11,7 @@ import yaml
 from helpers import run_without_addrop
 from typer.testing import CliRunner
 
-from addrop_cli.cli.app import app
+from addrop_cli.cli import app
 
 runner = CliRunner()
 

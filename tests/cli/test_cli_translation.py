@@ -9,7 +9,7 @@ from helpers import run_without_addrop
 from tiny_models import tiny_seq2seq
 from typer.testing import CliRunner
 
-from addrop_cli.cli.app import app
+from addrop_cli.cli import app
 from addrop_cli.recipe import resolve_recipe
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ from helpers import one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
-from addrop_cli.cli.app import app
+from addrop_cli.cli import app
 from addrop_cli.recipe import Recipe
 from addrop_cli.sweep.grid import parse_grid, parse_seeds, parse_values
 from addrop_cli.sweep.plan import plan_trials, trial_id
