@@ -184,7 +184,7 @@ def attribute_examples(
             if batch.get("labels") is None:  # the seq2seq collator gives None for examples without a target
                 batch["labels"] = generated
         result = addrop.attribute(batch)
-        regions = addrop.candidates(batch, result.scores)
+        regions = addrop.candidates(batch, result)
         layers = []
         for call in addrop.selected:
             candidates = regions[call]

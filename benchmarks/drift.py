@@ -99,7 +99,7 @@ def selection_statistics(model_dir: Path, data: Path, labels: str = "pseudo") ->
     shift = {0: [], 1: []}
     for batch in dev_batches(tokenizer, data):
         attribution = addrop.attribute(batch)
-        regions = addrop.candidates(batch, attribution.scores)
+        regions = addrop.candidates(batch, attribution)
         special = torch.isin(batch["input_ids"], special_ids)  # (B, K)
         real = batch["attention_mask"].bool()
         for region in regions.values():  # (B, H, Q, K)

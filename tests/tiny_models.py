@@ -76,3 +76,55 @@ def tiny_seq2seq(family: str) -> torch.nn.Module:
                             max_position_embeddings=64, bos_token_id=2, **common)
         model = BartForConditionalGeneration(config)
     return model.eval()
+
+
+DECODER_FAMILIES = ["qwen2", "llama", "mistral", "gemma2", "gemma3", "gpt_oss", "qwen3", "smollm3"]
+# Sliding windows shorter than the test sequences, so the window is part of every mask.
+WINDOW = 4
+
+
+def tiny_decoder(family: str = "qwen2", num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
+    """A 2-layer decoder-only sequence classifier (hidden 64, 4 heads over 2 KV heads), pad id 0, eval mode.
+
+    qwen2 slides its second layer, mistral both, gemma2 and gpt-oss alternate sliding and full layers, gemma3
+    slides both; gemma2 soft-caps its attention logits and gpt-oss adds attention sinks (random, non-zero).
+    """
+    import transformers
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                  num_labels=num_labels)
+    extra = {
+        "qwen2": dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1),
+        "mistral": dict(sliding_window=WINDOW),
+        "gemma2": dict(sliding_window=WINDOW, head_dim=16, attn_logit_softcapping=2.0),
+        "gemma3": dict(sliding_window=WINDOW, head_dim=16),
+        "gpt_oss": dict(sliding_window=WINDOW, head_dim=16, num_local_experts=2, num_experts_per_tok=1,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+        "qwen3": dict(head_dim=16),
+    }.get(family, {})
+    names = {"qwen2": "Qwen2", "llama": "Llama", "mistral": "Mistral", "gemma2": "Gemma2", "gemma3": "Gemma3Text",
+             "gpt_oss": "GptOss", "qwen3": "Qwen3", "smollm3": "SmolLM3"}
+    config = getattr(transformers, f"{names[family]}Config")(**common, **extra)
+    model = getattr(transformers, f"{names[family]}ForSequenceClassification")(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "sinks"):
+                module.sinks.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def decoder_batch(padding_side: str, batch_size: int = 3, length: int = 12, seed: int = 0) -> dict:
+    """Token ids 3..99 with pad id 0 on the given side (row i padded by 3 i), and labels."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch_size, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    for row in range(1, batch_size):
+        if padding_side == "left":
+            attention_mask[row, : 3 * row] = 0
+        else:
+            attention_mask[row, length - 3 * row :] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)
+    labels = torch.randint(0, 2, (batch_size,), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -74,7 +74,7 @@ def attribute(
     head_indices = parse_heads(heads)
     flags = {"data.test_file": input_file, "data.max_eval_samples": max_examples, "addrop.enabled": True,
              "addrop.attribution": method, "addrop.labels": labels, "addrop.layers": layers, "addrop.p": p,
-             "addrop.q": q, "addrop.strategy": "high", "addrop.attention": ["encoder"]}
+             "addrop.q": q, "addrop.strategy": "high", "addrop.attention": "auto"}
     checkpoint = model_dir(checkpoint)
     resolved = resolve_recipe(recipe, task, flags, set_, saved=recipe_path(checkpoint))
     from addrop_cli.attribute import (  # torch only once the input is valid

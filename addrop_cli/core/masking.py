@@ -30,23 +30,24 @@ def keep_counts(num_real_keys: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def padding_fill(key_mask: torch.Tensor, p: float) -> torch.Tensor:
-    """Values to put at padding keys so that ONE kthvalue call thresholds rows of every length.
+    """Values to put at unseen keys so that ONE kthvalue call thresholds rows of every length.
 
-    A row with n real keys needs the k_n-th smallest real score, k_n = floor((1 - p) n). Over the padded
-    width K, take j = k_K for every row and fill j - k_n of the row's padding with -inf (sorting before
-    every real key) and the rest with +inf (after): the j-th smallest of the whole row is then the
-    k_n-th smallest real score. This is possible because k_K - k_n <= K - n and k_K <= K - ceil(p n).
+    A row with n visible keys needs the k_n-th smallest visible score, k_n = floor((1 - p) n). Over the
+    padded width K, take j = k_K for every row and fill j - k_n of the row's unseen keys with -inf (sorting
+    before every visible key) and the rest with +inf (after): the j-th smallest of the whole row is then the
+    k_n-th smallest visible score. This is possible because k_K - k_n <= K - n and k_K <= K - ceil(p n).
+    Unseen keys need not be contiguous (padding, causal and sliding-window masks all work).
 
     Args:
-        key_mask: (B, K) bool, True for real keys.
+        key_mask: (..., K) bool, True for the keys a row can see.
     Returns:
-        (B, K) float: 0 at real keys, -inf or +inf at padding.
+        (..., K) float: 0 at visible keys, -inf or +inf elsewhere.
     """
     key_mask = key_mask.to(torch.bool)
     width = key_mask.shape[-1]
-    below = keep_counts(torch.tensor(width), p) - keep_counts(key_mask.sum(-1), p)  # (B,) pads to put first
-    padding_rank = (~key_mask).cumsum(-1) - 1
-    fill = torch.where(padding_rank < below[:, None], float("-inf"), float("inf"))
+    below = keep_counts(torch.tensor(width), p) - keep_counts(key_mask.sum(-1), p)  # (...,) unseen to put first
+    unseen_rank = (~key_mask).cumsum(-1) - 1
+    fill = torch.where(unseen_rank < below[..., None], float("-inf"), float("inf"))
     return fill.masked_fill(key_mask, 0.0)
 
 
@@ -58,36 +59,54 @@ def candidate_region(
     highest: bool = True,
     query_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Candidate discard region S of Eq. 6, per example, head and query row, over real keys only.
+    """Candidate discard region S of Eq. 6, per example, head and query row, over the keys the row can see.
 
-    With n real keys in a row and k = floor((1 - p) n), the threshold is the k-th smallest score
-    (0-based) among the real keys; the candidates are the real keys scoring >= threshold, about
-    ceil(p n) of them (ties can add more). ``highest=False`` mirrors it: the same number c = n - k of
-    lowest-scoring keys, so that the prior experiment's strategies (paper Section 2.2) drop at the same
-    rate. Without ties the high and low regions of a row therefore share max(0, 2c - n) keys and together
-    cover min(n, 2c): they are exact complements (a partition of the real keys) when 2c = n, e.g. p = 1/2
-    and n even; at p = 1/2 and odd n they share only the median key. One kthvalue call for the whole
-    batch, no host synchronisation (see :func:`padding_fill`).
+    With n visible keys in a row and k = floor((1 - p) n), the threshold is the k-th smallest score
+    (0-based) among them; the candidates are the visible keys scoring >= threshold, about ceil(p n) of them
+    (ties can add more). ``highest=False`` mirrors it: the same number c = n - k of lowest-scoring keys, so
+    that the prior experiment's strategies (paper Section 2.2) drop at the same rate. Without ties the high
+    and low regions of a row therefore share max(0, 2c - n) keys and together cover min(n, 2c): they are
+    exact complements (a partition of the visible keys) when 2c = n, e.g. p = 1/2 and n even; at p = 1/2 and
+    odd n they share only the median key. One kthvalue call for the whole batch, no host synchronisation
+    (see :func:`padding_fill`). A row that sees no key has no candidates.
 
     Args:
         scores: (B, H, Q, K) attribution scores.
-        key_mask: (B, K) bool, True for real (non-padding) keys.
-        p: share of real keys that are candidates, in (0, 1).
+        key_mask: True for the keys a query row can see: (B, K) when every row sees the same keys (a padding
+            mask), or (B, 1 or H, Q, K) per row, e.g. the model's own padding ∧ causal ∧ sliding-window mask.
+        p: share of visible keys that are candidates, in (0, 1).
         query_mask: (B, Q) bool, True for real queries; padding query rows get no candidates.
             None treats every query row as real.
     Returns:
-        (B, H, Q, K) bool, True for candidates; padding keys are never candidates.
+        (B, H, Q, K) bool, True for candidates; keys a row cannot see are never candidates.
     """
     scores = scores.detach() if highest else -scores.detach()
     key_mask = key_mask.to(torch.bool)
-    real_keys = key_mask[:, None, None, :]
-    padded = torch.where(real_keys, scores, padding_fill(key_mask, p)[:, None, None, :].to(scores.dtype))
+    visible = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask
+    padded = torch.where(visible, scores, padding_fill(visible, p).to(scores.dtype))
     k = int(keep_counts(torch.tensor(scores.shape[-1]), p))
     threshold = padded.kthvalue(k + 1, dim=-1, keepdim=True).values
-    region = (padded >= threshold) & real_keys
+    region = (padded >= threshold) & visible
     if query_mask is not None:
         region &= query_mask.to(torch.bool)[:, None, :, None]
     return region
+
+
+def spare_emptied_rows(drops: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Undo the drops of every query row that would lose all its visible keys (Eq. 7 can drop them all).
+
+    Such a row would have nothing left to attend to; softmax would then spread it over every key, the
+    future and the padding included. It keeps its base mask instead, so AD-DROP never lets a row see a key
+    the model hides from it.
+
+    Args:
+        drops: (B, H, Q, K) bool, True where a position is dropped.
+        visible: broadcastable to (B, H, Q, K) bool, True for the keys each row can see.
+    Returns:
+        (B, H, Q, K) bool drops, all False in the spared rows.
+    """
+    emptied = ~(visible & ~drops).any(-1, keepdim=True)
+    return drops & ~emptied
 
 
 def sample_drops(candidates: torch.Tensor, q: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -15,10 +15,18 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from addrop_cli.core.attention import IMPLEMENTATION, AttentionSite, ForwardState
+from addrop_cli.core.attention import (
+    IMPLEMENTATION,
+    POSITION_BIAS,
+    SINKS,
+    SOFTCAP,
+    ForwardState,
+    ProbedCall,
+)
 from addrop_cli.core.attribution import attribution_labels, attribution_target, integrated_gradient_scale
-from addrop_cli.core.masking import candidate_region, random_scores, sample_drops
+from addrop_cli.core.masking import candidate_region, random_scores, sample_drops, spare_emptied_rows
 from addrop_cli.core.settings import (
+    AUTO,
     CLASSIFICATION,
     CROSS,
     DECODER,
@@ -32,6 +40,16 @@ from addrop_cli.core.settings import (
 from addrop_cli.errors import UserError
 
 PROBE_ENCODER_LENGTH, PROBE_DECODER_LENGTH = 5, 3
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention call of a forward: its kind, its layer index among calls of that kind, and its module."""
+
+    kind: str
+    layer: int
+    num_heads: int
+    module: int = 0  # id() of the attention module
 
 
 def infer_task_type(model: PreTrainedModel) -> str:
@@ -50,13 +68,15 @@ def install(model: PreTrainedModel) -> list[AttentionSite]:
     """Switch every attention of ``model`` to the ``addrop`` implementation and map its attention calls.
 
     Returns one :class:`AttentionSite` per attention call of a forward, in call order.
-    Raises UserError for models whose attention does not go through ``AttentionInterface``.
+    Raises UserError for models whose attention does not go through ``AttentionInterface``, or whose
+    attention has a variant that AD-DROP's attention cannot reproduce.
     """
     model_type = getattr(model.config, "model_type", type(model).__name__)
     refusal = UserError(
         f"model type '{model_type}' ({type(model).__name__}) does not route its attention through "
         "transformers' AttentionInterface, so AD-DROP cannot reach it; use a model such as bert, roberta, "
-        "electra, distilbert, albert, xlm-roberta, bart, t5 or marian, or train with --no-addrop"
+        "electra, distilbert, albert, xlm-roberta, bart, t5, marian, llama, qwen2, mistral or gemma, or train "
+        "with --no-addrop"
     )
     # Decided by probing, not by the class's _supports_attention_backend flag, which some models that do
     # dispatch through the interface (Marian) leave False.
@@ -67,19 +87,40 @@ def install(model: PreTrainedModel) -> list[AttentionSite]:
         if isinstance(config, PreTrainedConfig):
             config._attn_implementation = IMPLEMENTATION
     try:
-        sites = probe_sites(model)
-    except TypeError:  # a forward that rejects the per-forward state keyword does not dispatch through it
-        raise refusal from None
-    if not sites:
+        calls = probe_calls(model)
+    except TypeError as error:
+        if "addrop_state" in str(error):  # a forward that rejects the per-forward state does not dispatch it
+            raise refusal from None
+        raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {error}") from None
+    except ValueError as error:
+        raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {error}") from None
+    if not calls:
         raise refusal
-    return sites
+    _refuse_unknown_variants(model, model_type, calls)
+    return classify_sites(calls, model.config.is_encoder_decoder)
 
 
-def probe_sites(model: PreTrainedModel) -> list[AttentionSite]:
-    """Run one tiny forward and classify each attention call as encoder self-, decoder self- or cross-attention.
+def _refuse_unknown_variants(model: PreTrainedModel, model_type: str, calls: list[ProbedCall]) -> None:
+    """Refuse attention calls carrying a result-changing argument that :func:`eager_attention` ignores.
 
-    Encoder and decoder inputs get different lengths, so a call's (query, key) lengths tell its kind.
+    A model that transformers runs with sdpa gets the same arguments there, where sdpa ignores them too;
+    a model that transformers keeps off sdpa must owe it to a variant AD-DROP reproduces.
     """
+    honoured = {SOFTCAP, SINKS, POSITION_BIAS}
+    unknown = sorted(set().union(*(call.variants for call in calls)) - honoured)
+    uses_sdpa = getattr(model, "_supports_sdpa", True)
+    if not unknown and (uses_sdpa or any(call.variants & {SOFTCAP, SINKS} for call in calls)):
+        return
+    what = f"its attention calls carry {', '.join(unknown)}" if unknown else "transformers keeps it off sdpa"
+    raise UserError(
+        f"model type '{model_type}' ({type(model).__name__}) has an attention variant AD-DROP does not reproduce "
+        f"({what}); supported variants are sliding windows, grouped KV heads, logit soft-capping, attention "
+        "sinks and position bias; train it with --no-addrop"
+    )
+
+
+def probe_calls(model: PreTrainedModel) -> list[ProbedCall]:
+    """Run one tiny forward (no padding) and describe each attention call, in call order."""
     device = next(model.parameters()).device
     inputs = {"input_ids": torch.ones(1, PROBE_ENCODER_LENGTH, dtype=torch.long, device=device)}
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
@@ -93,26 +134,48 @@ def probe_sites(model: PreTrainedModel) -> list[AttentionSite]:
             model(**inputs, addrop_state=state)
     finally:
         model.train(was_training)
+    return state.probed
+
+
+def classify_sites(calls: list[ProbedCall], encoder_decoder: bool) -> list[AttentionSite]:
+    """Name each call's kind: encoder (bidirectional) self-, decoder (causal) self- or cross-attention.
+
+    In an encoder-decoder model the probe gives encoder and decoder inputs different lengths, so a call's
+    (query, key) lengths tell its kind; in any other model a self-attention call whose mask hides every later
+    key is causal, i.e. decoder self-attention (Llama, Qwen, Mistral, Gemma ...).
+    """
     sites, counts = [], {ENCODER: 0, DECODER: 0, CROSS: 0}
-    for query_length, key_length, heads in state.shapes:
-        if query_length == PROBE_ENCODER_LENGTH:
-            kind = ENCODER
-        elif key_length == PROBE_ENCODER_LENGTH:
-            kind = CROSS
+    for call in calls:
+        if encoder_decoder:
+            if call.query_length == PROBE_ENCODER_LENGTH:
+                kind = ENCODER
+            elif call.key_length == PROBE_ENCODER_LENGTH:
+                kind = CROSS
+            else:
+                kind = DECODER
         else:
-            kind = DECODER
-        sites.append(AttentionSite(kind, counts[kind], heads))
+            kind = DECODER if call.causal else ENCODER
+        sites.append(AttentionSite(kind, counts[kind], call.num_heads, call.module))
         counts[kind] += 1
     return sites
 
 
-def select_calls(sites: list[AttentionSite], kinds: list[str], layers: str | list[int]) -> tuple[int, ...]:
+def resolve_kinds(kinds: str | list[str], sites: list[AttentionSite]) -> list[str]:
+    """``auto``: the encoder's self-attention, or a decoder-only model's causal self-attention."""
+    if kinds != AUTO:
+        return list(kinds)
+    return [ENCODER] if any(site.kind == ENCODER for site in sites) else [DECODER]
+
+
+def select_calls(sites: list[AttentionSite], kinds: str | list[str], layers: str | list[int]) -> tuple[int, ...]:
     """Call indices of the attention layers AD-DROP acts on: ``layers`` counts within each kind."""
     selected = []
-    for kind in kinds:
+    for kind in resolve_kinds(kinds, sites):
         calls = [i for i, site in enumerate(sites) if site.kind == kind]
         if not calls:
-            raise UserError(f"addrop.attention includes '{kind}', but this model has no {kind} attention layers")
+            present = sorted({site.kind for site in sites})
+            raise UserError(f"addrop.attention includes '{kind}', but this model has no {kind} attention layers; "
+                            f"it has {', '.join(present)} attention (or use auto)")
         if layers == "first":
             indices = [0]
         elif layers == "all":
@@ -129,9 +192,9 @@ def select_calls(sites: list[AttentionSite], kinds: list[str], layers: str | lis
     return tuple(sorted(set(selected)))
 
 
-def key_padding_mask(batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-    """(B, K) bool, True for the real keys an attention call of ``kind`` attends over."""
-    if kind == DECODER:
+def query_rows(batch: dict[str, torch.Tensor], site: AttentionSite, encoder_decoder: bool) -> torch.Tensor:
+    """(B, Q) bool, True for the real query rows of an attention call (padding rows get no candidates)."""
+    if encoder_decoder and site.kind != ENCODER:
         if "decoder_attention_mask" in batch:
             return batch["decoder_attention_mask"].bool()
         labels = batch["labels"]
@@ -150,12 +213,14 @@ class Attribution:
     Attributes:
         attention: call -> (B, H, Q, K) attention probabilities (those that multiply V).
         scores: call -> (B, H, Q, K) attribution scores of the configured method.
+        visible: call -> (B, 1, Q, K) bool, the keys each query row can see under the model's own mask.
         logits: the model's logits, (B, C) or (B, T, C).
     All detached.
     """
 
     attention: dict[int, torch.Tensor]
     scores: dict[int, torch.Tensor]
+    visible: dict[int, torch.Tensor]
     logits: torch.Tensor
 
 
@@ -176,6 +241,16 @@ class ADDrop:
         self.task_type = task_type or infer_task_type(self.base)
         self.sites = install(self.base)
         self.selected = select_calls(self.sites, config.attention, config.layers)
+        modules = [site.module for site in self.sites]
+        # Calls named by module survive gradient checkpointing's recompute; shared modules need call order.
+        self.call_of = {module: call for call, module in enumerate(modules)} if len(set(modules)) == len(
+            modules) else None
+        if self.call_of is None and getattr(self.base, "is_gradient_checkpointing", False):
+            raise UserError(f"gradient checkpointing with AD-DROP needs one attention module per layer, and "
+                            f"{type(self.base).__name__} shares them across layers; turn "
+                            "train.gradient_checkpointing off")
+        if getattr(self.base.config, "use_cache", None):
+            self.base.config.use_cache = False  # AD-DROP's forwards never read a KV cache: do not build one
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Steps 1-4 of Fig. 3: the loss of the second, masked forward (the only one to backpropagate).
@@ -185,7 +260,7 @@ class ADDrop:
         predicted class; trained on alone, the model learns to offset that shift, and the offset carries over
         to unmasked inputs (benchmarks/drift.py). The plain term anchors the unmasked predictions.
         """
-        state = ForwardState(drops=self.drop_masks(batch))
+        state = ForwardState(drops=self.drop_masks(batch), call_of=self.call_of)
         masked = self.model(**batch, addrop_state=state).loss
         weight = self.config.unmasked_weight
         if weight == 0:
@@ -193,59 +268,71 @@ class ADDrop:
         return (1 - weight) * masked + weight * self.model(**batch).loss
 
     def drop_masks(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Call index -> (B, H, Q, K) bool dropped positions (Eq. 7) for every selected layer."""
-        return {call: sample_drops(cand, self.config.q) for call, cand in self.candidates(batch).items()}
+        """Call index -> (B, H, Q, K) bool dropped positions (Eq. 7) for every selected layer.
 
-    def candidates(
-        self, batch: dict[str, torch.Tensor], scores: dict[int, torch.Tensor] | None = None
-    ) -> dict[int, torch.Tensor]:
-        """Call index -> (B, H, Q, K) bool candidate discard region (Eq. 6).
+        A row whose every visible key would be dropped keeps them all (see
+        :func:`~addrop_cli.core.masking.spare_emptied_rows`).
+        """
+        # The random strategy ignores the scores: skip the gradient pass, keep the visible keys.
+        attribution = self._without_gradients(batch, "rd") if self.config.strategy == "random" else \
+            self.attribute(batch)
+        regions = self.candidates(batch, attribution)
+        return {call: spare_emptied_rows(sample_drops(region, self.config.q), attribution.visible[call])
+                for call, region in regions.items()}
 
-        ``scores`` (e.g. :attr:`Attribution.scores`) are used instead of computing them again, except under
-        ``strategy: random``, whose region comes from fresh noise whatever the attribution.
-        ``strategy: low`` takes the lowest-scoring keys instead, as many as ``high`` would take (see
+    def candidates(self, batch: dict[str, torch.Tensor], attribution: Attribution | None = None
+                   ) -> dict[int, torch.Tensor]:
+        """Call index -> (B, H, Q, K) bool candidate discard region (Eq. 6) over each row's visible keys.
+
+        ``attribution`` (from :meth:`attribute`) is used instead of computing it again. Under ``strategy:
+        random`` the region comes from fresh noise whatever the attribution; under ``strategy: low`` it holds
+        the lowest-scoring keys instead, as many as ``high`` would take (see
         :func:`~addrop_cli.core.masking.candidate_region`).
         """
-        highest = self.config.strategy != "low"
-        if scores is None or self.config.strategy == "random":
-            scores = self.scores(batch)
-        regions = {}
-        for call, score in scores.items():
-            kind = self.sites[call].kind
-            queries = key_padding_mask(batch, ENCODER if kind == ENCODER else DECODER)
-            regions[call] = candidate_region(score, key_padding_mask(batch, kind), self.config.p, highest=highest,
-                                             query_mask=queries)
-        return regions
+        attribution = attribution or self.attribute(batch)
+        scores = attribution.scores
+        if self.config.strategy == "random":
+            scores = self._random_scores(attribution.visible)
+        encoder_decoder = self.base.config.is_encoder_decoder
+        return {
+            call: candidate_region(score, attribution.visible[call], self.config.p,
+                                   highest=self.config.strategy != "low",
+                                   query_mask=query_rows(batch, self.sites[call], encoder_decoder))
+            for call, score in scores.items()
+        }
 
     def scores(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) attribution scores for the configured method."""
-        if self.config.attribution == "rd" or self.config.strategy == "random":
-            return self._random_scores(batch)  # no forward needed
         return self.attribute(batch).scores
 
     def attribute(self, batch: dict[str, torch.Tensor]) -> Attribution:
-        """Attention, attribution scores (``addrop.attribution``) and logits of the selected layers, for
-        inspecting what AD-DROP sees; nothing is dropped. ``strategy`` plays no part here."""
-        method = self.config.attribution
-        if method == "ga":
+        """Attention, attribution scores (``addrop.attribution``), visible keys and logits of the selected
+        layers, for inspecting what AD-DROP sees; nothing is dropped. ``strategy`` plays no part here."""
+        if self.config.attribution == "ga":
             return self._gradients(batch)
-        attention, logits = self._record(batch, grad=False)
-        if method == "aa":
-            scores = attention
-        elif method == "iga":
-            scores = self._integrated_gradients(batch, attention, logits)
-        else:
-            scores = self._random_scores(batch)
-        return Attribution(attention, scores, logits)
+        return self._without_gradients(batch, self.config.attribution)
 
     # -- attribution methods --------------------------------------------------------------------------
 
-    def _record(self, batch, grad: bool) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """Forward recording the selected layers' attention probabilities; returns them and the logits."""
-        state = ForwardState(record=frozenset(self.selected))
+    def _without_gradients(self, batch, method: str) -> Attribution:
+        """AA, IGA and RD: one recording forward without a graph, then the method's scores."""
+        attention, visible, logits = self._record(batch, grad=False)
+        if method == "aa":
+            scores = attention
+        elif method == "iga":
+            scores = self._integrated_gradients(batch, attention)
+        else:
+            scores = self._random_scores(visible)
+        return Attribution(attention, scores, visible, logits)
+
+    def _record(self, batch, grad: bool, context_scale: dict[int, float] | None = None, calls=None):
+        """Forward recording the attention probabilities and visible keys of ``calls`` (default: the selected
+        layers), with each call in ``context_scale`` scaling its A·V; returns them and the logits."""
+        state = ForwardState(record=frozenset(self.selected if calls is None else calls),
+                             context_scale=context_scale or {}, call_of=self.call_of)
         with torch.set_grad_enabled(grad):
             logits = self.base(**batch, addrop_state=state).logits
-        return state.recorded, logits
+        return state.recorded, state.visible, logits
 
     def _target(self, logits: torch.Tensor, labels: torch.Tensor, batch) -> torch.Tensor:
         valid = batch.get("attention_mask") if self.task_type == TOKEN else None
@@ -256,45 +343,38 @@ class ADDrop:
 
     def _gradients(self, batch) -> Attribution:
         """GA, Eq. 5: one joint autograd.grad over all selected layers; no parameter .grad is written."""
-        recorded, logits = self._record(batch, grad=True)
+        recorded, visible, logits = self._record(batch, grad=True)
         target = self._target(logits, self._labels(logits, batch), batch)
         calls = list(recorded)
         # No retain_graph: the pass-1 graph is freed here, before the masked forward.
         grads = torch.autograd.grad(target, [recorded[c] for c in calls], allow_unused=True)
         scores = {c: torch.zeros_like(recorded[c]) if g is None else g for c, g in zip(calls, grads, strict=True)}
-        return Attribution({c: recorded[c].detach() for c in calls}, scores, logits.detach())
+        return Attribution({c: recorded[c].detach() for c in calls}, scores, visible, logits.detach())
 
-    def _integrated_gradients(self, batch, attention: dict[int, torch.Tensor], logits: torch.Tensor
-                              ) -> dict[int, torch.Tensor]:
-        """IGA, Eq. 3, per layer: m forwards with that layer's attention scaled by k/m, others untouched."""
-        labels = self._labels(logits, batch)
+    def _integrated_gradients(self, batch, attention: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """IGA, Eq. 3, as the reference code computes it: per layer, m forwards with that layer's context A·V
+        scaled by alpha = k/m (other layers untouched), each taking its own pseudo label; the gradient is
+        taken w.r.t. the unscaled A, i.e. alpha ∇F(alpha A), the literal ∂F(alpha A)/∂A of Eq. 3.
+        Then B = A / m ⊙ Σ_k (that gradient)."""
         steps = self.config.iga_steps
         scores = {}
         for call, probs in attention.items():
             total = torch.zeros_like(probs)
             for k in range(1, steps + 1):
-                scaled = (probs * (k / steps)).requires_grad_(True)
-                state = ForwardState(record=frozenset([call]), overrides={call: scaled})
-                with torch.enable_grad():
-                    step_logits = self.base(**batch, addrop_state=state).logits
-                    (grad,) = torch.autograd.grad(self._target(step_logits, labels, batch), [scaled],
-                                                  allow_unused=True)
+                recorded, _, step_logits = self._record(batch, grad=True, context_scale={call: k / steps},
+                                                        calls=[call])
+                target = self._target(step_logits, self._labels(step_logits, batch), batch)
+                (grad,) = torch.autograd.grad(target, [recorded[call]], allow_unused=True)
                 if grad is not None:
                     total += grad
             scores[call] = integrated_gradient_scale(probs, total, steps)
         return scores
 
-    def _random_scores(self, batch) -> dict[int, torch.Tensor]:
+    def _random_scores(self, visible: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """RD: uniform noise, so Eq. 6 picks a random region of the same size as GA's."""
-        encoder_length = batch["input_ids"].shape[1]
-        decoder_length = key_padding_mask(batch, DECODER).shape[1] if DECODER in self.config.attention or \
-            CROSS in self.config.attention else 0
-        lengths = {ENCODER: (encoder_length, encoder_length), DECODER: (decoder_length, decoder_length),
-                   CROSS: (decoder_length, encoder_length)}
         scores = {}
-        for call in self.selected:
-            site = self.sites[call]
-            shape = torch.Size((batch["input_ids"].shape[0], site.num_heads, *lengths[site.kind]))
-            scores[call] = random_scores(shape, batch["input_ids"].device)
+        for call, seen in visible.items():
+            batch_size, _, queries, keys = seen.shape
+            shape = torch.Size((batch_size, self.sites[call].num_heads, queries, keys))
+            scores[call] = random_scores(shape, seen.device)
         return scores
-

@@ -6,7 +6,7 @@ transformers are imported; the torch code in this folder imports its constants f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from addrop_cli.errors import UserError
@@ -14,6 +14,8 @@ from addrop_cli.errors import UserError
 # Attention call kinds (see attention.py): encoder self-attention, decoder self-attention, cross-attention.
 ENCODER, DECODER, CROSS = "encoder", "decoder", "cross"
 ATTENTION_KINDS = (ENCODER, DECODER, CROSS)
+# addrop.attention's default: the encoder's self-attention, or a decoder-only model's causal self-attention.
+AUTO = "auto"
 
 # Task kinds: what the attribution target F is built from (attribution.py) and what a pipeline scores.
 CLASSIFICATION, REGRESSION, TOKEN, SEQ2SEQ = "classification", "regression", "token", "seq2seq"
@@ -46,7 +48,7 @@ class ADDropConfig:
     labels: str = "pseudo"
     cross_tuning: bool = True
     iga_steps: int = 20
-    attention: list[str] = field(default_factory=lambda: [ENCODER])
+    attention: str | list[str] = AUTO
     strategy: str = "high"
     unmasked_weight: float = 0.0
 
@@ -62,8 +64,19 @@ class ADDropConfig:
                 "a weight in [0, 1] (0 is the paper's AD-DROP)")
         require(self.iga_steps >= 1, "addrop.iga_steps", self.iga_steps, "use a positive number of steps")
         self.layers = _parse_layers(self.layers)
-        require(len(self.attention) > 0 and set(self.attention) <= set(ATTENTION_KINDS), "addrop.attention",
-                self.attention, f"a list drawn from {', '.join(ATTENTION_KINDS)}")
+        self.attention = _parse_attention(self.attention)
+
+
+def _parse_attention(attention: str | list[str]) -> str | list[str]:
+    """``auto``, or a list of kinds (``"encoder,cross"`` from the command line is made a list)."""
+    if isinstance(attention, str) and attention != AUTO:
+        attention = [part.strip() for part in attention.split(",")]
+    valid = f"use auto or a list drawn from {', '.join(ATTENTION_KINDS)}"
+    if isinstance(attention, str):
+        return attention
+    require(isinstance(attention, list) and len(attention) > 0 and set(attention) <= set(ATTENTION_KINDS),
+            "addrop.attention", attention, valid)
+    return attention
 
 
 def _parse_layers(layers: str | list[int]) -> str | list[int]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import random_batch, tiny_classifier
 
-from addrop_cli.core.attention import ForwardState, additive_mask
+from addrop_cli.core.attention import ForwardState, visible_keys
 from addrop_cli.core.regularizer import install
 from addrop_cli.core.settings import ENCODER
 
@@ -85,8 +85,46 @@ def test_fully_dropped_rows_stay_finite():
     assert torch.isfinite(model(**batch, addrop_state=ForwardState(drops=drops)).logits).all()
 
 
-def test_additive_mask_builds_causal_mask_when_none_given():
-    query = torch.zeros(1, 1, 3, 2)
-    mask = additive_mask(None, query, query, causal=True)
-    assert (mask[0, 0] == 0).tolist() == [[True, False, False], [True, True, False], [True, True, True]]
-    assert additive_mask(None, query, query, causal=False) is None
+def test_visible_keys_build_the_causal_triangle_when_no_mask_is_given():
+    query = torch.zeros(2, 1, 3, 2)
+    visible = visible_keys(None, query, query, causal=True)
+    assert visible.shape == (2, 1, 3, 3)
+    assert visible[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert visible_keys(None, query, query, causal=False).all()
+
+
+def test_visible_keys_read_bool_and_additive_masks():
+    query = torch.zeros(1, 1, 2, 2)
+    bool_mask = torch.tensor([[[[True, False], [True, True]]]])
+    additive = torch.where(bool_mask, 0.0, torch.finfo(torch.float32).min)
+    assert torch.equal(visible_keys(bool_mask, query, query, causal=False), bool_mask)
+    assert torch.equal(visible_keys(additive, query, query, causal=False), bool_mask)
+
+
+def test_a_row_never_loses_every_visible_key():
+    """Dropping every position keeps the base mask: identical to dropping nothing."""
+    model = tiny_classifier("bert")
+    install(model)
+    batch = inputs(random_batch())
+    everything = model(**batch, addrop_state=ForwardState(drops={0: torch.ones(4, 4, 11, 11, dtype=torch.bool)}))
+    nothing = model(**batch, addrop_state=ForwardState(drops={0: torch.zeros(4, 4, 11, 11, dtype=torch.bool)}))
+    torch.testing.assert_close(everything.logits, nothing.logits, atol=1e-6, rtol=0)
+
+
+def test_bert_padding_integrity():
+    """Changing the ids under (right) padding never changes the masked forward's logits (20 draws, hard drops).
+    BERT pools position 0, so left padding would pool a padding token even in the stock model."""
+    from addrop_cli.core.regularizer import ADDrop
+    from addrop_cli.core.settings import ADDropConfig
+
+    model = tiny_classifier("bert")
+    for draw in range(20):
+        batch = random_batch(seed=draw)
+        torch.manual_seed(draw)
+        config = ADDropConfig(layers="all", p=(0.3, 0.5, 0.9)[draw % 3], q=(1.0, 0.7)[draw % 2])
+        drops = ADDrop(model, config).drop_masks(batch)
+        plain = inputs(batch)
+        logits = model(**plain, addrop_state=ForwardState(drops=drops)).logits
+        plain["input_ids"] = plain["input_ids"].masked_fill(plain["attention_mask"] == 0, 55)
+        other = model(**plain, addrop_state=ForwardState(drops=drops)).logits
+        torch.testing.assert_close(other, logits, atol=1e-6, rtol=0)

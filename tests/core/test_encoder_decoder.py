@@ -139,3 +139,42 @@ def test_token_pseudo_labels_cover_every_real_token():
     valid = torch.tensor([[1, 1, 1, 0]])  # the last position is padding
     expected = -torch.nn.functional.cross_entropy(logits[0, :3], pseudo[0, :3])
     torch.testing.assert_close(attribution_target(logits, pseudo, "token", valid), expected)
+
+
+def integrity_draws(model, side: str):
+    """20 (batch, drop masks) pairs over encoder, decoder and cross-attention, dropping hard (q up to 1)."""
+    for draw in range(20):
+        batch = seq2seq_batch(seed=draw)
+        if side == "left":  # move the source padding of example 1 to the front
+            batch["input_ids"][1] = batch["input_ids"][1].roll(3)
+            batch["attention_mask"][1] = batch["attention_mask"][1].roll(3)
+        config = ADDropConfig(attention=[ENCODER, DECODER, CROSS], layers="all", p=(0.3, 0.5, 0.9)[draw % 3],
+                              q=(1.0, 0.7)[draw % 2])
+        torch.manual_seed(draw)
+        yield draw, batch, ADDrop(model, config).drop_masks(batch)
+
+
+def masked_decoder(model, batch, drops, input_ids=None, decoder_input_ids=None):
+    out = model(input_ids=batch["input_ids"] if input_ids is None else input_ids,
+                attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids,
+                addrop_state=ForwardState(drops=drops), output_hidden_states=True)
+    return out.decoder_hidden_states[-1], out.logits
+
+
+@pytest.mark.parametrize("family", ["marian", "bart"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_decoder_self_attention_causal_and_padding_integrity(family, side):
+    """Changing target tokens after position t never changes the masked decoder's states at positions <= t;
+    changing source ids under padding never changes the masked forward's logits."""
+    model = tiny_seq2seq(family)
+    for draw, batch, drops in integrity_draws(model, side):
+        decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+        t = draw % 5
+        changed = decoder_ids.clone()
+        changed[:, t + 1 :] = (changed[:, t + 1 :] + 7) % 90 + 5
+        states, logits = masked_decoder(model, batch, drops, decoder_input_ids=decoder_ids)
+        later_states, _ = masked_decoder(model, batch, drops, decoder_input_ids=changed)
+        torch.testing.assert_close(later_states[:, : t + 1], states[:, : t + 1], atol=1e-6, rtol=0)
+        under_padding = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 55)
+        _, other = masked_decoder(model, batch, drops, input_ids=under_padding, decoder_input_ids=decoder_ids)
+        torch.testing.assert_close(other, logits, atol=1e-6, rtol=0)

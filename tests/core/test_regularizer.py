@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tiny_models import random_batch, tiny_classifier
@@ -117,6 +119,32 @@ def test_iga_scales_attention_by_summed_gradients():
     torch.testing.assert_close(iga, attention * gradient)
 
 
+def test_iga_matches_the_reference_formula():
+    """Eq. 3 as the reference code computes it, written out here on a stock eager BERT: at step k the second
+    layer's context A·V is scaled by alpha = k/m (a forward hook), the pseudo label is taken again from that
+    step's logits, and the gradient is taken w.r.t. the unscaled A; B = A / m ⊙ Σ_k gradient."""
+    model = tiny_classifier("bert")
+    reference = copy.deepcopy(model)
+    reference.set_attn_implementation("eager")
+    batch = random_batch()
+    plain = {k: v for k, v in batch.items() if k != "labels"}
+    steps = 4
+    iga = ADDrop(model, ADDropConfig(attribution="iga", iga_steps=steps, layers=[1])).scores(batch)[1]
+    attention = reference(**plain, output_attentions=True).attentions[1].detach()
+    self_attention = reference.bert.encoder.layer[1].attention.self
+    total = torch.zeros_like(attention)
+    for k in range(1, steps + 1):
+        handle = self_attention.register_forward_hook(
+            lambda module, args, output, alpha=k / steps: (output[0] * alpha, *output[1:]))
+        out = reference(**plain, output_attentions=True)
+        handle.remove()
+        target = out.logits.gather(-1, out.logits.argmax(-1)[:, None]).sum()
+        total += torch.autograd.grad(target, [out.attentions[1]])[0]
+    expected = attention * total / steps
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(iga, expected, atol=1e-7, rtol=1e-4)
+
+
 def test_layer_selection_first_all_and_list():
     model = tiny_classifier("bert")
     assert ADDrop(model, ADDropConfig(layers="first")).selected == (0,)
@@ -133,9 +161,9 @@ def test_high_and_low_strategies_split_the_same_attribution():
     batch = random_batch(length=12)
     high = ADDrop(model, ADDropConfig(strategy="high", p=0.5))
     low = ADDrop(model, ADDropConfig(strategy="low", p=0.5))
-    scores = high.attribute(batch).scores
-    high_region, low_region = high.candidates(batch)[0], low.candidates(batch, scores)[0]
-    assert torch.equal(high_region, high.candidates(batch, scores)[0])
+    attribution = high.attribute(batch)
+    high_region, low_region = high.candidates(batch)[0], low.candidates(batch, attribution)[0]
+    assert torch.equal(high_region, high.candidates(batch, attribution)[0])
     real = batch["attention_mask"].bool()
     real_positions = (real[:, None, :, None] & real[:, None, None, :]).expand_as(high_region)
     assert torch.equal(high_region ^ low_region, real_positions)
