@@ -21,6 +21,9 @@ from addrop_cli.core.settings import ADDropConfig, require
 from addrop_cli.errors import UserError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# How the model's weights are loaded: float32 (the default, as HF Trainer users expect), the checkpoint's own
+# dtype (auto), or half precision (usually with LoRA, whose adapters peft keeps in float32).
+MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_PREFIX = "package:"
 DEMO = "demo"
@@ -88,6 +91,8 @@ class TrainConfig:
     save_steps: int | None = None
     save_total_limit: int | None = 2
     num_beams: int = 1
+    model_dtype: str = "float32"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
@@ -104,6 +109,34 @@ class TrainConfig:
         for key in ("save_steps", "save_total_limit"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"train.{key}", value, "use a positive integer or leave it unset")
+        require(self.model_dtype in MODEL_DTYPES, "train.model_dtype", self.model_dtype,
+                f"choose one of {', '.join(MODEL_DTYPES)}")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft); off while ``r`` is unset. ``target_modules`` None means peft's default for the
+    model type (the attention projections); the classification head is always trained in full."""
+
+    r: int | None = None
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+    layers_to_transform: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        require(self.r is None or self.r >= 1, "lora.r", self.r, "the LoRA rank is a positive integer (leave it "
+                "unset, or drop --lora-r, for no LoRA)")
+        require(self.alpha > 0, "lora.alpha", self.alpha, "use a positive scaling numerator")
+        require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "use a dropout rate in [0, 1)")
+        require(self.target_modules is None or len(self.target_modules) > 0, "lora.target_modules",
+                self.target_modules, "name at least one module (e.g. [q_proj, v_proj]) or leave it unset")
+        require(self.layers_to_transform is None or all(i >= 0 for i in self.layers_to_transform),
+                "lora.layers_to_transform", self.layers_to_transform, "layer indices are non-negative integers")
+
+    @property
+    def enabled(self) -> bool:
+        return self.r is not None
 
 
 @dataclass
@@ -115,6 +148,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     addrop: ADDropConfig = field(default_factory=ADDropConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -247,7 +281,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise UserError(f"recipe {path} must be a mapping of keys (task, model, data, train, addrop)")
+        raise UserError(f"recipe {path} must be a mapping of keys (task, model, data, train, addrop, lora)")
     return values
 
 

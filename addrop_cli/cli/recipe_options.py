@@ -40,6 +40,9 @@ MaxEvalSamples = Annotated[int | None, option(metavar="N", recipe_default=True,
                                               help="Use only the first N evaluation examples.")]
 MixedPrecision = Annotated[str | None, option(metavar="no|fp16|bf16", recipe_default=True,
                                               help="no, fp16 or bf16 (handed to Accelerate).")]
+LoraRank = Annotated[int | None, option("--lora-r", metavar="N",
+                                        help="Train LoRA adapters of rank N (peft) instead of every weight; the "
+                                             "recipe's lora section sets the rest.")]
 SaveSteps = Annotated[int | None, option(metavar="N", recipe_default=True,
                                          help="Also checkpoint every N optimizer updates (always at epoch ends).")]
 SaveTotalLimit = Annotated[int | None, option(metavar="K", recipe_default=True,
@@ -58,6 +61,7 @@ RECIPE_KEYS = {
     "mixed_precision": "train.mixed_precision", "save_steps": "train.save_steps",
     "save_total_limit": "train.save_total_limit", "p": "addrop.p", "q": "addrop.q", "layers": "addrop.layers",
     "attribution": "addrop.attribution", "labels": "addrop.labels", "cross_tuning": "addrop.cross_tuning",
+    "lora_r": "lora.r",
 }
 
 

@@ -41,6 +41,7 @@ def train(
     max_train_samples: options.MaxTrainSamples = None,
     max_eval_samples: options.MaxEvalSamples = None,
     mixed_precision: options.MixedPrecision = None,
+    lora_r: options.LoraRank = None,
     save_steps: options.SaveSteps = None,
     save_total_limit: options.SaveTotalLimit = None,
     resume: Annotated[bool, option("--resume", help="Continue from the newest checkpoint in --output-dir.")] = False,

@@ -35,7 +35,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from addrop_cli.core.masking import spare_emptied_rows
+from addrop_cli.core.masking import allowed_keys
 
 IMPLEMENTATION = "addrop"
 
@@ -82,6 +82,7 @@ class ForwardState:
     probed: list[ProbedCall] = field(default_factory=list)
     call_of: dict[int, int] | None = None
     calls: int = 0
+    seen_masks: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     def next_call(self, module: torch.nn.Module) -> int:
         """This call's index: its module's, or the next in order."""
@@ -89,6 +90,15 @@ class ForwardState:
             return self.call_of[id(module)]
         self.calls += 1
         return self.calls - 1
+
+    def visible_keys(self, attention_mask, query, key, causal: bool) -> torch.Tensor:
+        """:func:`visible_keys`, computed once per mask: the layers of a forward share their mask tensor, and
+        sharing the result lets :meth:`~addrop_cli.core.regularizer.ADDrop.candidates` reuse its work too."""
+        signature = (None if attention_mask is None else id(attention_mask), query.shape[0], query.shape[-2],
+                     key.shape[-2], causal)
+        if signature not in self.seen_masks:
+            self.seen_masks[signature] = visible_keys(attention_mask, query, key, causal)
+        return self.seen_masks[signature]
 
 
 def _is_causal(module: torch.nn.Module, kwargs: dict) -> bool:
@@ -134,12 +144,12 @@ def eager_attention(module, query, key, value, allowed, dropout, scaling, kwargs
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    scores = torch.matmul(query * scale, key.transpose(2, 3))  # scaling Q, not Q K^T: a K/D-th of the work
     if kwargs.get(SOFTCAP) is not None:  # Gemma2: cap the logits before the mask, as its eager code does
         scores = torch.tanh(scores / kwargs[SOFTCAP]) * kwargs[SOFTCAP]
     if kwargs.get(POSITION_BIAS) is not None:
         scores = scores + kwargs[POSITION_BIAS]
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    scores = scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)  # a fresh tensor: in place is safe
     sinks = kwargs.get(SINKS)
     if sinks is not None:  # gpt-oss: one learnt logit per head joins the softmax, then is dropped
         sink_column = sinks.reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1).to(scores.dtype)
@@ -183,7 +193,7 @@ def addrop_attention_forward(
         return _attend(module, query, key, value, None, attention_mask, dropout, scaling, kwargs)
     call = state.next_call(module)
     wanted = state.probe or call in state.record or call in state.observe or call in state.drops
-    visible = visible_keys(attention_mask, query, key, _is_causal(module, kwargs)) if wanted else None
+    visible = state.visible_keys(attention_mask, query, key, _is_causal(module, kwargs)) if wanted else None
     if state.probe:
         state.probed.append(_describe(module, query, key, visible, kwargs))
     if call in state.record or call in state.observe:
@@ -194,7 +204,7 @@ def addrop_attention_forward(
     else:
         allowed = None
         if call in state.drops:
-            allowed = visible & ~spare_emptied_rows(state.drops[call], visible)
+            allowed = allowed_keys(visible, state.drops[call])
         output, probs = _attend(module, query, key, value, allowed, attention_mask, dropout, scaling, kwargs)
     if call in state.context_scale:
         output = output * state.context_scale[call]

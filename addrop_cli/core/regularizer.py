@@ -24,7 +24,7 @@ from addrop_cli.core.attention import (
     ProbedCall,
 )
 from addrop_cli.core.attribution import attribution_labels, attribution_target, integrated_gradient_scale
-from addrop_cli.core.masking import candidate_region, random_scores, sample_drops, spare_emptied_rows
+from addrop_cli.core.masking import candidate_region, padding_fill, random_scores, sample_drops
 from addrop_cli.core.settings import (
     AUTO,
     CLASSIFICATION,
@@ -245,12 +245,14 @@ class ADDrop:
         # Calls named by module survive gradient checkpointing's recompute; shared modules need call order.
         self.call_of = {module: call for call, module in enumerate(modules)} if len(set(modules)) == len(
             modules) else None
-        if self.call_of is None and getattr(self.base, "is_gradient_checkpointing", False):
+        if self.call_of is None and getattr(self.base, "is_activation_checkpointing", False):
             raise UserError(f"gradient checkpointing with AD-DROP needs one attention module per layer, and "
                             f"{type(self.base).__name__} shares them across layers; turn "
                             "train.gradient_checkpointing off")
-        if getattr(self.base.config, "use_cache", None):
-            self.base.config.use_cache = False  # AD-DROP's forwards never read a KV cache: do not build one
+        if getattr(self.base.config, "use_cache", None) and not self.base.config.is_encoder_decoder:
+            # AD-DROP's forwards never read a KV cache: do not build one (encoder-decoders skip it given labels,
+            # and keep it for generation).
+            self.base.config.use_cache = False
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Steps 1-4 of Fig. 3: the loss of the second, masked forward (the only one to backpropagate).
@@ -270,15 +272,14 @@ class ADDrop:
     def drop_masks(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) bool dropped positions (Eq. 7) for every selected layer.
 
-        A row whose every visible key would be dropped keeps them all (see
-        :func:`~addrop_cli.core.masking.spare_emptied_rows`).
+        Applied, a row whose every visible key is dropped keeps them all (the attention function spares it, see
+        :func:`~addrop_cli.core.masking.allowed_keys`).
         """
         # The random strategy ignores the scores: skip the gradient pass, keep the visible keys.
         attribution = self._without_gradients(batch, "rd") if self.config.strategy == "random" else \
             self.attribute(batch)
         regions = self.candidates(batch, attribution)
-        return {call: spare_emptied_rows(sample_drops(region, self.config.q), attribution.visible[call])
-                for call, region in regions.items()}
+        return {call: sample_drops(region, self.config.q) for call, region in regions.items()}
 
     def candidates(self, batch: dict[str, torch.Tensor], attribution: Attribution | None = None
                    ) -> dict[int, torch.Tensor]:
@@ -294,12 +295,16 @@ class ADDrop:
         if self.config.strategy == "random":
             scores = self._random_scores(attribution.visible)
         encoder_decoder = self.base.config.is_encoder_decoder
-        return {
-            call: candidate_region(score, attribution.visible[call], self.config.p,
-                                   highest=self.config.strategy != "low",
-                                   query_mask=query_rows(batch, self.sites[call], encoder_decoder))
-            for call, score in scores.items()
-        }
+        fills: dict[int, torch.Tensor] = {}  # layers that share a mask share its fill (see padding_fill)
+        regions = {}
+        for call, score in scores.items():
+            visible = attribution.visible[call]
+            if id(visible) not in fills:
+                fills[id(visible)] = padding_fill(visible, self.config.p)
+            regions[call] = candidate_region(score, visible, self.config.p, highest=self.config.strategy != "low",
+                                             query_mask=query_rows(batch, self.sites[call], encoder_decoder),
+                                             fill=fills[id(visible)])
+        return regions
 
     def scores(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) attribution scores for the configured method."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import transformers
 from huggingface_hub import try_to_load_from_cache
 from transformers import (
@@ -42,17 +43,22 @@ def resolve_model(name: str) -> str:
     return alias() if alias else name
 
 
-def load_seq2seq(name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+def weights_dtype(name: str) -> torch.dtype | str:
+    """``from_pretrained``'s dtype for a ``train.model_dtype`` name: a torch dtype, or "auto"."""
+    return name if name == "auto" else getattr(torch, name)
+
+
+def load_seq2seq(name: str, trust_remote_code: bool = False, dtype: str = "float32") -> PreTrainedModel:
     """A sequence-to-sequence model; ``minilm2minilm`` ties two MiniLMs into an EncoderDecoderModel."""
     if name.lower() not in TIED_ENCODER_DECODERS:
         return load_pretrained(AutoModelForSeq2SeqLM.from_pretrained, name, "model",
-                               trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, dtype=weights_dtype(dtype))
     path = resolve_model(name)
     tokenizer = load_tokenizer(name)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # fresh cross-attention weights are expected
     try:
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, dtype=weights_dtype(dtype))
     finally:
         transformers.logging.set_verbosity(verbosity)
     for config in (model.config, model.generation_config):
@@ -99,7 +105,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return load_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", trust_remote_code=trust_remote_code)
 
 
-def load_classifier(name: str, task: TaskSpec, trust_remote_code: bool = False) -> PreTrainedModel:
+def load_classifier(name: str, task: TaskSpec, trust_remote_code: bool = False, dtype: str = "float32"
+                    ) -> PreTrainedModel:
     """A sequence classification (or regression) model with the task's labels in its config."""
     if task.is_regression:
         label_kwargs = {"num_labels": 1, "problem_type": "regression"}
@@ -117,7 +124,7 @@ def load_classifier(name: str, task: TaskSpec, trust_remote_code: bool = False) 
     transformers.logging.set_verbosity_error()  # a fresh classification head is expected, not news
     try:
         return load_pretrained(AutoModelForSequenceClassification.from_pretrained, name, "model", config=config,
-                     trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, dtype=weights_dtype(dtype))
     finally:
         transformers.logging.set_verbosity(verbosity)
 
@@ -134,3 +141,23 @@ def max_model_length(model: PreTrainedModel, tokenizer) -> int | None:
     if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
         limits.append(tokenizer.model_max_length)
     return min(limits) if limits else None
+
+
+def ensure_pad_token(model: PreTrainedModel, tokenizer) -> str | None:
+    """Give a model without a pad token one, by the documented rule; returns a one-line notice, or None.
+
+    Batches need a pad token, and transformers' decoder classifiers pool the last token that is not the
+    config's pad token. Rule: the tokenizer's pad token, else its eos token (Llama, Qwen base, Mistral ship
+    none); ``config.pad_token_id`` is set to the tokenizer's. A tokenizer with neither is refused.
+    """
+    notices = []
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"tokenizer of {model.config.model_type} model has neither a pad nor an eos token to pad "
+                            "with; add one (tokenizer.add_special_tokens({'pad_token': ...})) and save the checkpoint")
+        tokenizer.pad_token = tokenizer.eos_token
+        notices.append(f"the tokenizer has no pad token: padding with its eos token {tokenizer.eos_token!r}")
+    if getattr(model.config, "pad_token_id", None) != tokenizer.pad_token_id:
+        notices.append(f"config.pad_token_id set to {tokenizer.pad_token_id} (was {model.config.pad_token_id})")
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return "; ".join(notices) or None

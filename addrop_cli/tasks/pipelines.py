@@ -25,7 +25,7 @@ from addrop_cli.errors import UserError
 from addrop_cli.recipe import Recipe
 from addrop_cli.tasks.glue_data import Example, encode_examples, make_collator
 from addrop_cli.tasks.metrics import bleu_metrics, compute_metrics, seqeval_metrics
-from addrop_cli.tasks.models import load_classifier, load_pretrained, load_seq2seq
+from addrop_cli.tasks.models import load_classifier, load_pretrained, load_seq2seq, weights_dtype
 from addrop_cli.tasks.ner_data import TaggedSentence, encode_tagged, load_hub_tagged, read_tagged, token_collator
 from addrop_cli.tasks.registry import AnyTaskSpec, Seq2SeqTaskSpec, TaskSpec, TokenTaskSpec, get_task
 from addrop_cli.tasks.splits import load_split, read_split
@@ -62,8 +62,9 @@ class Pipeline(Protocol):
     def label_counts(self, items: list) -> dict[str, int]:
         """Examples per class name, for classification; empty for other task kinds."""
 
-    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
-        """The model with the task's head (and label names in its config)."""
+    def load_model(self, name: str, trust_remote_code: bool = False, dtype: str = "float32") -> PreTrainedModel:
+        """The model with the task's head (and label names in its config), its weights in ``dtype``
+        (``train.model_dtype``)."""
 
     def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
         """Tokenized features, with ``labels`` when the items are labelled."""
@@ -102,8 +103,8 @@ class SequencePipeline:
         tally = Counter(item.label for item in items)
         return {name: tally[index] for index, name in enumerate(self.task.label_names)}
 
-    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
-        return load_classifier(name, self.task, trust_remote_code)
+    def load_model(self, name: str, trust_remote_code: bool = False, dtype: str = "float32") -> PreTrainedModel:
+        return load_classifier(name, self.task, trust_remote_code, dtype)
 
     def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
         return encode_examples(items, tokenizer, recipe.data.max_length)
@@ -170,7 +171,7 @@ class TokenPipeline:
     def label_counts(self, items: list) -> dict[str, int]:
         return {}
 
-    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    def load_model(self, name: str, trust_remote_code: bool = False, dtype: str = "float32") -> PreTrainedModel:
         names = self.task.label_names
         config = load_pretrained(AutoConfig.from_pretrained, name, "model config", trust_remote_code=trust_remote_code,
                        num_labels=len(names), id2label=dict(enumerate(names)),
@@ -179,7 +180,7 @@ class TokenPipeline:
         transformers.logging.set_verbosity_error()  # a fresh token-classification head is expected
         try:
             return load_pretrained(AutoModelForTokenClassification.from_pretrained, name, "model", config=config,
-                         trust_remote_code=trust_remote_code)
+                                   trust_remote_code=trust_remote_code, dtype=weights_dtype(dtype))
         finally:
             transformers.logging.set_verbosity(verbosity)
 
@@ -253,8 +254,8 @@ class Seq2SeqPipeline:
     def label_counts(self, items: list) -> dict[str, int]:
         return {}
 
-    def load_model(self, name: str, trust_remote_code: bool = False) -> PreTrainedModel:
-        return load_seq2seq(name, trust_remote_code)
+    def load_model(self, name: str, trust_remote_code: bool = False, dtype: str = "float32") -> PreTrainedModel:
+        return load_seq2seq(name, trust_remote_code, dtype)
 
     def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
         return encode_translation(items, tokenizer, max_source_length=recipe.data.max_length,

@@ -36,11 +36,12 @@ from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_dir, write_json, write_jsonl, write_text
 from addrop_cli.recipe import Recipe, dump_yaml
 from addrop_cli.tasks.metrics import validate_metric
-from addrop_cli.tasks.models import load_tokenizer, max_model_length
+from addrop_cli.tasks.models import ensure_pad_token, load_tokenizer, max_model_length
 from addrop_cli.tasks.pipelines import Pipeline, pipeline_for
 from addrop_cli.training.batching import EncodedDataset, LengthGroupedBatchSampler
 from addrop_cli.training.checkpoints import TrainingState, load_checkpoint, save_checkpoint, update_state
 from addrop_cli.training.evaluation import build_accelerator, eval_loader, labelled_split
+from addrop_cli.training.lora import apply_lora, is_lora, save_lora_model
 from addrop_cli.training.run_dir import (
     BEST_DIR,
     HISTORY_FILE,
@@ -161,7 +162,7 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     test_items = labelled_split(pipeline, recipe, "test")
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(recipe.model, trust_remote_code)
-    model = pipeline.load_model(recipe.model, trust_remote_code)
+    model, notices = _load_model(recipe, pipeline, tokenizer, trust_remote_code)
     _check_max_length(recipe, model, tokenizer)
     train_set = EncodedDataset(pipeline.encode(train_items, tokenizer, recipe))
     collate = pipeline.collator(tokenizer)
@@ -185,7 +186,7 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
               train_loader, loaders[0], loaders[1] if len(loaders) > 1 else None, addrop, recipe_text,
               TrainingState(), console)
     if run.show:
-        _print_header(run, {"train": train_items, "validation": eval_items, "test": test_items})
+        _print_header(run, {"train": train_items, "validation": eval_items, "test": test_items}, notices)
     finished = None if checkpoint is not None or overwrite else finished_run(output_dir)
     if finished is not None:  # a sweep deletes a finished trial's checkpoints; its metrics say it is complete
         run.state = finished
@@ -209,8 +210,27 @@ def finished_run(output_dir: Path) -> TrainingState | None:
                          test=metrics.get("test"), history=read_history(output_dir))
 
 
-def _print_header(run: Run, splits: dict[str, list | None]) -> None:
-    """What is about to run: model, task, data, device, precision, output folder."""
+def _load_model(recipe: Recipe, pipeline: Pipeline, tokenizer, trust_remote_code: bool
+                ) -> tuple[torch.nn.Module, list[str]]:
+    """The task model in ``train.model_dtype``, with a pad token, no KV cache, activation checkpointing and
+    LoRA adapters as the recipe asks; and the notices to print about what was changed."""
+    model = pipeline.load_model(recipe.model, trust_remote_code, recipe.train.model_dtype)
+    notice = ensure_pad_token(model, tokenizer)
+    if getattr(model.config, "use_cache", None) and not model.config.is_encoder_decoder:
+        model.config.use_cache = False  # training never reads a KV cache (encoder-decoders skip it given labels)
+    if recipe.train.gradient_checkpointing:
+        try:
+            model.activation_checkpointing_enable()  # non-reentrant, the default
+        except ValueError as error:
+            raise UserError(f"train.gradient_checkpointing=true is invalid for model '{recipe.model}': {error}"
+                            ) from None
+    if recipe.lora.enabled:
+        model = apply_lora(model, recipe.lora, pipeline.task_type)
+    return model, [notice] if notice else []
+
+
+def _print_header(run: Run, splits: dict[str, list | None], notices: list[str]) -> None:
+    """What is about to run: model, task, data, device, precision, output folder, and model notices."""
     model, accelerator, recipe = run.accelerator.unwrap_model(run.model), run.accelerator, run.recipe
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -225,7 +245,11 @@ def _print_header(run: Run, splits: dict[str, list | None]) -> None:
              + (" | train labels " + ", ".join(f"{k} {v}" for k, v in labels.items()) if labels else ""),
              f"{mode} | {recipe.train.epochs} epochs, batch {recipe.train.batch_size}, lr {recipe.train.lr:g}",
              f"device {accelerator.device} x {accelerator.num_processes} process(es), precision "
-             f"{accelerator.mixed_precision} | output {run.output_dir}"]
+             f"{accelerator.mixed_precision}, weights {next(model.parameters()).dtype} | output {run.output_dir}"]
+    if recipe.lora.enabled:
+        lines.append(f"LoRA r {recipe.lora.r} alpha {recipe.lora.alpha:g} dropout {recipe.lora.dropout:g} on "
+                     f"{', '.join(sorted(model.peft_config['default'].target_modules))}")
+    lines += [f"note: {notice}" for notice in notices]
     for line in lines:
         run.console.print(line, highlight=False, soft_wrap=True)
 
@@ -369,7 +393,8 @@ def score_test(run: Run, progress: Progress) -> None:
     """Score the best checkpoint once on the test split, through the run's Accelerator and test loader."""
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
-    best = accelerator.prepare(run.pipeline.load_model(str(run.output_dir / BEST_DIR)))
+    best = accelerator.prepare(run.pipeline.load_model(str(run.output_dir / BEST_DIR),
+                                                       dtype=run.recipe.train.model_dtype))
     loader = _tracked(run.test_loader, progress, "testing")
     run.state.test = run.pipeline.evaluate(best, loader, accelerator, run.tokenizer).metrics
     if run.show:
@@ -397,7 +422,10 @@ def _save_best(run: Run) -> None:
     model = run.accelerator.unwrap_model(run.model)
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if is_lora(model):
+            save_lora_model(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         run.tokenizer.save_pretrained(tmp)
         (tmp / RECIPE_FILE).write_text(run.recipe_text, encoding="utf-8")
 

@@ -127,14 +127,16 @@ def test_padding_integrity(family, side):
 
 
 def test_a_row_that_would_lose_every_visible_key_keeps_them():
-    """Position 0 sees only itself: dropping its one candidate would leave nothing, so it is spared."""
+    """Position 0 sees only itself, and p = 0.9, q = 1 drops its one candidate: applied, the row keeps its key,
+    so position 0's hidden state is the stock one (it would be a uniform mix of every key otherwise)."""
     model = tiny_decoder("llama")
-    addrop = ADDrop(model, ADDropConfig(p=0.9, q=1.0, layers="all"))
     batch = decoder_batch("right")
-    drops = addrop.drop_masks(batch)
-    for mask in drops.values():
-        assert not mask[:, :, 0].any()
-        assert mask.any()
+    drops = ADDrop(model, ADDropConfig(p=0.9, q=1.0, layers="all")).drop_masks(batch)
+    assert all(mask[:, :, 0, 0].all() for mask in drops.values())
+    masked, _ = masked_outputs(model, batch, drops, batch["input_ids"])
+    stock = model(**inputs(batch), output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(masked[:, 0], stock[:, 0], atol=1e-6, rtol=0)
+    assert not torch.allclose(masked[:, 1:], stock[:, 1:], atol=1e-3)  # other rows did lose keys
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gpt_oss"])
@@ -158,6 +160,15 @@ def test_softcap_and_sinks_are_honoured_where_they_matter(family):
             if hasattr(module, "sinks"):
                 module.sinks.fill_(-1e4)  # a sink that takes no probability is no sink
     assert (model(**batch).logits - honoured).abs().max() > 1e-3
+
+
+def test_addrop_forwards_build_no_kv_cache():
+    model = tiny_decoder("qwen2")
+    batch = decoder_batch("left")
+    assert model(**inputs(batch)).past_key_values is not None  # transformers' default
+    addrop = ADDrop(model, ADDropConfig(layers="all"))
+    assert model(**inputs(batch)).past_key_values is None
+    addrop.loss(batch).backward()
 
 
 def test_unknown_attention_variant_is_refused_with_one_line():

@@ -47,8 +47,9 @@ def wait_for_checkpoint(process: subprocess.Popen, out: Path, epoch: int, timeou
     pytest.fail("no checkpoint appeared in time")
 
 
-def test_sigkill_mid_addrop_epoch_then_resume_is_bit_exact(tmp_path, tiny_checkpoint, shared_data):
-    extra = ("--max-train-samples", "1200", "--epochs", "2", "--save-steps", "25")
+@pytest.mark.parametrize("adapters", [(), ("--lora-r", "4")], ids=["full", "lora"])
+def test_sigkill_mid_addrop_epoch_then_resume_is_bit_exact(tmp_path, tiny_checkpoint, shared_data, adapters):
+    extra = ("--max-train-samples", "1200", "--epochs", "2", "--save-steps", "25", *adapters)
     reference = tmp_path / "reference"
     subprocess.run(command(reference, tiny_checkpoint, shared_data, *extra), check=True, capture_output=True)
 
