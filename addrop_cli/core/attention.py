@@ -27,6 +27,7 @@ the forward. ``layer_idx`` is not used: Marian's encoder leaves it None.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -65,7 +66,9 @@ class ForwardState:
     Attributes:
         record: call indices whose attention probabilities are kept (with autograd) in ``recorded``.
         observe: call indices whose visible keys are kept in ``visible`` (recorded calls' are kept too).
-        drops: call index -> (B, H, Q, K) bool, True where the position is masked out before softmax.
+        drops: call index -> (B, H, Q, K) bool, True where the position is masked out before softmax; or a
+            function of the call's (B, 1, Q, K) visible keys returning that mask (drawn inside the forward,
+            for regions that need no attribution pass).
         context_scale: call index -> alpha: the call's output A·V is multiplied by alpha (IGA, Eq. 3).
         probe: when True, each call is described in ``probed``.
         call_of: id(attention module) -> call index, when each module is called once per forward; calls are
@@ -74,7 +77,7 @@ class ForwardState:
 
     record: frozenset[int] = frozenset()
     observe: frozenset[int] = frozenset()
-    drops: dict[int, torch.Tensor] = field(default_factory=dict)
+    drops: dict[int, torch.Tensor | Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     context_scale: dict[int, float] = field(default_factory=dict)
     probe: bool = False
     recorded: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -204,7 +207,8 @@ def addrop_attention_forward(
     else:
         allowed = None
         if call in state.drops:
-            allowed = allowed_keys(visible, state.drops[call])
+            drops = state.drops[call]
+            allowed = allowed_keys(visible, drops(visible) if callable(drops) else drops)
         output, probs = _attend(module, query, key, value, allowed, attention_mask, dropout, scaling, kwargs)
     if call in state.context_scale:
         output = output * state.context_scale[call]

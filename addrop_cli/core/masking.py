@@ -117,8 +117,8 @@ def allowed_keys(visible: torch.Tensor, drops: torch.Tensor) -> torch.Tensor:
 def sample_drops(candidates: torch.Tensor, q: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Eq. 7: each candidate is dropped independently with probability q.
 
-    The draws are 31-bit integers compared with round(q 2^31) (q to within 5e-10): on a CPU they cost about
-    a third of as many uniform floats.
+    Each 63-bit integer torch's generator draws gives four independent 15-bit draws, compared with
+    round(q 2^15): q is met to within 1.5e-5, and on a CPU the draws cost about a quarter of as many floats.
 
     Args:
         candidates: (B, H, Q, K) bool candidate region.
@@ -129,8 +129,10 @@ def sample_drops(candidates: torch.Tensor, q: float, generator: torch.Generator 
         return torch.zeros_like(candidates)
     if q >= 1:
         return candidates.clone()
-    draws = torch.empty(candidates.shape, dtype=torch.int32, device=candidates.device).random_(generator=generator)
-    return candidates & (draws < round(q * 2**31))
+    count = candidates.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=candidates.device).random_(generator=generator)
+    draws = (words.view(torch.int16)[:count] & 0x7FFF).view(candidates.shape)  # bit 63 of a word is always 0
+    return candidates & (draws < round(q * 2**15))
 
 
 def random_scores(shape: torch.Size, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -9,7 +9,9 @@ Usage, with any transformers model whose attention goes through ``AttentionInter
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -206,6 +208,20 @@ def query_rows(batch: dict[str, torch.Tensor], site: AttentionSite, encoder_deco
     return torch.ones_like(batch["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
 
 
+@contextmanager
+def parameters_frozen(model: torch.nn.Module):
+    """Parameters not requiring grad for the duration: the attribution needs dF/dA only, so its forward
+    records no graph before the first recorded attention, and nothing is kept for weight gradients."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+
+
 @dataclass
 class Attribution:
     """One attribution pass without dropping, per selected attention call (its index in a forward).
@@ -262,8 +278,13 @@ class ADDrop:
         predicted class; trained on alone, the model learns to offset that shift, and the offset carries over
         to unmasked inputs (benchmarks/drift.py). The plain term anchors the unmasked predictions.
         """
-        state = ForwardState(drops=self.drop_masks(batch), call_of=self.call_of)
-        masked = self.model(**batch, addrop_state=state).loss
+        if self.config.attribution == "rd" or self.config.strategy == "random":
+            # A random region needs no attribution pass: it is drawn inside the masked forward, where each
+            # call's visible keys are known.
+            drops = {call: partial(self._random_drops, batch, call) for call in self.selected}
+        else:
+            drops = self.drop_masks(batch)
+        masked = self.model(**batch, addrop_state=ForwardState(drops=drops, call_of=self.call_of)).loss
         weight = self.config.unmasked_weight
         if weight == 0:
             return masked
@@ -295,15 +316,18 @@ class ADDrop:
         if self.config.strategy == "random":
             scores = self._random_scores(attribution.visible)
         encoder_decoder = self.base.config.is_encoder_decoder
-        fills: dict[int, torch.Tensor] = {}  # layers that share a mask share its fill (see padding_fill)
+        # Layers that share a mask share its rows' keys and fill (see padding_fill): computed once.
+        prepared: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         regions = {}
         for call, score in scores.items():
-            visible = attribution.visible[call]
-            if id(visible) not in fills:
-                fills[id(visible)] = padding_fill(visible, self.config.p)
-            regions[call] = candidate_region(score, visible, self.config.p, highest=self.config.strategy != "low",
-                                             query_mask=query_rows(batch, self.sites[call], encoder_decoder),
-                                             fill=fills[id(visible)])
+            site, visible = self.sites[call], attribution.visible[call]
+            if (id(visible), site.kind) not in prepared:
+                # Padding query rows see nothing here, so they get no candidates.
+                seen = visible & query_rows(batch, site, encoder_decoder)[:, None, :, None]
+                prepared[id(visible), site.kind] = seen, padding_fill(seen, self.config.p)
+            seen, fill = prepared[id(visible), site.kind]
+            regions[call] = candidate_region(score, seen, self.config.p, highest=self.config.strategy != "low",
+                                             fill=fill)
         return regions
 
     def scores(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -348,11 +372,12 @@ class ADDrop:
 
     def _gradients(self, batch) -> Attribution:
         """GA, Eq. 5: one joint autograd.grad over all selected layers; no parameter .grad is written."""
-        recorded, visible, logits = self._record(batch, grad=True)
-        target = self._target(logits, self._labels(logits, batch), batch)
-        calls = list(recorded)
-        # No retain_graph: the pass-1 graph is freed here, before the masked forward.
-        grads = torch.autograd.grad(target, [recorded[c] for c in calls], allow_unused=True)
+        with parameters_frozen(self.base):  # through the backward too: checkpointing recomputes in it
+            recorded, visible, logits = self._record(batch, grad=True)
+            target = self._target(logits, self._labels(logits, batch), batch)
+            calls = list(recorded)
+            # No retain_graph: the pass-1 graph is freed here, before the masked forward.
+            grads = torch.autograd.grad(target, [recorded[c] for c in calls], allow_unused=True)
         scores = {c: torch.zeros_like(recorded[c]) if g is None else g for c, g in zip(calls, grads, strict=True)}
         return Attribution({c: recorded[c].detach() for c in calls}, scores, visible, logits.detach())
 
@@ -366,14 +391,23 @@ class ADDrop:
         for call, probs in attention.items():
             total = torch.zeros_like(probs)
             for k in range(1, steps + 1):
-                recorded, _, step_logits = self._record(batch, grad=True, context_scale={call: k / steps},
-                                                        calls=[call])
-                target = self._target(step_logits, self._labels(step_logits, batch), batch)
-                (grad,) = torch.autograd.grad(target, [recorded[call]], allow_unused=True)
+                with parameters_frozen(self.base):
+                    recorded, _, step_logits = self._record(batch, grad=True, context_scale={call: k / steps},
+                                                            calls=[call])
+                    target = self._target(step_logits, self._labels(step_logits, batch), batch)
+                    (grad,) = torch.autograd.grad(target, [recorded[call]], allow_unused=True)
                 if grad is not None:
                     total += grad
             scores[call] = integrated_gradient_scale(probs, total, steps)
         return scores
+
+    def _random_drops(self, batch, call: int, visible: torch.Tensor) -> torch.Tensor:
+        """RD's drops for one call, given its (B, 1, Q, K) visible keys: Eq. 6-7 on uniform noise."""
+        batch_size, _, queries, keys = visible.shape
+        scores = random_scores(torch.Size((batch_size, self.sites[call].num_heads, queries, keys)), visible.device)
+        region = candidate_region(scores, visible, self.config.p,
+                                  query_mask=query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder))
+        return sample_drops(region, self.config.q)
 
     def _random_scores(self, visible: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """RD: uniform noise, so Eq. 6 picks a random region of the same size as GA's."""

@@ -4,6 +4,7 @@ each attention row can see (padding, causal, sliding window), soft-capping and s
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -192,3 +193,29 @@ def test_probe_value_errors_become_user_errors():
     model.forward = broken_forward
     with pytest.raises(UserError, match=r"model type 'llama' failed AD-DROP's probe forward: this model cannot"):
         install(model)
+
+
+def test_random_regions_are_drawn_inside_the_one_masked_forward():
+    """RD needs no attribution pass: one forward, its drops drawn from each call's visible keys (causal, so
+    tokens after position t leave earlier hidden states alone under the same draws)."""
+    model = tiny_decoder("mistral")
+    addrop = ADDrop(model, ADDropConfig(attribution="rd", p=0.9, q=1.0, layers="all"))
+    batch = decoder_batch("left")
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    addrop.loss(batch)
+    handle.remove()
+    assert len(calls) == 1
+
+    def last_hidden(input_ids):
+        torch.manual_seed(0)
+        drops = {call: partial(addrop._random_drops, batch, call) for call in addrop.selected}
+        out = model(input_ids=input_ids, attention_mask=batch["attention_mask"], output_hidden_states=True,
+                    addrop_state=ForwardState(drops=drops, call_of=addrop.call_of))
+        return out.hidden_states[-1]
+
+    changed = batch["input_ids"].clone()
+    changed[:, 8:] = (changed[:, 8:] + 7) % 97 + 3
+    real = batch["attention_mask"].bool()
+    real[:, 8:] = False
+    torch.testing.assert_close(last_hidden(changed)[real], last_hidden(batch["input_ids"])[real], atol=1e-6, rtol=0)
