@@ -109,9 +109,9 @@ def allowed_keys(visible: torch.Tensor, drops: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, H, Q, K) bool, True where the row attends.
     """
-    allowed = visible & ~drops
+    allowed = visible > drops  # visible and not dropped, in one pass
     emptied = ~allowed.any(-1, keepdim=True)
-    return torch.where(emptied, visible, allowed)
+    return allowed | (emptied & visible)
 
 
 def sample_drops(candidates: torch.Tensor, q: float, generator: torch.Generator | None = None) -> torch.Tensor:
