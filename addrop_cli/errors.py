@@ -7,3 +7,9 @@ class UserError(Exception):
     The message names the offending key, value or file and says what would be valid. The CLI prints it
     on one line and exits with status 2; the library lets it propagate.
     """
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -37,6 +37,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from addrop_cli.core.masking import allowed_keys
+from addrop_cli.errors import UserError
 
 IMPLEMENTATION = "addrop"
 
@@ -65,7 +66,6 @@ class ForwardState:
 
     Attributes:
         record: call indices whose attention probabilities are kept (with autograd) in ``recorded``.
-        observe: call indices whose visible keys are kept in ``visible`` (recorded calls' are kept too).
         drops: call index -> (B, H, Q, K) bool, True where the position is masked out before softmax; or a
             function of the call's (B, 1, Q, K) visible keys returning that mask (drawn inside the forward,
             for regions that need no attribution pass).
@@ -76,7 +76,6 @@ class ForwardState:
     """
 
     record: frozenset[int] = frozenset()
-    observe: frozenset[int] = frozenset()
     drops: dict[int, torch.Tensor | Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     context_scale: dict[int, float] = field(default_factory=dict)
     probe: bool = False
@@ -85,11 +84,14 @@ class ForwardState:
     probed: list[ProbedCall] = field(default_factory=list)
     call_of: dict[int, int] | None = None
     calls: int = 0
-    seen_masks: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    seen_masks: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = field(default_factory=dict)
 
     def next_call(self, module: torch.nn.Module) -> int:
         """This call's index: its module's, or the next in order."""
         if self.call_of is not None:
+            if id(module) not in self.call_of:
+                raise UserError(f"{type(module).__name__} was not among the attention calls ADDrop found; build "
+                                "ADDrop after wrapping the model (peft, compile), not before")
             return self.call_of[id(module)]
         self.calls += 1
         return self.calls - 1
@@ -99,9 +101,10 @@ class ForwardState:
         sharing the result lets :meth:`~addrop_cli.core.regularizer.ADDrop.candidates` reuse its work too."""
         signature = (None if attention_mask is None else id(attention_mask), query.shape[0], query.shape[-2],
                      key.shape[-2], causal)
-        if signature not in self.seen_masks:
-            self.seen_masks[signature] = visible_keys(attention_mask, query, key, causal)
-        return self.seen_masks[signature]
+        seen = self.seen_masks.get(signature)
+        if seen is None or seen[0] is not attention_mask:  # holding the mask keeps its id from being reused
+            seen = self.seen_masks[signature] = (attention_mask, visible_keys(attention_mask, query, key, causal))
+        return seen[1]
 
 
 def _is_causal(module: torch.nn.Module, kwargs: dict) -> bool:
@@ -175,6 +178,8 @@ def _attend(module, query, key, value, allowed, attention_mask, dropout, scaling
             allowed = visible_keys(attention_mask, query, key, _is_causal(module, kwargs))
         return eager_attention(module, query, key, value, allowed, dropout, scaling, kwargs)[0], None
     if allowed is not None:
+        if attention_mask is not None and attention_mask.dtype != torch.bool:  # keep an additive mask's values
+            allowed = torch.where(allowed, attention_mask.to(query.dtype), torch.finfo(query.dtype).min)
         attention_mask, kwargs = allowed, {**kwargs, "is_causal": False}  # causality is inside the mask now
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
@@ -195,15 +200,13 @@ def addrop_attention_forward(
     if state is None:
         return _attend(module, query, key, value, None, attention_mask, dropout, scaling, kwargs)
     call = state.next_call(module)
-    wanted = state.probe or call in state.record or call in state.observe or call in state.drops
+    wanted = state.probe or call in state.record or call in state.drops
     visible = state.visible_keys(attention_mask, query, key, _is_causal(module, kwargs)) if wanted else None
     if state.probe:
         state.probed.append(_describe(module, query, key, visible, kwargs))
-    if call in state.record or call in state.observe:
-        state.visible[call] = visible
     if call in state.record:
         output, probs = eager_attention(module, query, key, value, visible, dropout, scaling, kwargs, True)
-        state.recorded[call] = probs
+        state.recorded[call], state.visible[call] = probs, visible
     else:
         allowed = None
         if call in state.drops:

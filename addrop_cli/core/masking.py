@@ -125,14 +125,15 @@ def sample_drops(candidates: torch.Tensor, q: float, generator: torch.Generator 
     Returns:
         (B, H, Q, K) bool, True where the attention position is masked out in the second forward.
     """
-    if q <= 0:
+    threshold = round(q * 2**15)
+    if threshold <= 0:
         return torch.zeros_like(candidates)
-    if q >= 1:
+    if threshold >= 2**15:
         return candidates.clone()
     count = candidates.numel()
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=candidates.device).random_(generator=generator)
     draws = (words.view(torch.int16)[:count] & 0x7FFF).view(candidates.shape)  # bit 63 of a word is always 0
-    return candidates & (draws < round(q * 2**15))
+    return candidates & (draws < threshold)
 
 
 def random_scores(shape: torch.Size, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:

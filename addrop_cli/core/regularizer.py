@@ -39,7 +39,7 @@ from addrop_cli.core.settings import (
     TOKEN,
     ADDropConfig,
 )
-from addrop_cli.errors import UserError
+from addrop_cli.errors import UserError, first_line
 
 PROBE_ENCODER_LENGTH, PROBE_DECODER_LENGTH = 5, 3
 
@@ -93,9 +93,9 @@ def install(model: PreTrainedModel) -> list[AttentionSite]:
     except TypeError as error:
         if "addrop_state" in str(error):  # a forward that rejects the per-forward state does not dispatch it
             raise refusal from None
-        raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {error}") from None
+        raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {first_line(error)}") from None
     except ValueError as error:
-        raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {error}") from None
+        raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {first_line(error)}") from None
     if not calls:
         raise refusal
     _refuse_unknown_variants(model, model_type, calls)

@@ -17,7 +17,7 @@ from transformers import (
 )
 from transformers.utils import CONFIG_NAME
 
-from addrop_cli.errors import UserError
+from addrop_cli.errors import UserError, first_line
 from addrop_cli.tasks.files import hub_unreachable
 from addrop_cli.tasks.registry import TaskSpec
 
@@ -58,9 +58,11 @@ def load_seq2seq(name: str, trust_remote_code: bool = False, dtype: str = "float
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # fresh cross-attention weights are expected
     try:
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, dtype=weights_dtype(dtype))
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
     finally:
         transformers.logging.set_verbosity(verbosity)
+    if dtype != "auto":  # the tied model's constructor takes no dtype for its two halves
+        model = model.to(weights_dtype(dtype))
     for config in (model.config, model.generation_config):
         config.decoder_start_token_id = tokenizer.cls_token_id
         config.pad_token_id = tokenizer.pad_token_id
@@ -87,7 +89,7 @@ def load_pretrained(loader, name: str, what: str, **kwargs):
     try:
         return loader(str(Path(source).expanduser()) if looks_local else source, **kwargs)
     except OSError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise UserError(
             f"cannot load {what} '{name}': {first} (offline? give a local checkpoint directory or 'minilm')"
         ) from None

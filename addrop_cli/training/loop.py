@@ -31,7 +31,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from addrop_cli.core.regularizer import ADDrop
 from addrop_cli.core.settings import CLASSIFICATION, epoch_phase
-from addrop_cli.errors import UserError
+from addrop_cli.errors import UserError, first_line
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_dir, write_json, write_jsonl, write_text
 from addrop_cli.recipe import Recipe, dump_yaml
@@ -222,11 +222,20 @@ def _load_model(recipe: Recipe, pipeline: Pipeline, tokenizer, trust_remote_code
         try:
             model.activation_checkpointing_enable()  # non-reentrant, the default
         except ValueError as error:
-            raise UserError(f"train.gradient_checkpointing=true is invalid for model '{recipe.model}': {error}"
-                            ) from None
+            raise UserError(f"train.gradient_checkpointing=true is invalid for model '{recipe.model}': "
+                            f"{first_line(error)}") from None
+    notices = [notice] if notice else []
     if recipe.lora.enabled:
         model = apply_lora(model, recipe.lora, pipeline.task_type)
-    return model, [notice] if notice else []
+    half = recipe.train.model_dtype in ("bfloat16", "float16")
+    if half and recipe.lora.enabled and recipe.train.mixed_precision != "no":
+        for parameter in model.parameters():  # fp32 master weights for what trains; autocast runs it in half
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+    elif half:
+        notices.append(f"the trained weights are {recipe.train.model_dtype} without float32 copies; for full "
+                       "fine-tuning prefer float32 weights with --mixed-precision bf16")
+    return model, notices
 
 
 def _print_header(run: Run, splits: dict[str, list | None], notices: list[str]) -> None:

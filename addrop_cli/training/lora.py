@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from addrop_cli.core.settings import CLASSIFICATION, REGRESSION, SEQ2SEQ, TOKEN
-from addrop_cli.errors import UserError
+from addrop_cli.errors import UserError, first_line
 from addrop_cli.recipe import LoraConfig
 
 # The adapter (peft's adapter_config.json and weights) sits in this folder of best/, the merged model beside it.
@@ -38,7 +38,7 @@ def apply_lora(model: torch.nn.Module, settings: LoraConfig, task_type: str) -> 
             warnings.simplefilter("ignore", FutureWarning)
             return peft.get_peft_model(model, config)
     except (ValueError, TypeError, KeyError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         hint = "" if settings.target_modules else (
             "; name its linear layers with --set lora.target_modules=[...] (e.g. [q_lin,v_lin] for distilbert)")
         raise UserError(f"cannot add LoRA adapters to model type '{model_type}' with lora.target_modules="

@@ -14,7 +14,7 @@ from typing import Any
 
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json
-from addrop_cli.recipe import Recipe, load_yaml
+from addrop_cli.recipe import Recipe, build, load_yaml
 from addrop_cli.version import __version__
 
 RECIPE_FILE, HISTORY_FILE, METRICS_FILE, BEST_DIR = "recipe.yaml", "history.jsonl", "metrics.json", "best"
@@ -75,8 +75,9 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, resume
         for name in (BEST_DIR, CHECKPOINTS_DIR):
             shutil.rmtree(output_dir / name, ignore_errors=True)
         return None
-    if previous.is_file() and load_yaml(previous) != recipe.to_dict():
-        changed = "; ".join(recipe_differences(load_yaml(previous), recipe.to_dict()))
+    saved = _with_defaults(load_yaml(previous)) if previous.is_file() else None
+    if saved is not None and saved != recipe.to_dict():
+        changed = "; ".join(recipe_differences(saved, recipe.to_dict()))
         raise UserError(
             f"output directory {output_dir} holds a different run ({changed}); "
             "pass --overwrite to replace it, or choose another --output-dir"
@@ -85,6 +86,14 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, resume
     if resume and checkpoint is None:
         raise UserError(f"--resume: {output_dir} holds no checkpoint to resume from (run without --resume)")
     return checkpoint
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe with the keys added since it was written at their defaults (as this version reads it)."""
+    try:
+        return build(Recipe, saved).to_dict()
+    except UserError:  # written by a newer version: compare as it is
+        return saved
 
 
 def recipe_differences(saved: dict[str, Any], wanted: dict[str, Any], limit: int = 3) -> list[str]:

@@ -168,8 +168,11 @@ def test_addrop_forwards_build_no_kv_cache():
     batch = decoder_batch("left")
     assert model(**inputs(batch)).past_key_values is not None  # transformers' default
     addrop = ADDrop(model, ADDropConfig(layers="all"))
-    assert model(**inputs(batch)).past_key_values is None
-    addrop.loss(batch).backward()
+    caches = []
+    handle = model.register_forward_hook(lambda module, args, output: caches.append(output.past_key_values))
+    addrop.loss(batch).backward()  # the attribution forward and the masked forward
+    handle.remove()
+    assert caches == [None, None]
 
 
 def test_unknown_attention_variant_is_refused_with_one_line():

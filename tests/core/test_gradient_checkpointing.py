@@ -14,19 +14,21 @@ from addrop_cli.core.settings import ADDropConfig
 from addrop_cli.errors import UserError
 
 
-def addrop_gradients(model, batch, checkpointing: bool) -> dict[str, torch.Tensor]:
-    """Parameter gradients of one AD-DROP step (GA on all layers, attention dropout on), seed fixed."""
+def addrop_gradients(model, batch, checkpointing: bool, attribution: str = "ga") -> dict[str, torch.Tensor]:
+    """Parameter gradients of one AD-DROP step (all layers, attention dropout on), seed fixed."""
     model = copy.deepcopy(model).train()
     if checkpointing:
         model.activation_checkpointing_enable()  # non-reentrant
-    addrop = ADDrop(model, ADDropConfig(p=0.5, q=0.5, layers="all"))
+    addrop = ADDrop(model, ADDropConfig(p=0.5, q=0.5, layers="all", attribution=attribution, iga_steps=2))
     torch.manual_seed(0)
     addrop.loss(batch).backward()
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("family", ["qwen2", "gemma2", "bert"])
-def test_checkpointed_gradients_equal_plain_ones(family):
+@pytest.mark.parametrize(("family", "attribution"), [("qwen2", "ga"), ("gemma2", "ga"), ("bert", "ga"),
+                                                     ("qwen2", "rd"), ("qwen2", "iga")])
+def test_checkpointed_gradients_equal_plain_ones(family, attribution):
+    """RD draws its region inside the forward (the recompute must replay the draws); IGA runs m forwards."""
     if family == "bert":
         model, batch = tiny_classifier("bert"), random_batch()
     else:
@@ -35,8 +37,8 @@ def test_checkpointed_gradients_equal_plain_ones(family):
         for module in model.modules():
             if hasattr(module, "attention_dropout"):
                 module.attention_dropout = 0.1  # dropout RNG must replay in the recompute too
-    plain = addrop_gradients(model, batch, checkpointing=False)
-    checkpointed = addrop_gradients(model, batch, checkpointing=True)
+    plain = addrop_gradients(model, batch, checkpointing=False, attribution=attribution)
+    checkpointed = addrop_gradients(model, batch, checkpointing=True, attribution=attribution)
     assert plain.keys() == checkpointed.keys() and len(plain) > 0
     for name, gradient in plain.items():
         torch.testing.assert_close(checkpointed[name], gradient, atol=1e-6, rtol=0, msg=name)

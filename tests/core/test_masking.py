@@ -136,3 +136,11 @@ def test_high_and_low_partition_even_rows_at_one_half():
     real = key_mask[:, None, None, :].expand_as(high)
     assert torch.equal((high ^ low)[even], real[even]) and not (high & low)[even].any()
     assert ((high & low)[~even].sum(-1) == 1).all()  # odd n: only the median key is in both
+
+
+def test_drop_rates_near_the_ends_are_exact_enough():
+    candidates = torch.ones(4, 4, 64, 64, dtype=torch.bool)
+    assert torch.equal(sample_drops(candidates, 0.99999), candidates)  # rounds to 1: every candidate
+    assert not sample_drops(candidates, 0.00001).any()  # rounds to 0: none
+    for q in (0.1, 0.5, 0.9):
+        assert abs(sample_drops(candidates, q).float().mean().item() - q) < 0.01
