@@ -208,6 +208,14 @@ def query_rows(batch: dict[str, torch.Tensor], site: AttentionSite, encoder_deco
     return torch.ones_like(batch["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
 
 
+def build_no_kv_cache(model: torch.nn.Module) -> None:
+    """Training forwards (plain, attribution, masked) never read a KV cache: switch a decoder-only model's
+    ``use_cache`` off so that none is built. Encoder-decoders skip the cache when given labels and keep it
+    for generation."""
+    if getattr(model.config, "use_cache", None) and not model.config.is_encoder_decoder:
+        model.config.use_cache = False
+
+
 @contextmanager
 def parameters_frozen(model: torch.nn.Module):
     """Parameters not requiring grad for the duration: the attribution needs dF/dA only, so its forward
@@ -259,16 +267,13 @@ class ADDrop:
         self.selected = select_calls(self.sites, config.attention, config.layers)
         modules = [site.module for site in self.sites]
         # Calls named by module survive gradient checkpointing's recompute; shared modules need call order.
-        self.call_of = {module: call for call, module in enumerate(modules)} if len(set(modules)) == len(
-            modules) else None
+        shared = len(set(modules)) < len(modules)
+        self.call_of = None if shared else {module: call for call, module in enumerate(modules)}
         if self.call_of is None and getattr(self.base, "is_activation_checkpointing", False):
             raise UserError(f"gradient checkpointing with AD-DROP needs one attention module per layer, and "
                             f"{type(self.base).__name__} shares them across layers; turn "
                             "train.gradient_checkpointing off")
-        if getattr(self.base.config, "use_cache", None) and not self.base.config.is_encoder_decoder:
-            # AD-DROP's forwards never read a KV cache: do not build one (encoder-decoders skip it given labels,
-            # and keep it for generation).
-            self.base.config.use_cache = False
+        build_no_kv_cache(self.base)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Steps 1-4 of Fig. 3: the loss of the second, masked forward (the only one to backpropagate).
@@ -296,8 +301,9 @@ class ADDrop:
         Applied, a row whose every visible key is dropped keeps them all (the attention function spares it, see
         :func:`~addrop_cli.core.masking.allowed_keys`).
         """
-        # The random strategy ignores the scores: skip the gradient pass, keep the visible keys.
-        attribution = self._without_gradients(batch, "rd") if self.config.strategy == "random" else \
+        # The random strategy ignores the scores: skip the gradient pass, keep the visible keys (AA's scores are
+        # the attention already recorded, so they cost nothing; candidates draws the noise).
+        attribution = self._without_gradients(batch, "aa") if self.config.strategy == "random" else \
             self.attribute(batch)
         regions = self.candidates(batch, attribution)
         return {call: sample_drops(region, self.config.q) for call, region in regions.items()}
@@ -403,17 +409,15 @@ class ADDrop:
 
     def _random_drops(self, batch, call: int, visible: torch.Tensor) -> torch.Tensor:
         """RD's drops for one call, given its (B, 1, Q, K) visible keys: Eq. 6-7 on uniform noise."""
-        batch_size, _, queries, keys = visible.shape
-        scores = random_scores(torch.Size((batch_size, self.sites[call].num_heads, queries, keys)), visible.device)
-        region = candidate_region(scores, visible, self.config.p,
+        region = candidate_region(self._noise(call, visible), visible, self.config.p,
                                   query_mask=query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder))
         return sample_drops(region, self.config.q)
 
     def _random_scores(self, visible: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """RD: uniform noise, so Eq. 6 picks a random region of the same size as GA's."""
-        scores = {}
-        for call, seen in visible.items():
-            batch_size, _, queries, keys = seen.shape
-            shape = torch.Size((batch_size, self.sites[call].num_heads, queries, keys))
-            scores[call] = random_scores(shape, seen.device)
-        return scores
+        return {call: self._noise(call, seen) for call, seen in visible.items()}
+
+    def _noise(self, call: int, visible: torch.Tensor) -> torch.Tensor:
+        """(B, H, Q, K) uniform scores for one call, given its (B, 1, Q, K) visible keys."""
+        batch_size, _, queries, keys = visible.shape
+        return random_scores(torch.Size((batch_size, self.sites[call].num_heads, queries, keys)), visible.device)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from addrop_cli.errors import UserError
+from addrop_cli.errors import UserError, first_line
 
 HUB_PROBE_SECONDS = 3.0  # without it, an unreachable hub costs ~45 s of library retries before any error
 
@@ -97,8 +97,7 @@ def describe(err: BaseException) -> str:
     parts: list[str] = []
     current: BaseException | None = err
     while current is not None and len(parts) < 2:
-        text = str(current).strip()
-        parts.append(text.splitlines()[0] if text else type(current).__name__)
+        parts.append(first_line(current))
         current = current.__cause__ or current.__context__
     return ": ".join(parts)
 

@@ -29,7 +29,7 @@ from rich.progress import (
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.regularizer import ADDrop, build_no_kv_cache
 from addrop_cli.core.settings import CLASSIFICATION, epoch_phase
 from addrop_cli.errors import UserError, first_line
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
@@ -41,7 +41,7 @@ from addrop_cli.tasks.pipelines import Pipeline, pipeline_for
 from addrop_cli.training.batching import EncodedDataset, LengthGroupedBatchSampler
 from addrop_cli.training.checkpoints import TrainingState, load_checkpoint, save_checkpoint, update_state
 from addrop_cli.training.evaluation import build_accelerator, eval_loader, labelled_split
-from addrop_cli.training.lora import apply_lora, is_lora, save_lora_model
+from addrop_cli.training.lora import apply_lora, save_lora_model
 from addrop_cli.training.run_dir import (
     BEST_DIR,
     HISTORY_FILE,
@@ -216,8 +216,7 @@ def _load_model(recipe: Recipe, pipeline: Pipeline, tokenizer, trust_remote_code
     LoRA adapters as the recipe asks; and the notices to print about what was changed."""
     model = pipeline.load_model(recipe.model, trust_remote_code, recipe.train.model_dtype)
     notice = ensure_pad_token(model, tokenizer)
-    if getattr(model.config, "use_cache", None) and not model.config.is_encoder_decoder:
-        model.config.use_cache = False  # training never reads a KV cache (encoder-decoders skip it given labels)
+    build_no_kv_cache(model)
     if recipe.train.gradient_checkpointing:
         try:
             model.activation_checkpointing_enable()  # non-reentrant, the default
@@ -431,7 +430,7 @@ def _save_best(run: Run) -> None:
     model = run.accelerator.unwrap_model(run.model)
 
     def fill(tmp: Path) -> None:
-        if is_lora(model):
+        if run.recipe.lora.enabled:
             save_lora_model(model, tmp)
         else:
             model.save_pretrained(tmp, safe_serialization=True)

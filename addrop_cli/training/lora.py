@@ -45,10 +45,6 @@ def apply_lora(model: torch.nn.Module, settings: LoraConfig, task_type: str) -> 
                         f"{settings.target_modules}: {first}{hint}") from None
 
 
-def is_lora(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config")
-
-
 def save_lora_model(model: torch.nn.Module, directory: Path) -> None:
     """The adapter in ``directory/adapter`` and the merged model in ``directory`` (plain transformers)."""
     model.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
