@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) ->
     BertModel(config).save_pretrained(directory)
     tiny_tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture
+def live_process():
+    """A process that sleeps while the test runs (a lock holder that is alive); killed by its pid after."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()

@@ -32,3 +32,16 @@ def run_without_addrop(code: str) -> subprocess.CompletedProcess:
     """Run Python ``code`` in a fresh interpreter where ``import addrop_cli`` fails (plain transformers only)."""
     return subprocess.run([sys.executable, "-c", "import sys; sys.modules['addrop_cli'] = None\n" + code],
                           capture_output=True, text=True)
+
+
+def plant_lock(path: Path, pid: int, **holder) -> None:
+    """A lock file as a process ``pid`` on this host would have written it (``holder`` overrides fields)."""
+    import json
+    import socket
+    import time
+
+    from addrop_cli.locks import _start_time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"host": socket.gethostname(), "pid": pid, "pid_started": _start_time(pid), "since": time.time()}
+    path.write_text(json.dumps({**record, **holder}))

@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 80
 # Bottom to top. A module may import modules of lower layers, and modules of its own layer only when they
 # share a folder (or both are foundation modules).
 LAYERS = [
-    {"errors", "outputs", "interrupts", "version", "plots"},  # foundation: no torch, no other layer
+    {"errors", "outputs", "interrupts", "locks", "version", "plots"},  # foundation: no torch, no other layer
     {"core"},
     {"recipe"},
     {"tasks"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,16 +12,32 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from addrop_cli import locks
 from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
+from addrop_cli.sweep.backends import BackendSettings, open_backend
 from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value, parse_grid, parse_seeds, parse_values
 from addrop_cli.sweep.plan import RESULTS_FILE, Trial, check_manifest, manifest, plan_trials
+from addrop_cli.sweep.ray_backend import import_ray
 from addrop_cli.sweep.runner import SweepInterrupted, run_sweep
 from addrop_cli.training.run_dir import model_dir
 
 SHOWN_ROWS = 15  # the live table shows the latest finished trials
+
+# Where trials run (sweep.backends.BackendSettings checks them together).
+Workers = Annotated[int, option(metavar="N", help="Local backend: trials run at once, each in its own process (one "
+                                "GPU each, round robin).")]
+BackendName = Annotated[str, option("--backend", metavar="local|ray", help="Where trials run: this machine, or a "
+                                    "Ray cluster (pip install 'addrop[ray]').")]
+Address = Annotated[str | None, option(metavar="auto|HOST:PORT", help="Ray: join this cluster (auto: the one 'ray "
+                                       "start' made here); without it Ray starts on this machine.")]
+GpusPerTrial = Annotated[float | None, option(metavar="N", help="Ray: GPUs per trial (default 1 when the cluster "
+                                              "has GPUs, else 0).")]
+CpusPerTrial = Annotated[float | None, option(metavar="N", help="Ray: CPUs per trial (default 1).")]
+MaxRetries = Annotated[int, option(metavar="N", help="Retries of a trial whose process was killed or whose worker "
+                                   "or node died; each resumes from its last checkpoint.")]
 
 
 @reports_user_errors
@@ -45,9 +62,12 @@ def sweep(
     = None,
     baseline: Annotated[bool, option("--baseline", help="Add plain fine-tuning trials for every seed and "
                                   "non-AD-DROP grid point.")] = False,
-    workers: Annotated[int, option(metavar="N",
-                                   help="Trials run at once, each in its own process (one GPU each, round robin).")]
-    = 1,
+    workers: Workers = 1,
+    backend: BackendName = "local",
+    address: Address = None,
+    gpus_per_trial: GpusPerTrial = None,
+    cpus_per_trial: CpusPerTrial = None,
+    max_retries: MaxRetries = 2,
     dry_run: Annotated[bool, option("--dry-run", help="Print the trials and exit.")] = False,
     force: Annotated[bool, option("--force", help="Run a different grid in a directory that holds one.")] = False,
     keep_checkpoints: Annotated[bool, option("--keep-checkpoints", help="Keep finished trials' resumable checkpoints "
@@ -78,8 +98,7 @@ def sweep(
         _print_summary(summarize, console)
         return
     quiet_libraries()
-    if workers < 1:
-        raise UserError(f"--workers {workers} is invalid: use 1 or more processes")
+    settings = BackendSettings(backend, workers, address, gpus_per_trial, cpus_per_trial, max_retries)
     flags = options.recipe_flags({k: v for k, v in locals().items() if k not in ("p", "q", "output_dir")}, no_addrop)
     if model is not None:
         flags["model"] = model_dir(model)  # a run directory means its best checkpoint
@@ -91,9 +110,12 @@ def sweep(
     if dry_run:
         _print_trials(trials, directory)
         return
-    check_manifest(directory, manifest(base, axes, seed_list, baseline), force)
-    progress = _run(trials, directory, console, workers=workers, force=force, trust_remote_code=trust_remote_code,
-                    keep_checkpoints=keep_checkpoints)
+    if settings.name == "ray":
+        import_ray()  # before anything is written
+    with locks.held(directory / locks.SWEEP_LOCK, "a sweep"):  # one live driver per sweep directory
+        check_manifest(directory, manifest(base, axes, seed_list, baseline), force)
+        progress = _run(trials, directory, console, settings, force=force, keep_checkpoints=keep_checkpoints,
+                        trust_remote_code=trust_remote_code)
     if progress.skipped:
         console.print(f"{progress.skipped} trial(s) were already finished and skipped")
     _print_summary(directory, console)
@@ -114,16 +136,17 @@ def _axes(p: str | None, q: str | None, grid: list[str] | None) -> dict[str, lis
     return axes
 
 
-def _run(trials: list[Trial], directory: Path, console: Console, **run_options: Any):
-    """Run the sweep with a live table on a terminal, one line per finished trial elsewhere; exit 128 + the
-    signal number when interrupted."""
+def _run(trials: list[Trial], directory: Path, console: Console, settings: BackendSettings, *,
+         trust_remote_code: bool, **run_options: Any):
+    """Run the sweep on its backend with a live table on a terminal, one line per finished trial elsewhere;
+    exit 128 + the signal number when interrupted."""
     board = _Board(len(trials))
+    # A log file: Live would only draw at the end, so one line per finished trial instead.
+    show = Live(board, console=console, refresh_per_second=2, transient=False) if console.is_terminal else None
     try:
-        if console.is_terminal:
-            with Live(board, console=console, refresh_per_second=2, transient=False):
-                return run_sweep(trials, directory, on_change=board.update, **run_options)
-        # A log file: Live would only draw at the end, so one line per finished trial instead.
-        return run_sweep(trials, directory, on_change=_LineLog(console).update, **run_options)
+        with open_backend(settings, directory, trust_remote_code) as backend, show or contextlib.nullcontext():
+            return run_sweep(trials, directory, backend, max_retries=settings.max_retries,
+                             on_change=board.update if show else _LineLog(console).update, **run_options)
     except (SweepInterrupted, KeyboardInterrupt) as stop:
         code = stop.exit_code if isinstance(stop, SweepInterrupted) else 130
         print(f"sweep interrupted; finished trials are in {directory / RESULTS_FILE}; run the same command "

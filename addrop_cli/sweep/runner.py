@@ -1,25 +1,25 @@
-"""Running a sweep's trials: in this process, or as ``addrop train`` processes (one GPU each); one result
-row per finished trial, written atomically to ``results.jsonl``."""
+"""The sweep driver: launches trials on a :class:`Backend` (this process, local processes, a Ray cluster),
+retries lost attempts, and alone writes ``results.jsonl`` (one row per finished trial, atomically)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from addrop_cli import locks
 from addrop_cli.errors import UserError
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
-from addrop_cli.outputs import write_jsonl, write_text
-from addrop_cli.recipe import dump_yaml, load_yaml
-from addrop_cli.sweep.plan import LOG_FILE, RESULTS_FILE, Trial, current_results, read_results
+from addrop_cli.outputs import write_jsonl
+from addrop_cli.recipe import load_yaml
+from addrop_cli.sweep.plan import RESULTS_FILE, Trial, current_results, read_results
+from addrop_cli.sweep.trials import Outcome
 from addrop_cli.training.run_dir import (
     CHECKPOINTS_DIR,
     latest_checkpoint,
@@ -31,16 +31,20 @@ from addrop_cli.training.run_dir import (
 )
 
 
-def _result_row(trial: Trial, seconds: float, status: str = "ok", message: str | None = None) -> dict[str, Any]:
+def _result_row(trial: Trial, outcome: Outcome, attempts: int) -> dict[str, Any]:
+    """What results.jsonl keeps of a trial that ended: its scores (or why it diverged), the seconds it ran
+    where it ran, that node and its GPUs, and how many attempts it took."""
     directory = Path(trial.recipe.train.output_dir)
-    row = {**trial.row(), "digest": trial.digest, "status": status, "seconds": round(seconds, 1)}
+    status = "ok" if outcome.code == 0 else "diverged"
+    row = {**trial.row(), "digest": trial.digest, "status": status, "seconds": round(outcome.seconds, 1),
+           "node": outcome.node, "gpus": outcome.gpus, "attempts": attempts}
     if status == "ok":
         metrics = read_metrics(directory)
         history = read_history(directory, ("seconds",))
         row.update(metric=metrics["metric"], best_epoch=metrics["best_epoch"], eval=metrics["eval"],
                    test=metrics.get("test"), train_seconds=round(sum(h["seconds"] for h in history), 1))
     else:
-        row["message"] = message
+        row["message"] = outcome.message
     return row
 
 
@@ -114,16 +118,25 @@ class SweepInterrupted(Interrupted):
         super().__init__(signum, f"sweep interrupted by {signal_name(signum)}")
 
 
-def visible_devices() -> list[str]:
-    """GPU ids trials are spread over (round robin), honouring CUDA_VISIBLE_DEVICES; empty without GPUs."""
-    import torch
+class Backend(Protocol):
+    """Where a sweep's trials run. The driver (:func:`run_sweep`) keeps all bookkeeping; a backend only starts
+    attempts and reports how each ended."""
 
-    if not torch.cuda.is_available():
-        return []
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed:
-        return [device.strip() for device in listed.split(",") if device.strip()]
-    return [str(index) for index in range(torch.cuda.device_count())]
+    def capacity(self) -> int:
+        """How many trials may run at once now."""
+
+    def running(self) -> int:
+        """How many attempts are under way."""
+
+    def launch(self, trial: Trial) -> None:
+        """Start one attempt at ``trial``."""
+
+    def finished(self, timeout: float) -> list[tuple[Trial, Outcome]]:
+        """The attempts that ended, waiting up to ``timeout`` seconds for one."""
+
+    def stop(self, signum: int) -> None:
+        """A stop signal reached the driver: let every running attempt checkpoint and end. Called from a
+        signal handler, so it only passes the signal on or sets a flag."""
 
 
 def _prepare_trial_dir(trial: Trial, force: bool) -> None:
@@ -141,130 +154,72 @@ def _prepare_trial_dir(trial: Trial, force: bool) -> None:
 def run_sweep(
     trials: list[Trial],
     directory: Path,
+    backend: Backend,
     *,
-    workers: int = 1,
     force: bool = False,
-    trust_remote_code: bool = False,
     keep_checkpoints: bool = False,
+    max_retries: int = 2,
     on_change: Callable[[SweepProgress], None] | None = None,
 ) -> SweepProgress:
-    """Run every trial without a result yet; results.jsonl is rewritten atomically after each one.
+    """Run every trial without a result yet on ``backend``; results.jsonl is rewritten atomically by this
+    process alone, one row as each trial ends.
 
     A finished trial's resumable checkpoints are deleted once its row is written (its ``best/``, history and
-    metrics stay), unless ``keep_checkpoints``; a diverged trial keeps them.
-
-    One worker trains in this process; more start one ``addrop train`` process per trial (each pinned to one
-    GPU, round robin, when GPUs are visible). Raises :class:`SweepInterrupted` on SIGINT/SIGTERM once the
-    running trials have checkpointed, and UserError when a trial rejects its input.
+    metrics stay), unless ``keep_checkpoints``; a diverged trial keeps them. An attempt lost with its worker or
+    node, or ended by a signal the driver did not send, is retried up to ``max_retries`` times, resuming from
+    the trial's last checkpoint. Raises :class:`SweepInterrupted` on SIGINT/SIGTERM once the running trials
+    have checkpointed, and UserError when a trial fails otherwise.
     """
     rows = read_results(directory)
     done = current_results(trials, rows)
     # Rows of other grids (kept under --force) stay in the file; summaries only read this plan's rows.
-    progress = SweepProgress(total=len(trials), workers=workers, finished=[done[t.id] for t in trials if t.id in done],
-                             skipped=len(done))
+    progress = SweepProgress(total=len(trials), workers=backend.capacity(),
+                             finished=[done[t.id] for t in trials if t.id in done], skipped=len(done))
     todo = [trial for trial in trials if trial.id not in done]
     for trial in todo:
         _prepare_trial_dir(trial, force)
 
-    def record(row: dict[str, Any]) -> None:
+    def record(trial: Trial, outcome: Outcome, attempts: int) -> None:
+        row = _result_row(trial, outcome, attempts)
         rows[:] = [r for r in rows if r["trial"] != row["trial"]] + [row]
         write_jsonl(directory / RESULTS_FILE, rows)
         if row["status"] == "ok" and not keep_checkpoints:
             shutil.rmtree(progress.directories[row["trial"]] / CHECKPOINTS_DIR, ignore_errors=True)
         progress.finished.append(row)
-        progress.running.pop(row["trial"], None)
-        if on_change:
-            on_change(progress)
 
-    if workers == 1:
-        _run_in_process(todo, progress, record, trust_remote_code, on_change)
-    else:
-        _run_in_subprocesses(todo, progress, record, workers, trust_remote_code, on_change)
+    _drive(todo, backend, progress, record, max_retries, on_change or (lambda _: None))
     return progress
 
 
-def _run_in_process(todo, progress, record, trust_remote_code, on_change) -> None:
-    from rich.console import Console
-
-    from addrop_cli.training.loop import TrainingDiverged, TrainingInterrupted, train
-
-    for trial in todo:
-        directory = Path(trial.recipe.train.output_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        progress.start(trial)
-        if on_change:
-            on_change(progress)
-        started = time.perf_counter()
-        with open(directory / LOG_FILE, "a", encoding="utf-8") as log:
-            try:
-                train(trial.recipe, trust_remote_code=trust_remote_code, console=Console(file=log, width=120))
-            except TrainingInterrupted as stop:
-                raise SweepInterrupted(stop.signum) from None
-            except TrainingDiverged as error:
-                record(_result_row(trial, time.perf_counter() - started, "diverged", str(error)))
-                continue
-        record(_result_row(trial, time.perf_counter() - started))
-
-
-def _run_in_subprocesses(todo, progress, record, workers, trust_remote_code, on_change) -> None:
-    devices = visible_devices()
-    pending = list(reversed(todo))
-    running: dict[int, tuple[subprocess.Popen, Trial, Any, float]] = {}  # worker slot -> process
-
-    def forward(signum: int) -> None:
-        for process, *_ in running.values():
-            if process.poll() is None:
-                process.send_signal(signum)
-
+def _drive(todo: list[Trial], backend: Backend, progress: SweepProgress, record, max_retries: int,
+           on_change: Callable[[SweepProgress], None]) -> None:
+    """Launch trials while the backend has room; record, retry or fail each as its attempt ends."""
+    pending, retries = deque(todo), Counter()
     failure: str | None = None
-    with StopRequest(on_signal=forward) as stop:
-        while running or (pending and not stop.requested and failure is None):
-            while pending and not stop.requested and failure is None and len(running) < workers:
-                slot = min(set(range(workers)) - set(running))
-                trial = pending.pop()
-                running[slot] = (*_start_trial(trial, devices[slot % len(devices)] if devices else None,
-                                               trust_remote_code), time.perf_counter())
+    with StopRequest(on_signal=backend.stop) as stop:
+        while backend.running() or (pending and not stop.requested and failure is None):
+            while pending and not stop.requested and failure is None and backend.running() < backend.capacity():
+                trial = pending.popleft()
                 progress.start(trial)
-                if on_change:
-                    on_change(progress)
-            time.sleep(0.2)
-            for slot, (process, trial, log, started) in list(running.items()):
-                code = process.poll()
-                if code is None:
-                    continue
-                log.close()
-                del running[slot]
-                seconds = time.perf_counter() - started
-                if code == 0:
-                    record(_result_row(trial, seconds))
-                elif code == 1:
-                    record(_result_row(trial, seconds, "diverged", _last_line(trial)))
+                on_change(progress)
+                backend.launch(trial)
+            for trial, outcome in backend.finished(timeout=0.2):
+                progress.running.pop(trial.id, None)
+                if outcome.code in (0, 1):
+                    record(trial, outcome, retries[trial.id] + 1)
+                elif outcome.killed and stop.requested:
+                    pass  # stopped on request: it checkpointed, and the next run resumes it
+                elif outcome.killed and retries[trial.id] < max_retries:
+                    retries[trial.id] += 1
+                    progress.notes.append(f"retrying {trial.id} ({retries[trial.id]}/{max_retries}): "
+                                          f"{outcome.message}")
+                    # The lost attempt's lock cannot be checked from here (another node): its attempt is over.
+                    locks.break_lock(Path(trial.recipe.train.output_dir) / locks.TRAIN_LOCK)
+                    pending.appendleft(trial)
                 else:
-                    progress.running.pop(trial.id, None)
-                    if not (code >= 128 and stop.requested):
-                        failure = failure or f"trial {trial.id} failed (exit {code}): {_last_line(trial)}"
+                    failure = failure or f"trial {trial.id} failed: {outcome.message}"
+                on_change(progress)
     if stop.requested:
         raise SweepInterrupted(stop.signum)
     if failure:
         raise UserError(failure)
-
-
-def _start_trial(trial: Trial, device: str | None, trust_remote_code: bool) -> tuple[subprocess.Popen, Trial, Any]:
-    directory = Path(trial.recipe.train.output_dir)
-    saved = recipe_path(directory)
-    if not saved.is_file():
-        write_text(saved, dump_yaml(trial.recipe.to_dict()))
-    command = [sys.executable, "-m", "addrop_cli", "train", "--recipe", str(saved)]
-    if trust_remote_code:
-        command.append("--trust-remote-code")
-    env = dict(os.environ)
-    if device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = device
-    log = open(directory / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed when the process ends
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), trial, log
-
-
-def _last_line(trial: Trial) -> str:
-    log = Path(trial.recipe.train.output_dir) / LOG_FILE
-    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    return (lines[-1].strip() if lines else "no output") + f" (log: {log})"

@@ -7,6 +7,7 @@ resume), :func:`train_epoch`, :func:`end_epoch` (history, best checkpoint, metri
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import (
@@ -29,6 +30,7 @@ from rich.progress import (
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
+from addrop_cli import locks
 from addrop_cli.core.regularizer import ADDrop, build_no_kv_cache
 from addrop_cli.core.settings import CLASSIFICATION, epoch_phase
 from addrop_cli.errors import UserError, first_line
@@ -125,26 +127,35 @@ def train(
     stopped. Raises :class:`TrainingInterrupted` on SIGINT/SIGTERM (after checkpointing) and
     :class:`TrainingDiverged` on a non-finite loss.
     """
-    run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code,
-                console=console or Console(stderr=True))
-    tested = run.test_loader is None or run.state.test is not None
-    if run.state.finished and tested:
-        if run.show:
-            run.console.print(f"run in {run.output_dir} is already complete; pass --overwrite to train again")
+    with _held_output_dir(Path(recipe.train.output_dir)):
+        run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code,
+                    console=console or Console(stderr=True))
+        tested = run.test_loader is None or run.state.test is not None
+        if run.state.finished and tested:
+            if run.show:
+                run.console.print(f"run in {run.output_dir} is already complete; pass --overwrite to train again")
+            return run.result()
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                            TimeRemainingColumn(), console=run.console, disable=not run.show, transient=True)
+        with progress, StopRequest() as stop:
+            while not run.state.finished:
+                seconds = train_epoch(run, progress, stop)
+                end_epoch(run, seconds, progress)
+                _stop_if_requested(run, stop)  # a signal during evaluation or the epoch's checkpoint
+            if run.test_loader is not None and run.state.test is None:  # also when a stop came before it
+                score_test(run, progress)
+                _stop_if_requested(run, stop)
+        run.accelerator.wait_for_everyone()
         return run.result()
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
-                        TimeRemainingColumn(), console=run.console, disable=not run.show, transient=True)
-    with progress, StopRequest() as stop:
-        while not run.state.finished:
-            seconds = train_epoch(run, progress, stop)
-            end_epoch(run, seconds, progress)
-            _stop_if_requested(run, stop)  # a signal during evaluation or the epoch's checkpoint
-        if run.test_loader is not None and run.state.test is None:  # also when a stop came before it
-            score_test(run, progress)
-            _stop_if_requested(run, stop)
-    run.accelerator.wait_for_everyone()
-    return run.result()
+
+
+def _held_output_dir(output_dir: Path):
+    """The output directory's lock, taken by the main process only: a second live ``addrop train`` into the
+    same directory is refused before it touches anything."""
+    if not PartialState().is_main_process:
+        return contextlib.nullcontext()
+    return locks.held(output_dir / locks.TRAIN_LOCK, "training")
 
 
 # ---------------------------------------------------------------------------------------------- setup

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from helpers import one_line_error
+from helpers import one_line_error, plant_lock
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -227,3 +228,73 @@ def test_interrupted_sweep_resumes_and_skips_finished_trials(tmp_path, tiny_chec
     for name, stamp in stamps.items():  # finished trials were not trained again
         assert (out / "trials" / name / "metrics.json").stat().st_mtime_ns == stamp
         assert next(row for row in rows if row["trial"] == name) == finished[name]
+
+
+# ------------------------------------------------------------------------- backends, locks and retries
+
+
+def one_line_exit_2(args) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_ray_backend_without_ray_says_what_to_install(tmp_path, tiny_checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, installed or not
+    out = tmp_path / "sweep"
+    line = one_line_exit_2(sweep_args(out, tiny_checkpoint, "--p", "0.3", "--q", "0.3", "--backend", "ray"))
+    assert "pip install 'addrop[ray]'" in line and "ray>=2.58" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["--backend", "slurm"], "--backend 'slurm' is not one of: local, ray"),
+    (["--address", "auto"], "--address only apply to --backend ray"),
+    (["--backend", "ray", "--workers", "2"], "--workers is for --backend local"),
+    (["--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial 0 is invalid"),
+    (["--max-retries", "-1"], "--max-retries -1 is invalid"),
+])
+def test_backend_options_are_checked_before_anything_runs(tmp_path, tiny_checkpoint, extra, fragment):
+    out = tmp_path / "sweep"
+    assert fragment in one_line_exit_2(sweep_args(out, tiny_checkpoint, "--p", "0.3", "--q", "0.3", *extra))
+    assert not out.exists()
+
+
+def test_a_second_driver_or_trainer_on_a_held_directory_is_refused(tmp_path, tiny_checkpoint, live_process):
+    out = tmp_path / "sweep"
+    plant_lock(out / "sweep.lock", live_process.pid)
+    line = one_line_exit_2(sweep_args(out, tiny_checkpoint, "--p", "0.3", "--q", "0.3"))
+    assert f"{out} is in use: a sweep run by pid {live_process.pid}" in line
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.lock"]  # no manifest, no trial written
+
+    run = tmp_path / "run"
+    plant_lock(run / "train.lock", live_process.pid)
+    line = one_line_exit_2(["train", "--model", str(tiny_checkpoint), "--output-dir", str(run), "--epochs", "1",
+                            "--max-train-samples", "8", "--max-eval-samples", "8"])
+    assert f"{run} is in use: training run by pid {live_process.pid}" in line
+    assert sorted(p.name for p in run.iterdir()) == ["train.lock"]
+
+
+def test_a_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path, tiny_checkpoint):
+    grid = ("--p", "0.1,0.5", "--q", "0.5", "--seeds", "1", "--save-steps", "1", "--max-train-samples", "64")
+    out = tmp_path / "sweep"
+    driver = subprocess.Popen([sys.executable, "-m", "addrop_cli", *sweep_args(out, tiny_checkpoint, *grid),
+                               "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = out / "trials" / "addrop_p0.1_q0.5_seed1"
+    deadline = time.time() + 240
+    while not (list((victim / "checkpoints").glob("step-*")) and (victim / "train.lock").is_file()):
+        assert time.time() < deadline and driver.poll() is None, "no checkpoint to kill after"
+        time.sleep(0.05)
+    os.kill(json.loads((victim / "train.lock").read_text())["pid"], signal.SIGKILL)
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr
+    rows = {row["trial"]: row for row in finished_rows(out)}
+    assert [rows[name]["attempts"] for name in sorted(rows)] == [2, 1]
+    assert "retrying addrop_p0.1_q0.5_seed1 (1/2)" in stderr and "resuming from" in (victim / "train.log").read_text()
+
+    unbroken = tmp_path / "unbroken"
+    assert runner.invoke(app, sweep_args(unbroken, tiny_checkpoint, *grid)).exit_code == 0
+    for row in finished_rows(unbroken):
+        assert row["eval"] == pytest.approx(rows[row["trial"]]["eval"], rel=1e-5), row["trial"]

@@ -1,0 +1,88 @@
+"""One attempt at one trial, whatever runs it: the ``addrop train`` command, its process with its log, and the
+:class:`Outcome` every backend reports back to the sweep driver."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from addrop_cli.outputs import write_text
+from addrop_cli.recipe import dump_yaml
+from addrop_cli.sweep.plan import LOG_FILE, Trial
+from addrop_cli.training.run_dir import recipe_path
+
+STOP_WAIT_SECONDS = 600  # a stopped trial gets this long to checkpoint before it is killed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt at a trial ended.
+
+    ``code`` is the train process's exit status (negative: killed by that signal; 0 finished, 1 diverged,
+    128 + N stopped by signal N after checkpointing) or None when the attempt was lost with its worker or
+    node. ``seconds`` is measured where the trial ran, so queueing is not counted. ``fatal`` marks a failure
+    no retry can fix (storage not shared, an error inside the task itself).
+    """
+
+    code: int | None
+    seconds: float = 0.0
+    message: str = ""
+    node: str | None = None
+    gpus: list[str] | None = None
+    fatal: bool = False
+
+    @property
+    def killed(self) -> bool:
+        """The attempt was lost or ended by a signal: resuming from its last checkpoint can finish it."""
+        return not self.fatal and (self.code is None or self.code < 0 or self.code >= 128)
+
+
+def train_command(trial: Trial, trust_remote_code: bool) -> list[str]:
+    """``addrop train --recipe <trial>/recipe.yaml``, writing that recipe first when the trial is new."""
+    saved = recipe_path(trial.recipe.train.output_dir)
+    if not saved.is_file():
+        write_text(saved, dump_yaml(trial.recipe.to_dict()))
+    command = [sys.executable, "-m", "addrop_cli", "train", "--recipe", str(saved)]
+    return [*command, "--trust-remote-code"] if trust_remote_code else command
+
+
+def start_train(command: list[str], directory: Path, env: dict[str, str] | None = None,
+                cwd: str | None = None) -> subprocess.Popen:
+    """Start the train process with its output appended to the trial's log; it stays in the caller's process
+    group, so whoever cleans up the caller's group (Ray, a job scheduler) reaches it too."""
+    with open(directory / LOG_FILE, "a", encoding="utf-8") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+
+
+def run_train(command: list[str], directory: Path, cwd: str) -> tuple[int, float]:
+    """Run the train process in ``cwd`` to its end; (exit status, seconds). On KeyboardInterrupt (how Ray
+    cancels a task) the process gets SIGTERM and is waited for, so it checkpoints before this returns."""
+    started = time.perf_counter()
+    process = start_train(command, directory, cwd=cwd)
+    try:
+        while True:
+            try:
+                return process.wait(timeout=0.5), time.perf_counter() - started
+            except subprocess.TimeoutExpired:
+                continue
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=STOP_WAIT_SECONDS), time.perf_counter() - started
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(), time.perf_counter() - started
+
+
+def last_line(directory: Path) -> str:
+    """The trial log's last non-empty line, with the log's path, for a failure message."""
+    log = directory / LOG_FILE
+    try:
+        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return (lines[-1].strip() if lines else "no output") + f" (log: {log})"
