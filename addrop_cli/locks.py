@@ -25,13 +25,18 @@ from addrop_cli.outputs import write_text
 SWEEP_LOCK, TRAIN_LOCK = "sweep.lock", "train.lock"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22); None off Linux."""
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` from field 3 (the state) on; None off Linux or without such a process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # fields after the command name, which may hold spaces
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22); None off Linux."""
+    stat = _stat(pid)
+    return None if stat is None else stat[19]
 
 
 def _alive(holder: dict[str, Any]) -> bool:
@@ -45,8 +50,11 @@ def _alive(holder: dict[str, Any]) -> bool:
         return False
     except PermissionError:  # someone else's live process
         pass
+    stat = _stat(pid)
+    if stat is None:  # gone since it answered, or no /proc here (then the answer stands)
+        return not Path("/proc/self/stat").is_file()
     started = holder.get("pid_started")
-    return started is None or _start_time(pid) in (None, started)
+    return stat[0] != "Z" and (started is None or stat[19] == started)  # a zombie has ended
 
 
 def read_holder(path: Path) -> dict[str, Any] | None:

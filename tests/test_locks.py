@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from helpers import one_line_error, plant_lock
 
@@ -41,6 +42,19 @@ def test_dead_and_reused_pids_are_stale(tmp_path, live_process):
     locks.release(path, holder)
     plant_lock(path, live_process.pid, pid_started="1")  # the pid lives on, but in a process started later
     assert locks.acquire(path, "a sweep")["pid"] == os.getpid()
+
+
+def test_a_zombie_holder_has_ended(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while locks._stat(child.pid)[0] != "Z":  # wait until it has ended, not yet reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        plant_lock(tmp_path / locks.TRAIN_LOCK, child.pid)
+        assert locks.acquire(tmp_path / locks.TRAIN_LOCK, "training")["pid"] == os.getpid()
+    finally:
+        child.wait()
 
 
 def test_another_hosts_lock_is_refused_and_can_be_broken(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.progress import (
@@ -127,9 +127,9 @@ def train(
     stopped. Raises :class:`TrainingInterrupted` on SIGINT/SIGTERM (after checkpointing) and
     :class:`TrainingDiverged` on a non-finite loss.
     """
-    with _held_output_dir(Path(recipe.train.output_dir)):
+    with contextlib.ExitStack() as held:  # the output directory's lock, for as long as the run goes on
         run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code,
-                    console=console or Console(stderr=True))
+                    console=console or Console(stderr=True), held=held)
         tested = run.test_loader is None or run.state.test is not None
         if run.state.finished and tested:
             if run.show:
@@ -150,24 +150,23 @@ def train(
         return run.result()
 
 
-def _held_output_dir(output_dir: Path):
-    """The output directory's lock, taken by the main process only: a second live ``addrop train`` into the
-    same directory is refused before it touches anything."""
-    if not PartialState().is_main_process:
-        return contextlib.nullcontext()
-    return locks.held(output_dir / locks.TRAIN_LOCK, "training")
-
-
 # ---------------------------------------------------------------------------------------------- setup
 
 
-def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: bool, console: Console) -> Run:
-    """Data, model, optimizer and schedule, prepared by Accelerate; the saved state when resuming."""
+def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: bool, console: Console,
+          held: contextlib.ExitStack) -> Run:
+    """Data, model, optimizer and schedule, prepared by Accelerate; the saved state when resuming.
+
+    The main process takes the output directory's lock into ``held`` before anything is read or written there:
+    a second live ``addrop train`` into the same directory is refused.
+    """
     cfg = recipe.train
     pipeline = pipeline_for(recipe)
     metric = validate_metric(cfg.metric or pipeline.default_metric, pipeline.task)
     output_dir = Path(cfg.output_dir)
     accelerator = build_accelerator(cfg)
+    if accelerator.is_main_process:
+        held.enter_context(locks.held(output_dir / locks.TRAIN_LOCK, "training"))
     checkpoint = prepare_output_dir(output_dir, recipe, overwrite, resume)
     train_items, eval_items = pipeline.read(recipe, "train"), pipeline.read(recipe, "validation")
     test_items = labelled_split(pipeline, recipe, "test")
