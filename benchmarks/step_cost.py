@@ -8,6 +8,10 @@ forward, backward, clip-free fused AdamW update. Peak memory per variant is meas
     python benchmarks/step_cost.py                      # MiniLM-L6, MRPC batches of 16, CPU
     python benchmarks/step_cost.py --json step_cost.json
     python benchmarks/step_cost.py --model bert-base-random --device cuda   # a BERT-base-sized random model
+    python benchmarks/step_cost.py --agreement 8     # + bf16-vs-fp32 candidate agreement on 8 batches
+
+``*_bf16attr`` run the attribution pass under bf16 autocast (``addrop.attribution_precision: bf16``) and the
+masked pass in fp32; ``plain_bf16`` is a plain step under bf16 autocast. Every ratio is to the plain fp32 step.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ VARIANTS = {
     "aa_all": {"attribution": "aa", "layers": "all"},
     "rd_all": {"attribution": "rd", "layers": "all"},
     "iga_all": {"attribution": "iga", "layers": "all"},
+    "ga_all_bf16attr": {"attribution": "ga", "layers": "all", "attribution_precision": "bf16"},
+    "ga_first_bf16attr": {"attribution": "ga", "layers": "first", "attribution_precision": "bf16"},
 }
+PLAIN_BF16 = "plain_bf16"  # a plain step under bf16 autocast: what bf16 matmul is worth on this device
 
 
 def load_model_and_tokenizer(name: str, device: str):
@@ -99,7 +106,11 @@ class Stepper:
 
     def step(self, variant: str, batch: dict) -> None:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        loss = self.model(**batch).loss if variant == "plain" else self.addrop[variant].loss(batch)
+        if variant == PLAIN_BF16:
+            with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16):
+                loss = self.model(**batch).loss
+        else:
+            loss = self.model(**batch).loss if variant == "plain" else self.addrop[variant].loss(batch)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -110,7 +121,7 @@ def time_steps(args) -> dict:
     model, tokenizer = load_model_and_tokenizer(args.model, args.device)
     batches, source = make_batches(tokenizer, args.batch_size, args.steps + args.warmup, args.max_length, args.seed)
     stepper = Stepper(model, args.device, args.iga_steps)
-    names = ["plain", *[v for v in VARIANTS if v != "iga_all"]]
+    names = ["plain", PLAIN_BF16, *[v for v in VARIANTS if v != "iga_all"]]
     times: dict[str, list[float]] = {name: [] for name in [*names, "iga_all"]}
     for index, batch in enumerate(batches):
         order = names[index % len(names):] + names[: index % len(names)]  # rotate who goes first
@@ -129,6 +140,42 @@ def time_steps(args) -> dict:
     real_tokens = sum(int(b["attention_mask"].sum()) for b in batches) / (len(batches) * args.batch_size)
     padded = statistics.mean(b["input_ids"].shape[1] for b in batches)
     return {"times": times, "source": source, "mean_tokens": real_tokens, "padded_length": padded}
+
+
+def candidate_agreement(args) -> dict[str, list[float]]:
+    """Per attribution method and layer: mean Jaccard overlap of the candidate regions (Eq. 6) from bf16 and
+    fp32 attribution on the same weights, dropout off, over the benchmark's batches."""
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device)
+    model.eval()
+    batches, _ = make_batches(tokenizer, args.batch_size, args.agreement, args.max_length, args.seed)
+    overlap: dict[str, list[list[float]]] = {}
+    for method in ("ga", "aa"):
+        exact = ADDrop(model, ADDropConfig(attribution=method, layers="all"))
+        fast = ADDrop(model, ADDropConfig(attribution=method, layers="all", attribution_precision="bf16"))
+        for batch in batches:
+            batch = {k: v.to(args.device) for k, v in batch.items()}
+            reference, regions = exact.candidates(batch), fast.candidates(batch)
+            overlap.setdefault(method, []).append(
+                [((reference[c] & regions[c]).sum() / (reference[c] | regions[c]).sum()).item() for c in regions])
+    return {method: [statistics.fmean(layer) for layer in zip(*rows, strict=True)] for method, rows in overlap.items()}
+
+
+def native_bf16() -> str:
+    """Whether the CPU multiplies bf16 natively (AMX or AVX512-BF16), from its flags."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [flag for flag in ("amx_bf16", "avx512_bf16") if f" {flag}" in flags]
+    return ", ".join(found) if found else "no (no AMX-BF16 or AVX512-BF16 flag)"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def peak_memory(args, variant: str) -> float:
@@ -171,6 +218,8 @@ def main() -> None:
     parser.add_argument("--iga-batches", type=int, default=2, help="timed IGA steps (each costs ~m x layers)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    parser.add_argument("--agreement", type=int, default=0, metavar="N",
+                        help="also measure bf16-vs-fp32 candidate agreement on N batches")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
 
@@ -184,7 +233,7 @@ def main() -> None:
         memory_ratios = {name: peak_memory(args, name) / plain_peak for name in ("ga_all", "ga_first")}
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        f"CPU {cpu_model()} (native bf16: {native_bf16()}), {torch.get_num_threads()} threads"
     print(f"model {args.model}, batch {args.batch_size}, {result['source']}, mean real length "
           f"{result['mean_tokens']:.1f}, mean padded length {result['padded_length']:.1f}, device {device}")
     print(f"{'variant':<10} {'relative time':>14} {'median s':>10} {'spread (min-max) s':>20} {'steps':>6}")
@@ -195,8 +244,13 @@ def main() -> None:
               f"{min(values):>9.4f}-{max(values):<10.4f} {len(values):>6}")
     for name, value in memory_ratios.items():
         print(f"peak memory {name} / plain: {value:.2f}")
+    agreement = candidate_agreement(args) if args.agreement else {}
+    for method, layers in agreement.items():
+        print(f"candidate agreement (Jaccard) bf16 vs fp32, {method}: mean {statistics.fmean(layers):.4f}, per layer "
+              + " ".join(f"{value:.4f}" for value in layers))
     if args.json:
         payload = {"plain_step_s": plain, "ratios": ratios, "memory_ratios": memory_ratios, "model": args.model,
+                   "agreement": agreement,
                    "batch_size": args.batch_size, "device": device, "data": result["source"],
                    "steps": args.steps, "times_s": times}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")

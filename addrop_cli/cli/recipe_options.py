@@ -29,6 +29,9 @@ Layers = Annotated[str | None, option(metavar="first|all|0,3,5", recipe_default=
                                       help="Layers to act on: first, all, or indices like 0,3,5.")]
 Attribution = Annotated[str | None, option(metavar="ga|iga|aa|rd", recipe_default=True,
                                            help="ga, iga, aa or rd (paper Table 2).")]
+AttributionPrecision = Annotated[str | None, option(metavar="same|bf16|fp16", recipe_default=True,
+                                                    help="Run the attribution pass in bf16/fp16 (it only ranks "
+                                                         "positions); the masked pass keeps the run's precision.")]
 Labels = Annotated[str | None, option(metavar="pseudo|gold", recipe_default=True,
                                       help="Attribute to pseudo (default) or gold labels.")]
 CrossTuning = Annotated[bool | None, option("--cross-tuning/--no-cross-tuning", recipe_default=True,
@@ -60,8 +63,8 @@ RECIPE_KEYS = {
     "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
     "mixed_precision": "train.mixed_precision", "save_steps": "train.save_steps",
     "save_total_limit": "train.save_total_limit", "p": "addrop.p", "q": "addrop.q", "layers": "addrop.layers",
-    "attribution": "addrop.attribution", "labels": "addrop.labels", "cross_tuning": "addrop.cross_tuning",
-    "lora_r": "lora.r",
+    "attribution": "addrop.attribution", "attribution_precision": "addrop.attribution_precision",
+    "labels": "addrop.labels", "cross_tuning": "addrop.cross_tuning", "lora_r": "lora.r",
 }
 
 

@@ -81,6 +81,7 @@ def sweep(
     max_length: options.MaxLength = None,
     layers: options.Layers = None,
     attribution: options.Attribution = None,
+    attribution_precision: options.AttributionPrecision = None,
     labels: options.Labels = None,
     cross_tuning: options.CrossTuning = None,
     no_addrop: options.NoADDrop = False,

@@ -35,6 +35,7 @@ def train(
                                       help="AD-DROP drop rate q in [0, 1].")] = None,
     layers: options.Layers = None,
     attribution: options.Attribution = None,
+    attribution_precision: options.AttributionPrecision = None,
     labels: options.Labels = None,
     cross_tuning: options.CrossTuning = None,
     no_addrop: options.NoADDrop = False,

@@ -208,6 +208,25 @@ def query_rows(batch: dict[str, torch.Tensor], site: AttentionSite, encoder_deco
     return torch.ones_like(batch["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
 
 
+def attribution_dtype(precision: str, model: torch.nn.Module) -> torch.dtype | None:
+    """The autocast dtype of the attribution pass (None: the run's own precision); UserError where the
+    model's device cannot run it."""
+    if precision == "same":
+        return None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    device = next(model.parameters()).device.type
+    if device == "cpu":  # CPU autocast in fp16 is emulated and slow, as train.mixed_precision=fp16 is refused
+        usable, valid = dtype == torch.bfloat16, "bf16 or same"
+    elif device == "cuda":
+        usable, valid = dtype == torch.float16 or torch.cuda.is_bf16_supported(), "fp16 or same"
+    else:
+        usable, valid = torch.amp.is_autocast_available(device), "same"
+    if not usable:
+        raise UserError(f"addrop.attribution_precision={precision!r} cannot run on this {device} device: use "
+                        f"{valid}")
+    return dtype
+
+
 def build_no_kv_cache(model: torch.nn.Module) -> None:
     """Training forwards (plain, attribution, masked) never read a KV cache: switch a decoder-only model's
     ``use_cache`` off so that none is built. Encoder-decoders skip the cache when given labels and keep it
@@ -274,6 +293,7 @@ class ADDrop:
                             f"{type(self.base).__name__} shares them across layers; turn "
                             "train.gradient_checkpointing off")
         build_no_kv_cache(self.base)
+        self.attribution_dtype = attribution_dtype(config.attribution_precision, self.base)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Steps 1-4 of Fig. 3: the loss of the second, masked forward (the only one to backpropagate).
@@ -342,7 +362,20 @@ class ADDrop:
 
     def attribute(self, batch: dict[str, torch.Tensor]) -> Attribution:
         """Attention, attribution scores (``addrop.attribution``), visible keys and logits of the selected
-        layers, for inspecting what AD-DROP sees; nothing is dropped. ``strategy`` plays no part here."""
+        layers, for inspecting what AD-DROP sees; nothing is dropped. ``strategy`` plays no part here.
+
+        With ``attribution_precision`` bf16 or fp16 the forward and its gradient run under autocast in that
+        dtype (Eq. 6 only ranks positions); scores and attention come back in float32 for the ranking.
+        """
+        if self.attribution_dtype is None:
+            return self._attribute(batch)
+        device = next(self.base.parameters()).device.type
+        with torch.autocast(device, dtype=self.attribution_dtype):
+            found = self._attribute(batch)
+        return Attribution({c: a.float() for c, a in found.attention.items()},
+                           {c: s.float() for c, s in found.scores.items()}, found.visible, found.logits.float())
+
+    def _attribute(self, batch) -> Attribution:
         if self.config.attribution == "ga":
             return self._gradients(batch)
         return self._without_gradients(batch, self.config.attribution)

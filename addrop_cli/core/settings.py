@@ -28,6 +28,7 @@ IGNORE_INDEX = -100
 ATTRIBUTIONS = ("ga", "iga", "aa", "rd")
 LABEL_MODES = ("pseudo", "gold")
 STRATEGIES = ("high", "low", "random")
+ATTRIBUTION_PRECISIONS = ("same", "bf16", "fp16")
 
 
 def require(condition: bool, key: str, value: Any, valid: str) -> None:
@@ -51,6 +52,7 @@ class ADDropConfig:
     attention: str | list[str] = AUTO
     strategy: str = "high"
     unmasked_weight: float = 0.0
+    attribution_precision: str = "same"
 
     def __post_init__(self) -> None:
         require(0 < self.p < 1, "addrop.p", self.p, "p is the candidate share, strictly between 0 and 1")
@@ -63,6 +65,8 @@ class ADDropConfig:
         require(0 <= self.unmasked_weight <= 1, "addrop.unmasked_weight", self.unmasked_weight,
                 "a weight in [0, 1] (0 is the paper's AD-DROP)")
         require(self.iga_steps >= 1, "addrop.iga_steps", self.iga_steps, "use a positive number of steps")
+        require(self.attribution_precision in ATTRIBUTION_PRECISIONS, "addrop.attribution_precision",
+                self.attribution_precision, "choose same (the run's precision), bf16 or fp16")
         self.layers = _parse_layers(self.layers)
         self.attention = _parse_attention(self.attention)
 
