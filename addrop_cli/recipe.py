@@ -93,6 +93,9 @@ class TrainConfig:
     num_beams: int = 1
     model_dtype: str = "float32"
     gradient_checkpointing: bool = False
+    report_to: str | list[str] = "none"
+    push_to_hub: str | None = None
+    hub_private: bool = False
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
@@ -111,6 +114,34 @@ class TrainConfig:
             require(value is None or value >= 1, f"train.{key}", value, "use a positive integer or leave it unset")
         require(self.model_dtype in MODEL_DTYPES, "train.model_dtype", self.model_dtype,
                 f"choose one of {', '.join(MODEL_DTYPES)}")
+        self.report_to = parse_trackers(self.report_to)
+
+
+PUBLISHING_KEYS = ("report_to", "push_to_hub", "hub_private")
+
+
+def run_identity(values: dict[str, Any]) -> dict[str, Any]:
+    """A resolved recipe as compared to decide "the same run": where it is reported and published
+    (``train.report_to``, ``push_to_hub``, ``hub_private``) does not change the run, so adding a tracker to a
+    run being resumed is allowed."""
+    train = {key: value for key, value in values.get("train", {}).items() if key not in PUBLISHING_KEYS}
+    return {**values, "train": train}
+
+
+# Accelerate's trackers (accelerate.utils.LoggerType), named here so that recipes are checked without torch.
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
+
+
+def parse_trackers(value: str | list[str] | None) -> list[str]:
+    """``train.report_to``: "none", "all", "tensorboard,mlflow" or a list, as a list ([] for none)."""
+    names = value.split(",") if isinstance(value, str) else list(value or [])
+    names = [str(name).strip() for name in names if str(name).strip()]
+    if names in ([], ["none"]):
+        return []
+    for name in names:
+        require(name in (*TRACKERS, "all"), "train.report_to", name,
+                f"choose none, all or a comma-separated list of {', '.join(TRACKERS)}")
+    return list(dict.fromkeys(names))
 
 
 @dataclass

@@ -46,6 +46,14 @@ MixedPrecision = Annotated[str | None, option(metavar="no|fp16|bf16", recipe_def
 LoraRank = Annotated[int | None, option("--lora-r", metavar="N",
                                         help="Train LoRA adapters of rank N (peft) instead of every weight; the "
                                              "recipe's lora section sets the rest.")]
+ReportTo = Annotated[str | None, option(metavar="none|all|tensorboard,mlflow,...", recipe_default=True,
+                                        help="Experiment trackers (Accelerate's): tensorboard, mlflow, wandb, "
+                                             "trackio, comet_ml, aim, clearml, dvclive, swanlab.")]
+PushToHub = Annotated[str | None, option(metavar="REPO_ID", recipe_default=True,
+                                         help="Upload best/ (model card included) to this Hub repository at the "
+                                              "end; checked before training.")]
+HubPrivate = Annotated[bool | None, option("--hub-private", recipe_default=True,
+                                           help="Create the --push-to-hub repository as private.")]
 SaveSteps = Annotated[int | None, option(metavar="N", recipe_default=True,
                                          help="Also checkpoint every N optimizer updates (always at epoch ends).")]
 SaveTotalLimit = Annotated[int | None, option(metavar="K", recipe_default=True,
@@ -65,6 +73,7 @@ RECIPE_KEYS = {
     "save_total_limit": "train.save_total_limit", "p": "addrop.p", "q": "addrop.q", "layers": "addrop.layers",
     "attribution": "addrop.attribution", "attribution_precision": "addrop.attribution_precision",
     "labels": "addrop.labels", "cross_tuning": "addrop.cross_tuning", "lora_r": "lora.r",
+    "report_to": "train.report_to", "push_to_hub": "train.push_to_hub", "hub_private": "train.hub_private",
 }
 
 

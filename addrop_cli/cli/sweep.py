@@ -20,7 +20,6 @@ from addrop_cli.recipe import resolve_recipe
 from addrop_cli.sweep.backends import BackendSettings, open_backend
 from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value, parse_grid, parse_seeds, parse_values
 from addrop_cli.sweep.plan import RESULTS_FILE, Trial, check_manifest, manifest, plan_trials
-from addrop_cli.sweep.ray_backend import import_ray
 from addrop_cli.sweep.runner import SweepInterrupted, run_sweep
 from addrop_cli.training.run_dir import model_dir
 
@@ -88,6 +87,7 @@ def sweep(
     max_train_samples: options.MaxTrainSamples = None,
     max_eval_samples: options.MaxEvalSamples = None,
     mixed_precision: options.MixedPrecision = None,
+    report_to: options.ReportTo = None,
     save_steps: options.SaveSteps = None,
     save_total_limit: options.SaveTotalLimit = None,
     trust_remote_code: options.TrustRemoteCode = False,
@@ -111,8 +111,6 @@ def sweep(
     if dry_run:
         _print_trials(trials, directory)
         return
-    if settings.name == "ray":
-        import_ray()  # before anything is written
     with locks.held(directory / locks.SWEEP_LOCK, "a sweep"):  # one live driver per sweep directory
         check_manifest(directory, manifest(base, axes, seed_list, baseline), force)
         progress = _run(trials, directory, console, settings, force=force, keep_checkpoints=keep_checkpoints,

@@ -43,6 +43,9 @@ def train(
     max_eval_samples: options.MaxEvalSamples = None,
     mixed_precision: options.MixedPrecision = None,
     lora_r: options.LoraRank = None,
+    report_to: options.ReportTo = None,
+    push_to_hub: options.PushToHub = None,
+    hub_private: options.HubPrivate = None,
     save_steps: options.SaveSteps = None,
     save_total_limit: options.SaveTotalLimit = None,
     resume: Annotated[bool, option("--resume", help="Continue from the newest checkpoint in --output-dir.")] = False,
@@ -74,3 +77,5 @@ def train(
     if result.test is not None:
         console.print("test: " + ", ".join(f"{name} {value:.4f}" for name, value in result.test.items()))
     console.print(f"outputs in {result.output_dir}")
+    if result.hub_url:
+        console.print(f"best checkpoint uploaded to {result.hub_url}")

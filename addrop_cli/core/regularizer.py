@@ -294,6 +294,7 @@ class ADDrop:
                             "train.gradient_checkpointing off")
         build_no_kv_cache(self.base)
         self.attribution_dtype = attribution_dtype(config.attribution_precision, self.base)
+        self._drop_tally: torch.Tensor | None = None  # (dropped, seen) positions since take_drop_counts()
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Steps 1-4 of Fig. 3: the loss of the second, masked forward (the only one to backpropagate).
@@ -326,7 +327,23 @@ class ADDrop:
         attribution = self._without_gradients(batch, "aa") if self.config.strategy == "random" else \
             self.attribute(batch)
         regions = self.candidates(batch, attribution)
-        return {call: sample_drops(region, self.config.q) for call, region in regions.items()}
+        masks = {call: sample_drops(region, self.config.q) for call, region in regions.items()}
+        for call, mask in masks.items():
+            self._tally(batch, call, mask, attribution.visible[call])
+        return masks
+
+    def _tally(self, batch, call: int, drops: torch.Tensor, visible: torch.Tensor) -> None:
+        """Count (B, H, Q, K) ``drops`` against the positions real query rows can see in (B, 1|H, Q, K)
+        ``visible``, on the device (no synchronisation): what :meth:`take_drop_counts` reports."""
+        seen = visible & query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder)[:, None, :, None]
+        counts = torch.stack([drops.sum(), seen.sum() * (drops.shape[1] // seen.shape[1])])
+        self._drop_tally = counts if self._drop_tally is None else self._drop_tally + counts
+
+    def take_drop_counts(self) -> torch.Tensor | None:
+        """(dropped, seen) attention positions over the selected layers since the last call (None when no
+        AD-DROP step ran since), as a float tensor for a cross-process sum; the count starts again."""
+        tally, self._drop_tally = self._drop_tally, None
+        return None if tally is None else tally.float()
 
     def candidates(self, batch: dict[str, torch.Tensor], attribution: Attribution | None = None
                    ) -> dict[int, torch.Tensor]:
@@ -444,7 +461,9 @@ class ADDrop:
         """RD's drops for one call, given its (B, 1, Q, K) visible keys: Eq. 6-7 on uniform noise."""
         region = candidate_region(self._noise(call, visible), visible, self.config.p,
                                   query_mask=query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder))
-        return sample_drops(region, self.config.q)
+        drops = sample_drops(region, self.config.q)
+        self._tally(batch, call, drops, visible)
+        return drops
 
     def _random_scores(self, visible: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """RD: uniform noise, so Eq. 6 picks a random region of the same size as GA's."""

@@ -148,6 +148,10 @@ class BackendSettings:
         elif self.workers != 1:
             raise UserError("--workers is for --backend local: Ray runs as many trials as the cluster holds "
                             "(see --cpus-per-trial and --gpus-per-trial)")
+        else:
+            from addrop_cli.sweep.ray_backend import import_ray
+
+            import_ray()  # installed and recent enough, before anything is written
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json
-from addrop_cli.recipe import Recipe, build, merge, nest
+from addrop_cli.recipe import Recipe, build, merge, nest, run_identity
 from addrop_cli.sweep.grid import SEED_KEY, format_value, get_value
 
 SWEEP_FILE, RESULTS_FILE, TRIALS_DIR, LOG_FILE = "sweep.json", "results.jsonl", "trials", "train.log"
@@ -47,7 +47,7 @@ class Trial:
 
 def recipe_digest(recipe: Recipe) -> str:
     """Hash of everything that shapes the run; where it is written is left out, so a moved sweep keeps its trials."""
-    values = recipe.to_dict()
+    values = run_identity(recipe.to_dict())
     values["train"].pop("output_dir")
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -107,7 +107,7 @@ def plan_trials(base: Recipe, axes: dict[str, list[Any]], seeds: list[int], base
 
 def manifest(base: Recipe, axes: dict[str, list[Any]], seeds: list[int], baseline: bool) -> dict[str, Any]:
     """What ``sweep.json`` records; re-running compares it so a different grid is never mixed in."""
-    values = base.to_dict()
+    values = run_identity(base.to_dict())
     values["train"].pop("seed")
     values["train"].pop("output_dir")
     return json.loads(json.dumps({"base": values, "axes": axes, "seeds": seeds, "baseline": baseline}))

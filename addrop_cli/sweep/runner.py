@@ -17,7 +17,7 @@ from addrop_cli import locks
 from addrop_cli.errors import UserError
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_jsonl
-from addrop_cli.recipe import load_yaml
+from addrop_cli.recipe import load_yaml, run_identity
 from addrop_cli.sweep.plan import RESULTS_FILE, Trial, current_results, read_results
 from addrop_cli.sweep.trials import Outcome
 from addrop_cli.training.run_dir import (
@@ -143,7 +143,7 @@ def _prepare_trial_dir(trial: Trial, force: bool) -> None:
     """A trial directory holding a different recipe is cleared under --force (train would refuse it)."""
     directory = Path(trial.recipe.train.output_dir)
     saved = recipe_path(directory)
-    if saved.is_file() and load_yaml(saved) != trial.recipe.to_dict():
+    if saved.is_file() and run_identity(load_yaml(saved)) != run_identity(trial.recipe.to_dict()):
         if not force:
             changed = "; ".join(recipe_differences(load_yaml(saved), trial.recipe.to_dict()))
             raise UserError(f"{directory} holds a different run than trial {trial.id} ({changed}); pass --force to "

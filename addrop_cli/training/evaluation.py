@@ -4,11 +4,12 @@ scoring a saved checkpoint."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from torch.utils.data import DataLoader
 
 from addrop_cli.errors import UserError
@@ -18,17 +19,20 @@ from addrop_cli.tasks.pipelines import EvalResult, Pipeline, pipeline_for
 from addrop_cli.training.batching import EncodedDataset, longest_first
 
 
-def build_accelerator(train: TrainConfig) -> Accelerator:
+def build_accelerator(train: TrainConfig, trackers: list[str] | None = None) -> Accelerator:
     """The run's Accelerator. Loaders give global batches (per-device size x processes) that Accelerate
-    splits across processes, so the same examples make up each update whatever the number of processes."""
+    splits across processes, so the same examples make up each update whatever the number of processes.
+    ``trackers`` (Accelerate names) log under ``<output_dir>/logs`` where they write locally."""
     if train.mixed_precision == "fp16" and PartialState().device.type == "cpu":
         # Accelerate would run in fp32 without a word; refuse instead of reporting fp32 numbers as fp16.
         raise UserError("train.mixed_precision='fp16' needs a GPU, and this run is on the CPU: use bf16 (CPU "
                         "autocast) or no (--mixed-precision, or --set train.mixed_precision=no for eval)")
     try:
+        project = ProjectConfiguration(project_dir=train.output_dir, logging_dir=str(Path(train.output_dir) / "logs"))
         return Accelerator(mixed_precision=train.mixed_precision,
                            gradient_accumulation_steps=train.gradient_accumulation_steps,
-                           dataloader_config=DataLoaderConfiguration(split_batches=True))
+                           dataloader_config=DataLoaderConfiguration(split_batches=True), log_with=trackers or None,
+                           project_config=project if trackers else None)
     except ValueError as error:
         raise UserError(f"train.mixed_precision={train.mixed_precision!r} is not available here: {error}") from None
 

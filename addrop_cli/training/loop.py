@@ -44,6 +44,7 @@ from addrop_cli.training.batching import EncodedDataset, LengthGroupedBatchSampl
 from addrop_cli.training.checkpoints import TrainingState, load_checkpoint, save_checkpoint, update_state
 from addrop_cli.training.evaluation import build_accelerator, eval_loader, labelled_split
 from addrop_cli.training.lora import apply_lora, save_lora_model
+from addrop_cli.training.model_card import CARD_FILE, build_card, check_hub_access, push_to_hub
 from addrop_cli.training.run_dir import (
     BEST_DIR,
     HISTORY_FILE,
@@ -56,6 +57,7 @@ from addrop_cli.training.run_dir import (
     read_metrics,
     write_progress,
 )
+from addrop_cli.training.tracking import majority_share, resolve_trackers, start_trackers
 
 ONE_CLASS_SHARE = 0.95
 
@@ -67,6 +69,7 @@ class RunResult:
     best_eval: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     test: dict[str, float] | None = None
+    hub_url: str | None = None
 
 
 class TrainingInterrupted(Interrupted):
@@ -147,7 +150,11 @@ def train(
                 score_test(run, progress)
                 _stop_if_requested(run, stop)
         run.accelerator.wait_for_everyone()
-        return run.result()
+        result = run.result()
+        if recipe.train.push_to_hub and run.show:
+            result.hub_url = push_to_hub(run.output_dir / BEST_DIR, recipe.train.push_to_hub,
+                                         recipe.train.hub_private)
+        return result
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -164,10 +171,14 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     pipeline = pipeline_for(recipe)
     metric = validate_metric(cfg.metric or pipeline.default_metric, pipeline.task)
     output_dir = Path(cfg.output_dir)
-    accelerator = build_accelerator(cfg)
+    if cfg.push_to_hub:  # hours of training must not end in a push that could never happen
+        check_hub_access(cfg.push_to_hub)
+    accelerator = build_accelerator(cfg, resolve_trackers(cfg.report_to))
     if accelerator.is_main_process:
         held.enter_context(locks.held(output_dir / locks.TRAIN_LOCK, "training"))
     checkpoint = prepare_output_dir(output_dir, recipe, overwrite, resume)
+    start_trackers(accelerator, recipe, output_dir.name)
+    held.callback(accelerator.end_training)
     train_items, eval_items = pipeline.read(recipe, "train"), pipeline.read(recipe, "validation")
     test_items = labelled_split(pipeline, recipe, "test")
     set_seed(cfg.seed)
@@ -342,6 +353,9 @@ def train_epoch(run: Run, progress: Progress, stop: StopRequest) -> float:
             if run.show:
                 progress.update(bar, status=f"loss {state.loss_sum / step:.4f} | "
                                 f"{state.samples / state.seconds:.1f} samples/s")
+                accelerator.log({"train/loss": state.loss_sum / step, "train/samples_per_second":
+                                 state.samples / state.seconds, "train/learning_rate": run.scheduler.get_last_lr()[0]},
+                                step=state.global_step)
                 write_progress(run.output_dir, {"epoch": epoch, "epochs": cfg.epochs, "step": step, "steps": steps})
         progress.update(bar, completed=step)
         if (saving and step < steps) or stopping:  # the epoch's end checkpoints in end_epoch
@@ -382,6 +396,7 @@ def end_epoch(run: Run, seconds: float, progress: Progress) -> None:
                           "eval_loss": result.loss, "eval_predictions": result.prediction_counts,
                           "seconds": round(seconds, 3),
                           "train_samples_per_second": round(state.samples / seconds, 3)})
+    _log_epoch(run, result, phase)
     improved = result.metrics[run.metric] > state.best_value
     if improved:
         state.best_value, state.best_epoch, state.best_eval = result.metrics[run.metric], epoch, result.metrics
@@ -407,6 +422,20 @@ def end_epoch(run: Run, seconds: float, progress: Progress) -> None:
     _checkpoint(run)
 
 
+def _log_epoch(run: Run, result, phase: str) -> None:
+    """The epoch's evaluation and AD-DROP signals to the trackers: the share of attention positions dropped
+    (AD-DROP epochs) and the share of evaluation predictions in the most-predicted class."""
+    counts = run.addrop.take_drop_counts() if run.addrop is not None else None
+    values = {f"eval/{name}": value for name, value in result.metrics.items()}
+    values.update({"eval/loss": result.loss, "epoch": run.state.epoch, "addrop_epoch": int(phase == "addrop")})
+    if counts is not None:
+        dropped, seen = run.accelerator.reduce(counts, "sum").tolist()  # every process ran AD-DROP steps
+        values["addrop/dropped_share"] = dropped / seen if seen else 0.0
+    if run.pipeline.task_type == CLASSIFICATION and result.prediction_counts:
+        values["eval/majority_class_share"] = majority_share(result.prediction_counts)
+    run.accelerator.log(values, step=run.state.global_step)
+
+
 def score_test(run: Run, progress: Progress) -> None:
     """Score the best checkpoint once on the test split, through the run's Accelerator and test loader."""
     accelerator = run.accelerator
@@ -417,6 +446,7 @@ def score_test(run: Run, progress: Progress) -> None:
     run.state.test = run.pipeline.evaluate(best, loader, accelerator, run.tokenizer).metrics
     if run.show:
         write_json(run.output_dir / METRICS_FILE, _metrics_summary(run))
+        write_text(run.output_dir / BEST_DIR / CARD_FILE, _card_text(run))  # now with the test scores
     update_state(accelerator, latest_checkpoint(run.output_dir), run.state)
 
 
@@ -446,8 +476,15 @@ def _save_best(run: Run) -> None:
             model.save_pretrained(tmp, safe_serialization=True)
         run.tokenizer.save_pretrained(tmp)
         (tmp / RECIPE_FILE).write_text(run.recipe_text, encoding="utf-8")
+        (tmp / CARD_FILE).write_text(_card_text(run), encoding="utf-8")
 
     write_dir(run.output_dir / BEST_DIR, fill)
+
+
+def _card_text(run: Run) -> str:
+    state = run.state
+    return str(build_card(run.recipe, run.pipeline.task, run.pipeline.task_type, state.history, state.best_epoch,
+                          state.best_eval, state.test, run.output_dir.name))
 
 
 def one_class_warning(prediction_counts: dict[str, int], share: float = ONE_CLASS_SHARE) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json
-from addrop_cli.recipe import Recipe, build, load_yaml
+from addrop_cli.recipe import Recipe, build, load_yaml, run_identity
 from addrop_cli.version import __version__
 
 RECIPE_FILE, HISTORY_FILE, METRICS_FILE, BEST_DIR = "recipe.yaml", "history.jsonl", "metrics.json", "best"
@@ -76,7 +76,7 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, resume
             shutil.rmtree(output_dir / name, ignore_errors=True)
         return None
     saved = _with_defaults(load_yaml(previous)) if previous.is_file() else None
-    if saved is not None and saved != recipe.to_dict():
+    if saved is not None and run_identity(saved) != run_identity(recipe.to_dict()):
         changed = "; ".join(recipe_differences(saved, recipe.to_dict()))
         raise UserError(
             f"output directory {output_dir} holds a different run ({changed}); "
