@@ -9,16 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_text
 from addrop_cli.recipe import Recipe
-from addrop_cli.tasks.models import load_tokenizer
 from addrop_cli.tasks.pipelines import pipeline_for
-from addrop_cli.training.batching import EncodedDataset
-from addrop_cli.training.evaluation import build_accelerator
+from addrop_cli.training.evaluation import predict_items
 
 OUTPUT_FORMATS = (".jsonl", ".csv")
 
@@ -29,19 +24,10 @@ def predict_checkpoint(checkpoint: str, recipe: Recipe) -> list[dict[str, Any]]:
     Sequence tasks give the label and each class's probability (the score for regression), token tasks a tag
     per word, translation the translated sentence. Labels in the file, if any, are ignored.
     """
-    pipeline = pipeline_for(recipe)
-    items = pipeline.read(recipe, "test")
+    items = pipeline_for(recipe).read(recipe, "test")
     if not items:
         raise UserError("give the examples to predict with --input-file")
-    tokenizer = load_tokenizer(checkpoint)
-    features = [{key: value for key, value in feature.items() if key != "labels"}
-                for feature in pipeline.encode(items, tokenizer, recipe)]
-    accelerator = build_accelerator(recipe.train)
-    # File order (no sampler): predictions line up with the input rows.
-    loader = DataLoader(EncodedDataset(features), batch_size=recipe.train.eval_batch_size * accelerator.num_processes,
-                        collate_fn=pipeline.collator(tokenizer), generator=torch.Generator())
-    model, loader = accelerator.prepare(pipeline.load_model(checkpoint), loader)
-    return pipeline.predict(model, loader, accelerator, tokenizer, items, recipe)
+    return predict_items(checkpoint, recipe, items)
 
 
 def check_output(path: Path) -> None:

@@ -22,7 +22,7 @@ LAYERS = [
     {"recipe"},
     {"tasks"},
     {"training"},
-    {"sweep", "attribute", "predict", "integrations"},
+    {"sweep", "attribute", "predict", "ood", "integrations"},
     {"cli"},
     {"__init__", "__main__"},
 ]

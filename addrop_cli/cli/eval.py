@@ -12,6 +12,7 @@ from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import checkpoint_dir, option, quiet_libraries, reports_user_errors
 from addrop_cli.outputs import write_json
 from addrop_cli.recipe import resolve_recipe
+from addrop_cli.tasks.ood_data import OOD_SETS
 from addrop_cli.training.run_dir import recipe_path
 
 
@@ -27,11 +28,18 @@ def evaluate(
     output: Annotated[Path | None, option(metavar="FILE",
                                           help="JSON file for the metrics (default CHECKPOINT/eval_results.json).")]
     = None,
+    dataset_config: Annotated[str | None, option(metavar="NAME", help="hans/paws/paws-x from the Hub: the "
+                                                 "dataset config (PAWS-X language, default en).")] = None,
     set_: options.Overrides = None,
 ) -> None:
-    """Evaluate a checkpoint: prints a metrics table and writes JSON."""
+    """Evaluate a checkpoint: prints a metrics table and writes JSON. --task hans|paws|paws-x scores it out of
+    distribution (paper Table 4), its labels mapped onto the set's by name."""
     quiet_libraries()
     checkpoint = checkpoint_dir(checkpoint)
+    if task in OOD_SETS:
+        resolved = resolve_recipe(recipe, None, {}, set_, saved=recipe_path(checkpoint))
+        _evaluate_ood(checkpoint, resolved, task, validation_file, dataset_config, max_eval_samples, output)
+        return
     flags = {"data.validation_file": validation_file, "data.max_eval_samples": max_eval_samples}
     # The training run's sample limit does not carry over: eval scores the whole split unless told otherwise.
     resolved = resolve_recipe(recipe, task, flags, set_, saved=recipe_path(checkpoint),
@@ -51,4 +59,22 @@ def evaluate(
     write_json(destination, {"task": resolved.task, "checkpoint": str(checkpoint), "eval": result.metrics,
                              "eval_loss": result.loss, "eval_examples": result.count,
                              "eval_predictions": result.prediction_counts})
+    Console(stderr=True).print(f"wrote {destination}")
+
+
+def _evaluate_ood(checkpoint: Path, recipe, task: str, file: str | None, config: str | None,
+                  max_examples: int | None, output: Path | None) -> None:
+    from addrop_cli.ood import evaluate_ood  # torch is imported only once input is valid
+
+    result = evaluate_ood(str(checkpoint), recipe, task, Path(file) if file else None, config, max_examples)
+    table = Table(title=f"{task} — {checkpoint} ({recipe.task} labels mapped by name)")
+    table.add_column("heuristic" if result.by_heuristic else "set")
+    for label in result.by_heuristic.get(next(iter(result.by_heuristic), ""), {}) or ["accuracy"]:
+        table.add_column(label, justify="right")
+    for heuristic, cells in result.by_heuristic.items():
+        table.add_row(heuristic, *(f"{value:.4f}" for value in cells.values()))
+    table.add_row("all", f"{result.accuracy:.4f} ({result.count} examples)")
+    Console().print(table)
+    destination = output or checkpoint / f"eval_{task}.json"
+    write_json(destination, {"checkpoint": str(checkpoint), **result.to_json()})
     Console(stderr=True).print(f"wrote {destination}")

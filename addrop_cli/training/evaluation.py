@@ -63,3 +63,18 @@ def evaluate_checkpoint(checkpoint: str, recipe: Recipe, split: str = "validatio
                          recipe.train.eval_batch_size * accelerator.num_processes, pipeline.collator(tokenizer))
     model, loader = accelerator.prepare(pipeline.load_model(checkpoint), loader)
     return pipeline.evaluate(model, loader, accelerator, tokenizer)
+
+
+def predict_items(checkpoint: str, recipe: Recipe, items: list, model=None) -> list[dict[str, Any]]:
+    """One prediction row per item (the recipe's task's item type), in order, from ``model`` or else the
+    checkpoint loaded with the task's head (see ``Pipeline.predict`` for the rows)."""
+    pipeline = pipeline_for(recipe)
+    tokenizer = load_tokenizer(checkpoint)
+    features = [{key: value for key, value in feature.items() if key != "labels"}
+                for feature in pipeline.encode(items, tokenizer, recipe)]
+    accelerator = build_accelerator(recipe.train)
+    # File order (no sampler): predictions line up with the input rows.
+    loader = DataLoader(EncodedDataset(features), batch_size=recipe.train.eval_batch_size * accelerator.num_processes,
+                        collate_fn=pipeline.collator(tokenizer), generator=torch.Generator())
+    model, loader = accelerator.prepare(model or pipeline.load_model(checkpoint), loader)
+    return pipeline.predict(model, loader, accelerator, tokenizer, items, recipe)
