@@ -61,8 +61,9 @@ def test_mlflow_sqlite_store_holds_the_run_and_its_config(tmp_path, tiny_checkpo
     result = runner.invoke(app, train_args(out, tiny_checkpoint, "mlflow"))
     assert result.exit_code == 0, result.output
     client = mlflow.MlflowClient(tracking_uri=uri)  # not mlflow.set_tracking_uri: no global state left behind
-    (run,) = client.search_runs([client.get_experiment_by_name("addrop").experiment_id])
-    run_id = run.info.run_id
+    (found,) = client.search_runs([client.get_experiment_by_name("addrop").experiment_id])
+    run_id = found.info.run_id
+    run = client.get_run(run_id)
     assert run.info.run_name == "run" and run.data.params["addrop.p"] == "0.3"
     epochs = {key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
               for key in ("eval/accuracy", "eval/loss", "addrop_epoch", "eval/majority_class_share",
