@@ -9,6 +9,11 @@ class UserError(Exception):
     """
 
 
+# ``addrop train``'s exit status when the loss became non-finite (1 is any crash; 2 a UserError; 128 + N a
+# stop by signal N after checkpointing): a sweep records such a trial as diverged instead of failing.
+DIVERGED_EXIT_CODE = 3
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type name when empty), for one-line errors."""
     text = str(error).strip()

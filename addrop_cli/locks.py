@@ -3,9 +3,10 @@ directory.
 
 A lock is a small JSON file naming its holder (host, pid, the pid's start time, since when). It is created
 with ``link(2)`` from a complete temporary file, so it appears whole or not at all (atomic on local file
-systems and NFS alike). A lock whose holder ran on this host and is gone (no such pid, or the pid now belongs
-to a process started later) is stale and taken over; a lock held from another host cannot be checked from
-here, so it is refused with the path to delete once that process is known to be gone.
+systems and NFS alike); where hard links are refused, by an exclusive create. A lock whose holder ran on
+this host and is gone (no such pid, a zombie, or the pid now belongs to a process started later) is stale and
+taken over; a lock held from another host cannot be checked from here, so it is refused with the path to
+delete once that process is known to be gone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,15 +77,28 @@ def _describe(holder: dict[str, Any]) -> str:
 
 def _create(path: Path, holder: dict[str, Any]) -> bool:
     """Create the lock holding ``holder``; False when a lock is already there."""
-    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
-    write_text(staged, json.dumps(holder) + "\n")
+    text = json.dumps(holder) + "\n"
+    staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}.new")  # unique across hosts sharing the folder
+    write_text(staged, text)
     try:
         os.link(staged, path)
         return True
     except FileExistsError:
         return False
+    except OSError:  # no hard links here (some bucket mounts): exclusive create, written right after
+        return _create_exclusive(path, text)
     finally:
         staged.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return True
 
 
 def acquire(path: Path, what: str) -> dict[str, Any]:

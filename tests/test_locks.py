@@ -66,3 +66,15 @@ def test_another_hosts_lock_is_refused_and_can_be_broken(tmp_path):
     plant_lock(path, 2, host="node-8")  # broken and retaken elsewhere: the old holder leaves it alone
     locks.release(path, holder)
     assert json.loads(path.read_text())["host"] == "node-8"
+
+
+def test_a_folder_without_hard_links_still_gets_its_lock(tmp_path, monkeypatch):
+    def refuse(*args):
+        raise PermissionError("hard links are not supported here")
+
+    monkeypatch.setattr(os, "link", refuse)
+    path = tmp_path / locks.SWEEP_LOCK
+    holder = locks.acquire(path, "a sweep")
+    assert json.loads(path.read_text()) == holder
+    one_line_error(lambda: locks.acquire(path, "a sweep"), f"pid {os.getpid()}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [locks.SWEEP_LOCK]  # no staged file left behind

@@ -64,6 +64,14 @@ def test_mrpc_checkpoint_on_paws(tmp_path, tiny_tokenizer):
     assert scored["predictions"] == {"not_paraphrase": 0, "paraphrase": 6}
 
 
+def test_dataset_config_is_only_for_the_hub_sets(tmp_path, tiny_tokenizer):
+    path = checkpoint(tmp_path / "mnli", tiny_tokenizer, "mnli", ["entailment", "neutral", "contradiction"],
+                      "neutral")
+    result = runner.invoke(app, ["eval", "--checkpoint", str(path), "--task", "hans", "--validation-file",
+                                 str(DATA / "hans_sample.txt"), "--dataset-config", "en"])
+    assert result.exit_code == 2 and "--dataset-config en: only for --task hans|paws|paws-x" in result.stderr
+
+
 def test_a_checkpoint_whose_labels_do_not_map_is_refused(tmp_path, tiny_tokenizer):
     path = checkpoint(tmp_path / "sst2", tiny_tokenizer, "sst2", ["negative", "positive"], "positive")
     result = runner.invoke(app, ["eval", "--checkpoint", str(path), "--task", "hans", "--validation-file",

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import checkpoint_dir, option, quiet_libraries, reports_user_errors
+from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.tasks.ood_data import OOD_SETS
@@ -36,6 +37,9 @@ def evaluate(
     distribution (paper Table 4), its labels mapped onto the set's by name."""
     quiet_libraries()
     checkpoint = checkpoint_dir(checkpoint)
+    if dataset_config is not None and (task not in OOD_SETS or validation_file is not None):
+        raise UserError(f"--dataset-config {dataset_config}: only for --task {'|'.join(OOD_SETS)} read from the Hub "
+                        "(not with --validation-file)")
     if task in OOD_SETS:
         resolved = resolve_recipe(recipe, None, {}, set_, saved=recipe_path(checkpoint))
         _evaluate_ood(checkpoint, resolved, task, validation_file, dataset_config, max_eval_samples, output)
@@ -68,11 +72,12 @@ def _evaluate_ood(checkpoint: Path, recipe, task: str, file: str | None, config:
 
     result = evaluate_ood(str(checkpoint), recipe, task, Path(file) if file else None, config, max_examples)
     table = Table(title=f"{task} — {checkpoint} ({recipe.task} labels mapped by name)")
+    labels = OOD_SETS[task].labels if result.by_heuristic else ["accuracy"]
     table.add_column("heuristic" if result.by_heuristic else "set")
-    for label in result.by_heuristic.get(next(iter(result.by_heuristic), ""), {}) or ["accuracy"]:
+    for label in labels:
         table.add_column(label, justify="right")
     for heuristic, cells in result.by_heuristic.items():
-        table.add_row(heuristic, *(f"{value:.4f}" for value in cells.values()))
+        table.add_row(heuristic, *(f"{cells[label]:.4f}" if label in cells else "–" for label in labels))
     table.add_row("all", f"{result.accuracy:.4f} ({result.count} examples)")
     Console().print(table)
     destination = output or checkpoint / f"eval_{task}.json"

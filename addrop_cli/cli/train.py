@@ -10,6 +10,7 @@ from rich.console import Console
 
 from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
+from addrop_cli.errors import DIVERGED_EXIT_CODE
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.training.run_dir import model_dir
 
@@ -71,7 +72,7 @@ def train(
         raise typer.Exit(stop.exit_code) from None
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        raise typer.Exit(DIVERGED_EXIT_CODE) from None
     shown = ", ".join(f"{name} {value:.4f}" for name, value in result.best_eval.items())
     console.print(f"best epoch {result.best_epoch}: {shown}")
     if result.test is not None:

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from addrop_cli.errors import UserError
+from addrop_cli.errors import DIVERGED_EXIT_CODE, UserError
 from addrop_cli.sweep.plan import LOG_FILE, Trial
 from addrop_cli.sweep.runner import Backend, SweepInterrupted
-from addrop_cli.sweep.trials import Outcome, last_line, start_train, train_command
+from addrop_cli.sweep.trials import STOP_WAIT_SECONDS, Outcome, last_line, start_train, train_command
 
 
 def visible_devices() -> list[str]:
@@ -36,6 +36,7 @@ class InProcess:
     def __init__(self, trust_remote_code: bool):
         self.trust_remote_code = trust_remote_code
         self._ended: list[tuple[Trial, Outcome]] = []
+        self._training = False
 
     def capacity(self) -> int:
         return 1
@@ -53,12 +54,15 @@ class InProcess:
         started = time.perf_counter()
         with open(directory / LOG_FILE, "a", encoding="utf-8") as log:
             try:
+                self._training = True
                 train(trial.recipe, trust_remote_code=self.trust_remote_code, console=Console(file=log, width=120))
                 code, message = 0, ""
             except TrainingInterrupted as stop:  # the training loop took the signal and checkpointed
                 raise SweepInterrupted(stop.signum) from None
             except TrainingDiverged as error:
-                code, message = 1, str(error)
+                code, message = DIVERGED_EXIT_CODE, str(error)
+            finally:
+                self._training = False
         self._ended.append((trial, Outcome(code, time.perf_counter() - started, message, socket.gethostname())))
 
     def finished(self, timeout: float) -> list[tuple[Trial, Outcome]]:
@@ -66,7 +70,10 @@ class InProcess:
         return ended
 
     def stop(self, signum: int) -> None:
-        """Between trials there is nothing running to pass the signal to."""
+        """Between trials the driver stops on its own; during a trial's setup (before the training loop takes
+        the signals itself) nothing is worth saving yet, so the trial stops at once."""
+        if self._training:
+            raise SweepInterrupted(signum)
 
 
 class LocalProcesses:
@@ -77,6 +84,7 @@ class LocalProcesses:
         self.workers, self.trust_remote_code = workers, trust_remote_code
         self.devices = visible_devices()
         self._slots: dict[int, tuple[subprocess.Popen, Trial, float]] = {}
+        self._stop_signal: int | None = None
 
     def capacity(self) -> int:
         return self.workers
@@ -93,6 +101,8 @@ class LocalProcesses:
         command = train_command(trial, self.trust_remote_code)
         process = start_train(command, Path(trial.recipe.train.output_dir), env)
         self._slots[slot] = (process, trial, time.perf_counter())
+        if self._stop_signal is not None:  # the stop arrived while this trial was being started
+            process.send_signal(self._stop_signal)
 
     def finished(self, timeout: float) -> list[tuple[Trial, Outcome]]:
         time.sleep(timeout)
@@ -109,9 +119,22 @@ class LocalProcesses:
         return ended
 
     def stop(self, signum: int) -> None:
-        for process, *_ in self._slots.values():
+        self._stop_signal = signum
+        for process, *_ in list(self._slots.values()):
             if process.poll() is None:
                 process.send_signal(signum)
+
+    def close(self) -> None:
+        """The driver is leaving (an error on its side): stop any trial still running, as a signal would."""
+        for process, *_ in self._slots.values():
+            if process.poll() is None:
+                process.terminate()
+        for process, *_ in self._slots.values():
+            try:
+                process.wait(timeout=STOP_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 BACKENDS = ("local", "ray")
@@ -157,9 +180,15 @@ class BackendSettings:
 @contextlib.contextmanager
 def open_backend(settings: BackendSettings, directory: Path, trust_remote_code: bool) -> Iterator[Backend]:
     """The backend the settings name, closed (Ray disconnected) when the block ends."""
+    if settings.name == "local" and settings.workers == 1:
+        yield InProcess(trust_remote_code)
+        return
     if settings.name == "local":
-        yield InProcess(trust_remote_code) if settings.workers == 1 else LocalProcesses(settings.workers,
-                                                                                         trust_remote_code)
+        processes = LocalProcesses(settings.workers, trust_remote_code)
+        try:
+            yield processes
+        finally:
+            processes.close()
         return
     from addrop_cli.sweep.ray_backend import RayCluster
 

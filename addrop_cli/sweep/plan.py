@@ -73,6 +73,10 @@ def plan_trials(base: Recipe, axes: dict[str, list[Any]], seeds: list[int], base
                 directory: Path) -> list[Trial]:
     """Every trial of the grid, seed by seed (so one seed's full grid finishes first): the baseline points,
     then the AD-DROP points. Raises UserError for a value the recipe rejects, before anything runs."""
+    if base.train.push_to_hub:
+        raise UserError(f"train.push_to_hub={base.train.push_to_hub!r} is not for sweeps (every trial would upload "
+                        "to that repository): push the chosen setting with addrop train --recipe "
+                        "SWEEP/best-recipe.yaml --push-to-hub REPO_ID")
     base_values = base.to_dict()
     addrop_axes = [key for key in axes if key.startswith("addrop.")]
     if not base.addrop.enabled and (addrop_axes or baseline):

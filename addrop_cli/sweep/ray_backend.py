@@ -79,6 +79,9 @@ class RayCluster:
             else:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as error:
+            if address is None:
+                raise UserError(f"--backend ray: Ray could not start on this machine ({first_line(error)}); start "
+                                "a cluster with 'ray start --head' and pass --address auto") from None
             raise UserError(f"--address {address}: cannot join the Ray cluster ({first_line(error)}); start it "
                             "with 'ray start --head' or give its HOST:PORT") from None
         if gpus_per_trial is None:
@@ -139,7 +142,7 @@ class RayCluster:
         except exceptions.TaskCancelledError:  # cancelled before it started
             return Outcome(128 + (self._stop_signal or 15), message="cancelled")
         except exceptions.RayTaskError as error:  # the task itself raised: not something a retry fixes
-            return Outcome(None, message=first_line(error), fatal=True)
+            return Outcome(None, message=first_line(getattr(error, "cause", None) or error), fatal=True)
         except exceptions.RayError as error:  # its worker or node died, or its result was lost
             return Outcome(None, message=f"{type(error).__name__}: {first_line(error)}")
 

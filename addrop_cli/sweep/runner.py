@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from addrop_cli import locks
-from addrop_cli.errors import UserError
+from addrop_cli.errors import DIVERGED_EXIT_CODE, UserError
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_jsonl
 from addrop_cli.recipe import load_yaml, run_identity
@@ -205,7 +205,7 @@ def _drive(todo: list[Trial], backend: Backend, progress: SweepProgress, record,
                 backend.launch(trial)
             for trial, outcome in backend.finished(timeout=0.2):
                 progress.running.pop(trial.id, None)
-                if outcome.code in (0, 1):
+                if outcome.code in (0, DIVERGED_EXIT_CODE):
                     record(trial, outcome, retries[trial.id] + 1)
                 elif outcome.killed and stop.requested:
                     pass  # stopped on request: it checkpointed, and the next run resumes it

@@ -22,10 +22,10 @@ STOP_WAIT_SECONDS = 600  # a stopped trial gets this long to checkpoint before i
 class Outcome:
     """How one attempt at a trial ended.
 
-    ``code`` is the train process's exit status (negative: killed by that signal; 0 finished, 1 diverged,
-    128 + N stopped by signal N after checkpointing) or None when the attempt was lost with its worker or
-    node. ``seconds`` is measured where the trial ran, so queueing is not counted. ``fatal`` marks a failure
-    no retry can fix (storage not shared, an error inside the task itself).
+    ``code`` is the train process's exit status (negative: killed by that signal; 0 finished, 3 diverged
+    (``DIVERGED_EXIT_CODE``), 128 + N stopped by signal N after checkpointing) or None when the attempt was
+    lost with its worker or node. ``seconds`` is measured where the trial ran, so queueing is not counted.
+    ``fatal`` marks a failure no retry can fix (storage not shared, an error inside the task itself).
     """
 
     code: int | None

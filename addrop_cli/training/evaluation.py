@@ -17,6 +17,7 @@ from addrop_cli.recipe import Recipe, TrainConfig
 from addrop_cli.tasks.models import load_tokenizer
 from addrop_cli.tasks.pipelines import EvalResult, Pipeline, pipeline_for
 from addrop_cli.training.batching import EncodedDataset, longest_first
+from addrop_cli.training.run_dir import LOGS_DIR
 
 
 def build_accelerator(train: TrainConfig, trackers: list[str] | None = None) -> Accelerator:
@@ -28,7 +29,7 @@ def build_accelerator(train: TrainConfig, trackers: list[str] | None = None) -> 
         raise UserError("train.mixed_precision='fp16' needs a GPU, and this run is on the CPU: use bf16 (CPU "
                         "autocast) or no (--mixed-precision, or --set train.mixed_precision=no for eval)")
     try:
-        project = ProjectConfiguration(project_dir=train.output_dir, logging_dir=str(Path(train.output_dir) / "logs"))
+        project = ProjectConfiguration(project_dir=train.output_dir, logging_dir=str(Path(train.output_dir) / LOGS_DIR))
         return Accelerator(mixed_precision=train.mixed_precision,
                            gradient_accumulation_steps=train.gradient_accumulation_steps,
                            dataloader_config=DataLoaderConfiguration(split_batches=True), log_with=trackers or None,

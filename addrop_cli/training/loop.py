@@ -137,7 +137,9 @@ def train(
         if run.state.finished and tested:
             if run.show:
                 run.console.print(f"run in {run.output_dir} is already complete; pass --overwrite to train again")
-            return run.result()
+            return _published(run)  # a push that failed (or was added since) happens now
+        start_trackers(run.accelerator, recipe, run.output_dir.name)  # not for a run that has nothing to log
+        held.callback(run.accelerator.end_training)
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
                             TimeRemainingColumn(), console=run.console, disable=not run.show, transient=True)
@@ -150,11 +152,19 @@ def train(
                 score_test(run, progress)
                 _stop_if_requested(run, stop)
         run.accelerator.wait_for_everyone()
-        result = run.result()
-        if recipe.train.push_to_hub and run.show:
-            result.hub_url = push_to_hub(run.output_dir / BEST_DIR, recipe.train.push_to_hub,
-                                         recipe.train.hub_private)
-        return result
+        return _published(run)
+
+
+def _published(run: Run) -> RunResult:
+    """The run's result, after uploading ``best/`` when ``train.push_to_hub`` names a repository."""
+    result, cfg = run.result(), run.recipe.train
+    if cfg.push_to_hub and run.show:
+        try:
+            result.hub_url = push_to_hub(run.output_dir / BEST_DIR, cfg.push_to_hub, cfg.hub_private)
+        except Exception as error:  # network, permissions: the run itself is complete and kept
+            raise UserError(f"--push-to-hub {cfg.push_to_hub}: training finished but the upload failed "
+                            f"({first_line(error)}); run the same command again to retry the upload") from None
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -177,8 +187,6 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     if accelerator.is_main_process:
         held.enter_context(locks.held(output_dir / locks.TRAIN_LOCK, "training"))
     checkpoint = prepare_output_dir(output_dir, recipe, overwrite, resume)
-    start_trackers(accelerator, recipe, output_dir.name)
-    held.callback(accelerator.end_training)
     train_items, eval_items = pipeline.read(recipe, "train"), pipeline.read(recipe, "validation")
     test_items = labelled_split(pipeline, recipe, "test")
     set_seed(cfg.seed)

@@ -21,6 +21,7 @@ RECIPE_FILE, HISTORY_FILE, METRICS_FILE, BEST_DIR = "recipe.yaml", "history.json
 MODEL_CONFIG = "config.json"  # what save_pretrained writes first (transformers' CONFIG_NAME, without transformers)
 PROGRESS_FILE = "progress.json"  # where training is now (epoch, step), for a sweep's live view
 CHECKPOINTS_DIR, CHECKPOINT_PREFIX, STATE_FILE = "checkpoints", "step-", "trainer_state.json"
+LOGS_DIR = "logs"  # what experiment trackers write locally (TensorBoard events, ...)
 VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
 
 
@@ -72,7 +73,7 @@ def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, resume
     if overwrite:
         for name in (RECIPE_FILE, HISTORY_FILE, METRICS_FILE):
             (output_dir / name).unlink(missing_ok=True)
-        for name in (BEST_DIR, CHECKPOINTS_DIR):
+        for name in (BEST_DIR, CHECKPOINTS_DIR, LOGS_DIR):
             shutil.rmtree(output_dir / name, ignore_errors=True)
         return None
     saved = _with_defaults(load_yaml(previous)) if previous.is_file() else None

@@ -255,6 +255,7 @@ def test_ray_backend_without_ray_says_what_to_install(tmp_path, tiny_checkpoint,
     (["--backend", "ray", "--workers", "2"], "--workers is for --backend local"),
     (["--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial 0 is invalid"),
     (["--max-retries", "-1"], "--max-retries -1 is invalid"),
+    (["--set", "train.push_to_hub=me/model"], "train.push_to_hub='me/model' is not for sweeps"),
 ])
 def test_backend_options_are_checked_before_anything_runs(tmp_path, tiny_checkpoint, extra, fragment):
     out = tmp_path / "sweep"
