@@ -296,6 +296,17 @@ def nest(key: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The inverse of :func:`nest`: ``{"train": {"lr": 2e-5}}`` -> ``{"train.lr": 2e-5}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a recipe file safely (``yaml.safe_load``); syntax errors name the file and line."""
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json
-from addrop_cli.recipe import Recipe, build, load_yaml, run_identity
+from addrop_cli.recipe import Recipe, build, flatten, load_yaml, run_identity
 from addrop_cli.version import __version__
 
 RECIPE_FILE, HISTORY_FILE, METRICS_FILE, BEST_DIR = "recipe.yaml", "history.jsonl", "metrics.json", "best"
@@ -99,12 +99,7 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
 
 def recipe_differences(saved: dict[str, Any], wanted: dict[str, Any], limit: int = 3) -> list[str]:
     """Up to ``limit`` dotted keys whose values differ, as ``"train.lr 2e-05 there, 5e-05 here"``."""
-    def flat(values: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(values, dict):
-            return {prefix.rstrip("."): values}
-        return {key: value for name, inner in values.items() for key, value in flat(inner, f"{prefix}{name}.").items()}
-
-    there, here = flat(saved), flat(wanted)
+    there, here = flatten(saved), flatten(wanted)
     keys = [key for key in dict.fromkeys([*here, *there]) if there.get(key) != here.get(key)]
     shown = [f"{key} {there.get(key)!r} there, {here.get(key)!r} here" for key in keys[:limit]]
     return shown + ([f"{len(keys) - limit} more"] if len(keys) > limit else [])

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
 
 from addrop_cli.errors import UserError, first_line
-from addrop_cli.recipe import Recipe
+from addrop_cli.recipe import Recipe, flatten
 
 PROJECT = "addrop"
 # What to install for each tracker: an addrop extra where there is one, else the tracker's own package.
@@ -35,15 +35,10 @@ def resolve_trackers(names: list[str]) -> list[str]:
     return names
 
 
-def flat_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(values: dict[str, Any]) -> dict[str, Any]:
     """The resolved recipe as one level of dotted keys with scalar values (what every tracker accepts)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in flatten(values).items()}
 
 
 def start_trackers(accelerator: Accelerator, recipe: Recipe, run_name: str) -> None:
