@@ -326,16 +326,15 @@ class ADDrop:
         # the attention already recorded, so they cost nothing; candidates draws the noise).
         attribution = self._without_gradients(batch, "aa") if self.config.strategy == "random" else \
             self.attribute(batch)
-        regions = self.candidates(batch, attribution)
+        regions, seen = self._regions(batch, attribution)
         masks = {call: sample_drops(region, self.config.q) for call, region in regions.items()}
         for call, mask in masks.items():
-            self._tally(batch, call, mask, attribution.visible[call])
+            self._tally(mask, seen[call])
         return masks
 
-    def _tally(self, batch, call: int, drops: torch.Tensor, visible: torch.Tensor) -> None:
-        """Count (B, H, Q, K) ``drops`` against the positions real query rows can see in (B, 1|H, Q, K)
-        ``visible``, on the device (no synchronisation): what :meth:`take_drop_counts` reports."""
-        seen = visible & query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder)[:, None, :, None]
+    def _tally(self, drops: torch.Tensor, seen: torch.Tensor) -> None:
+        """Count (B, H, Q, K) ``drops`` against the (B, 1|H, Q, K) positions real query rows can see, on the
+        device (no synchronisation): what :meth:`take_drop_counts` reports."""
         counts = torch.stack([drops.sum(), seen.sum() * (drops.shape[1] // seen.shape[1])])
         self._drop_tally = counts if self._drop_tally is None else self._drop_tally + counts
 
@@ -354,24 +353,31 @@ class ADDrop:
         the lowest-scoring keys instead, as many as ``high`` would take (see
         :func:`~addrop_cli.core.masking.candidate_region`).
         """
-        attribution = attribution or self.attribute(batch)
+        return self._regions(batch, attribution or self.attribute(batch))[0]
+
+    def _regions(self, batch, attribution: Attribution) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """:meth:`candidates`, with each call's (B, 1|H, Q, K) keys that real query rows can see."""
         scores = attribution.scores
         if self.config.strategy == "random":
             scores = self._random_scores(attribution.visible)
-        encoder_decoder = self.base.config.is_encoder_decoder
         # Layers that share a mask share its rows' keys and fill (see padding_fill): computed once.
         prepared: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-        regions = {}
+        regions, seen_by_call = {}, {}
         for call, score in scores.items():
             site, visible = self.sites[call], attribution.visible[call]
             if (id(visible), site.kind) not in prepared:
-                # Padding query rows see nothing here, so they get no candidates.
-                seen = visible & query_rows(batch, site, encoder_decoder)[:, None, :, None]
+                seen = self._seen(batch, call, visible)
                 prepared[id(visible), site.kind] = seen, padding_fill(seen, self.config.p)
             seen, fill = prepared[id(visible), site.kind]
+            seen_by_call[call] = seen
             regions[call] = candidate_region(score, seen, self.config.p, highest=self.config.strategy != "low",
                                              fill=fill)
-        return regions
+        return regions, seen_by_call
+
+    def _seen(self, batch, call: int, visible: torch.Tensor) -> torch.Tensor:
+        """The visible keys of real query rows only: padding query rows see nothing, so get no candidates."""
+        rows = query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder)
+        return visible & rows[:, None, :, None]
 
     def scores(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) attribution scores for the configured method."""
@@ -459,10 +465,9 @@ class ADDrop:
 
     def _random_drops(self, batch, call: int, visible: torch.Tensor) -> torch.Tensor:
         """RD's drops for one call, given its (B, 1, Q, K) visible keys: Eq. 6-7 on uniform noise."""
-        region = candidate_region(self._noise(call, visible), visible, self.config.p,
-                                  query_mask=query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder))
-        drops = sample_drops(region, self.config.q)
-        self._tally(batch, call, drops, visible)
+        seen = self._seen(batch, call, visible)
+        drops = sample_drops(candidate_region(self._noise(call, visible), seen, self.config.p), self.config.q)
+        self._tally(drops, seen)
         return drops
 
     def _random_scores(self, visible: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
