@@ -15,7 +15,7 @@ from pathlib import Path
 from addrop_cli.errors import DIVERGED_EXIT_CODE, UserError
 from addrop_cli.sweep.plan import LOG_FILE, Trial
 from addrop_cli.sweep.runner import Backend, SweepInterrupted
-from addrop_cli.sweep.trials import STOP_WAIT_SECONDS, Outcome, last_line, start_train, train_command
+from addrop_cli.sweep.trials import Outcome, last_line, start_train, train_command, wait_or_kill
 
 
 def visible_devices() -> list[str]:
@@ -92,9 +92,13 @@ class LocalProcesses:
     def running(self) -> int:
         return len(self._slots)
 
+    def _device(self, slot: int) -> str | None:
+        """The GPU a worker slot pins its trials to (round robin), or None without GPUs."""
+        return self.devices[slot % len(self.devices)] if self.devices else None
+
     def launch(self, trial: Trial) -> None:
         slot = min(set(range(self.workers)) - set(self._slots))
-        device = self.devices[slot % len(self.devices)] if self.devices else None
+        device = self._device(slot)
         env = dict(os.environ)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
@@ -114,7 +118,7 @@ class LocalProcesses:
             del self._slots[slot]
             directory = Path(trial.recipe.train.output_dir)
             message = "" if code == 0 else last_line(directory)
-            gpus = [self.devices[slot % len(self.devices)]] if self.devices else None
+            gpus = None if self._device(slot) is None else [self._device(slot)]
             ended.append((trial, Outcome(code, time.perf_counter() - started, message, socket.gethostname(), gpus)))
         return ended
 
@@ -130,11 +134,7 @@ class LocalProcesses:
             if process.poll() is None:
                 process.terminate()
         for process, *_ in self._slots.values():
-            try:
-                process.wait(timeout=STOP_WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            wait_or_kill(process)
 
 
 BACKENDS = ("local", "ray")

@@ -143,9 +143,10 @@ def _prepare_trial_dir(trial: Trial, force: bool) -> None:
     """A trial directory holding a different recipe is cleared under --force (train would refuse it)."""
     directory = Path(trial.recipe.train.output_dir)
     saved = recipe_path(directory)
-    if saved.is_file() and run_identity(load_yaml(saved)) != run_identity(trial.recipe.to_dict()):
+    previous = load_yaml(saved) if saved.is_file() else None
+    if previous is not None and run_identity(previous) != run_identity(trial.recipe.to_dict()):
         if not force:
-            changed = "; ".join(recipe_differences(load_yaml(saved), trial.recipe.to_dict()))
+            changed = "; ".join(recipe_differences(previous, trial.recipe.to_dict()))
             raise UserError(f"{directory} holds a different run than trial {trial.id} ({changed}); pass --force to "
                             "replace it")
         shutil.rmtree(directory)

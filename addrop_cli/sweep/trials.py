@@ -71,11 +71,16 @@ def run_train(command: list[str], directory: Path, cwd: str) -> tuple[int, float
                 continue
     except KeyboardInterrupt:
         process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=STOP_WAIT_SECONDS), time.perf_counter() - started
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait(), time.perf_counter() - started
+        return wait_or_kill(process), time.perf_counter() - started
+
+
+def wait_or_kill(process: subprocess.Popen) -> int:
+    """Wait for a train process told to stop (it checkpoints first); kill it after ``STOP_WAIT_SECONDS``."""
+    try:
+        return process.wait(timeout=STOP_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 def last_line(directory: Path) -> str:
