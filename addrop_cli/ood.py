@@ -34,6 +34,7 @@ def evaluate_ood(checkpoint: str, recipe: Recipe, task: str, file: Path | None =
                  max_examples: int | None = None) -> OodResult:
     """Score ``checkpoint`` (trained with ``recipe``) on ``task`` ("hans" or "paws") from a local ``file`` or
     the Hub (``config``: a PAWS-X language). UserError when the checkpoint's labels do not map by name."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     target = OOD_SETS[task]
@@ -44,8 +45,9 @@ def evaluate_ood(checkpoint: str, recipe: Recipe, task: str, file: Path | None =
     examples = read_ood_file(file, target) if file is not None else read_ood_hub(target, config)
     examples = examples[:max_examples] if max_examples else examples
     rows = predict_items(checkpoint, recipe, [Example(e.text_a, e.text_b, None) for e in examples], model)
-    chosen = [max(range(len(names)), key=list(row["probabilities"].values()).__getitem__) for row in rows]
-    predicted = [target.labels.index(mapping[names[index]]) for index in chosen]
+    # The probabilities come in the head's output order, which ``names`` follows.
+    chosen = [names[int(torch.tensor(list(row["probabilities"].values())).argmax())] for row in rows]
+    predicted = [target.labels.index(mapping[name]) for name in chosen]
     hits = [guess == example.label for guess, example in zip(predicted, examples, strict=True)]
     tally: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for hit, example in zip(hits, examples, strict=True):

@@ -18,10 +18,9 @@ PIPELINE_TAGS = {CLASSIFICATION: "text-classification", REGRESSION: "text-classi
                  TOKEN: "token-classification", SEQ2SEQ: "translation"}
 
 
-def _eval_results(recipe: Recipe, task: Any, pipeline_tag: str, name: str, scores: dict[str, float],
+def _eval_results(task_name: str, hub: tuple[str, str | None] | None, pipeline_tag: str, scores: dict[str, float],
                   split: str) -> list[EvalResult]:
-    hub = getattr(task, "hub_dataset", None)
-    return [EvalResult(task_type=pipeline_tag, dataset_type=hub[0] if hub else recipe.task, dataset_name=name,
+    return [EvalResult(task_type=pipeline_tag, dataset_type=hub[0] if hub else task_name, dataset_name=task_name,
                        dataset_config=hub[1] if hub else None, dataset_split=split, metric_type=metric,
                        metric_value=round(value, 6)) for metric, value in scores.items()]
 
@@ -38,8 +37,8 @@ def build_card(recipe: Recipe, task: Any, task_type: str, history: list[dict[str
     pipeline_tag = PIPELINE_TAGS[task_type]
     hub = getattr(task, "hub_dataset", None)
     local_model = Path(recipe.model).exists()
-    results = _eval_results(recipe, task, pipeline_tag, recipe.task, best_eval, "validation")
-    results += _eval_results(recipe, task, pipeline_tag, recipe.task, test or {}, "test")
+    results = _eval_results(recipe.task, hub, pipeline_tag, best_eval, "validation")
+    results += _eval_results(recipe.task, hub, pipeline_tag, test or {}, "test")
     data = ModelCardData(library_name="transformers", base_model=None if local_model else recipe.model,
                          pipeline_tag=pipeline_tag, datasets=[hub[0]] if hub else None, tags=["addrop", "ad-drop"],
                          model_name=name, eval_results=results)
