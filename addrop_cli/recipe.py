@@ -117,14 +117,15 @@ class TrainConfig:
         self.report_to = parse_trackers(self.report_to)
 
 
-PUBLISHING_KEYS = ("report_to", "push_to_hub", "hub_private")
+# Keys that do not change a run: where it is written, reported and published.
+PLACE_KEYS = ("output_dir", "report_to", "push_to_hub", "hub_private")
 
 
 def run_identity(values: dict[str, Any]) -> dict[str, Any]:
-    """A resolved recipe as compared to decide "the same run": where it is reported and published
-    (``train.report_to``, ``push_to_hub``, ``hub_private``) does not change the run, so adding a tracker to a
-    run being resumed is allowed."""
-    train = {key: value for key, value in values.get("train", {}).items() if key not in PUBLISHING_KEYS}
+    """A resolved recipe as compared to decide "the same run": where it is written (a run folder that was moved
+    or copied is the same run), reported and published (``train.report_to``, ``push_to_hub``, ``hub_private``)
+    does not change the run, so adding a tracker to a run being resumed is allowed."""
+    train = {key: value for key, value in values.get("train", {}).items() if key not in PLACE_KEYS}
     return {**values, "train": train}
 
 

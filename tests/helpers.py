@@ -1,7 +1,8 @@
-"""Small helpers shared by the data-reader tests."""
+"""Small helpers shared by the tests."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,9 @@ def plant_lock(path: Path, pid: int, **holder) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"host": socket.gethostname(), "pid": pid, "pid_started": _start_time(pid), "since": time.time()}
     path.write_text(json.dumps({**record, **holder}))
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """Every file and folder under ``root`` (hidden ones too): relative path -> SHA-256 of its bytes (or 'dir')."""
+    return {str(path.relative_to(root)): "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*"))}

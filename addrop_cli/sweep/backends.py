@@ -15,7 +15,14 @@ from pathlib import Path
 from addrop_cli.errors import DIVERGED_EXIT_CODE, UserError
 from addrop_cli.sweep.plan import LOG_FILE, Trial
 from addrop_cli.sweep.runner import Backend, SweepInterrupted
-from addrop_cli.sweep.trials import Outcome, last_line, start_train, train_command, wait_or_kill
+from addrop_cli.sweep.trials import (
+    Outcome,
+    last_line,
+    replaces_another_run,
+    start_train,
+    train_command,
+    wait_or_kill,
+)
 
 
 def visible_devices() -> list[str]:
@@ -55,7 +62,8 @@ class InProcess:
         with open(directory / LOG_FILE, "a", encoding="utf-8") as log:
             try:
                 self._training = True
-                train(trial.recipe, trust_remote_code=self.trust_remote_code, console=Console(file=log, width=120))
+                train(trial.recipe, overwrite=replaces_another_run(trial), trust_remote_code=self.trust_remote_code,
+                      console=Console(file=log, width=120))
                 code, message = 0, ""
             except TrainingInterrupted as stop:  # the training loop took the signal and checkpointed
                 raise SweepInterrupted(stop.signum) from None

@@ -48,7 +48,6 @@ class Trial:
 def recipe_digest(recipe: Recipe) -> str:
     """Hash of everything that shapes the run; where it is written is left out, so a moved sweep keeps its trials."""
     values = run_identity(recipe.to_dict())
-    values["train"].pop("output_dir")
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -113,7 +112,6 @@ def manifest(base: Recipe, axes: dict[str, list[Any]], seeds: list[int], baselin
     """What ``sweep.json`` records; re-running compares it so a different grid is never mixed in."""
     values = run_identity(base.to_dict())
     values["train"].pop("seed")
-    values["train"].pop("output_dir")
     return json.loads(json.dumps({"base": values, "axes": axes, "seeds": seeds, "baseline": baseline}))
 
 

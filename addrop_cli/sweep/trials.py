@@ -13,9 +13,10 @@ from pathlib import Path
 from addrop_cli.outputs import write_text
 from addrop_cli.recipe import dump_yaml
 from addrop_cli.sweep.plan import LOG_FILE, Trial
-from addrop_cli.training.run_dir import recipe_path
+from addrop_cli.training.run_dir import PREVIOUS_RUN_DIR, other_run_differences, recipe_path
 
 STOP_WAIT_SECONDS = 600  # a stopped trial gets this long to checkpoint before it is killed
+REPLACING_RECIPE = ".replacing-recipe.yaml"  # a --force trial's recipe, until its run replaces recipe.yaml
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,26 @@ class Outcome:
 
 
 def train_command(trial: Trial, trust_remote_code: bool) -> list[str]:
-    """``addrop train --recipe <trial>/recipe.yaml``, writing that recipe first when the trial is new."""
-    saved = recipe_path(trial.recipe.train.output_dir)
-    if not saved.is_file():
+    """``addrop train --recipe <trial>/recipe.yaml``, writing that recipe first when the trial is new; for a
+    trial that replaces another run (``--force``), ``--overwrite`` with the recipe beside it instead."""
+    directory = Path(trial.recipe.train.output_dir)
+    saved = recipe_path(directory)
+    overwrite = replaces_another_run(trial)
+    if overwrite:
+        saved = directory / REPLACING_RECIPE
+        write_text(saved, dump_yaml(trial.recipe.to_dict()))
+    elif not saved.is_file():
         write_text(saved, dump_yaml(trial.recipe.to_dict()))
     command = [sys.executable, "-m", "addrop_cli", "train", "--recipe", str(saved)]
+    command += ["--overwrite"] if overwrite else []
     return [*command, "--trust-remote-code"] if trust_remote_code else command
+
+
+def replaces_another_run(trial: Trial) -> bool:
+    """Whether the trial's directory holds a different run (kept under ``--force`` until the trial has its
+    first checkpoint), or a replacement of one that was killed before that checkpoint."""
+    directory = Path(trial.recipe.train.output_dir)
+    return (directory / PREVIOUS_RUN_DIR).is_dir() or bool(other_run_differences(directory, trial.recipe))
 
 
 def start_train(command: list[str], directory: Path, env: dict[str, str] | None = None,

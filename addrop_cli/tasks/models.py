@@ -88,11 +88,13 @@ def load_pretrained(loader, name: str, what: str, **kwargs):
         kwargs["local_files_only"] = True
     try:
         return loader(str(Path(source).expanduser()) if looks_local else source, **kwargs)
-    except OSError as error:
+    except UserError:
+        raise
+    except Exception as error:  # OSError, ValueError, KeyError ...: each transformers release raises its own
         first = first_line(error)
-        raise UserError(
-            f"cannot load {what} '{name}': {first} (offline? give a local checkpoint directory or 'minilm')"
-        ) from None
+        hint = "offline? give a local checkpoint directory or 'minilm'" if isinstance(error, OSError) else \
+            "is it a complete checkpoint of a model type this transformers knows?"
+        raise UserError(f"cannot load {what} '{name}': {first} ({hint})") from None
 
 
 def _check_model_dir(path: Path) -> None:

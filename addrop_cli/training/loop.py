@@ -50,11 +50,13 @@ from addrop_cli.training.run_dir import (
     HISTORY_FILE,
     METRICS_FILE,
     RECIPE_FILE,
+    SetAside,
+    check_output_dir,
     latest_checkpoint,
     package_versions,
-    prepare_output_dir,
     read_history,
     read_metrics,
+    recover_set_aside,
     write_progress,
 )
 from addrop_cli.training.tracking import majority_share, resolve_trackers, start_trackers
@@ -105,10 +107,16 @@ class Run:
     recipe_text: str
     state: TrainingState
     console: Console
+    set_aside: SetAside | None = None  # --overwrite: the previous run, until this run's first checkpoint
 
     @property
     def show(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def complete(self) -> bool:
+        """Every epoch trained (or stopped early) and, when there is a test split, scored on it."""
+        return self.state.finished and (self.test_loader is None or self.state.test is not None)
 
     def result(self) -> RunResult:
         state = self.state
@@ -133,10 +141,11 @@ def train(
     with contextlib.ExitStack() as held:  # the output directory's lock, for as long as the run goes on
         run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code,
                     console=console or Console(stderr=True), held=held)
-        tested = run.test_loader is None or run.state.test is not None
-        if run.state.finished and tested:
+        if run.complete:
             if run.show:
-                run.console.print(f"run in {run.output_dir} is already complete; pass --overwrite to train again")
+                run.console.print(f"run in {run.output_dir} is already complete (best epoch {run.state.best_epoch}); "
+                                  "to train it again pass --overwrite, or choose another --output-dir",
+                                  highlight=False, soft_wrap=True)
             return _published(run)  # a push that failed (or was added since) happens now
         start_trackers(run.accelerator, recipe, run.output_dir.name)  # not for a run that has nothing to log
         held.callback(run.accelerator.end_training)
@@ -174,19 +183,16 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
           held: contextlib.ExitStack) -> Run:
     """Data, model, optimizer and schedule, prepared by Accelerate; the saved state when resuming.
 
-    The main process takes the output directory's lock into ``held`` before anything is read or written there:
-    a second live ``addrop train`` into the same directory is refused.
+    The output directory is left alone until every input has been checked and the data, tokenizer and model
+    have loaded, so the error a user sees is the first thing that is wrong and a failed start changes nothing
+    there; then :func:`_claim_output_dir` takes it.
     """
     cfg = recipe.train
     pipeline = pipeline_for(recipe)
     metric = validate_metric(cfg.metric or pipeline.default_metric, pipeline.task)
-    output_dir = Path(cfg.output_dir)
     if cfg.push_to_hub:  # hours of training must not end in a push that could never happen
         check_hub_access(cfg.push_to_hub)
     accelerator = build_accelerator(cfg, resolve_trackers(cfg.report_to))
-    if accelerator.is_main_process:
-        held.enter_context(locks.held(output_dir / locks.TRAIN_LOCK, "training"))
-    checkpoint = prepare_output_dir(output_dir, recipe, overwrite, resume)
     train_items, eval_items = pipeline.read(recipe, "train"), pipeline.read(recipe, "validation")
     test_items = labelled_split(pipeline, recipe, "test")
     set_seed(cfg.seed)
@@ -211,21 +217,45 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     addrop = ADDrop(model, recipe.addrop, pipeline.task_type) if recipe.addrop.enabled else None
     recipe_text = dump_yaml(recipe.to_dict(), header="# Resolved by addrop; "
                             + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + "\n")
-    run = Run(recipe, pipeline, metric, output_dir, accelerator, tokenizer, model, optimizer, scheduler, batches,
-              train_loader, loaders[0], loaders[1] if len(loaders) > 1 else None, addrop, recipe_text,
+    run = Run(recipe, pipeline, metric, Path(cfg.output_dir), accelerator, tokenizer, model, optimizer, scheduler,
+              batches, train_loader, loaders[0], loaders[1] if len(loaders) > 1 else None, addrop, recipe_text,
               TrainingState(), console)
+    checkpoint = _claim_output_dir(run, overwrite, resume, held, notices)
     if run.show:
         _print_header(run, {"train": train_items, "validation": eval_items, "test": test_items}, notices)
-    finished = None if checkpoint is not None or overwrite else finished_run(output_dir)
+    _restore_state(run, checkpoint, overwrite)
+    return run
+
+
+def _claim_output_dir(run: Run, overwrite: bool, resume: bool, held: contextlib.ExitStack,
+                      notices: list[str]) -> Path | None:
+    """Take the output directory: its lock (main process, into ``held``: a second live ``addrop train`` there is
+    refused), an interrupted ``--overwrite`` undone, the check against this run, and under ``--overwrite`` the
+    previous run set aside until this one's first checkpoint. Returns the checkpoint to resume from, if any."""
+    accelerator, output_dir = run.accelerator, run.output_dir
+    if accelerator.is_main_process:
+        held.enter_context(locks.held(output_dir / locks.TRAIN_LOCK, "training"))
+        restored = recover_set_aside(output_dir)
+        notices += [restored] if restored else []
+    accelerator.wait_for_everyone()
+    checkpoint = check_output_dir(output_dir, run.recipe, overwrite, resume)
+    if overwrite and accelerator.is_main_process:
+        run.set_aside = held.enter_context(SetAside(output_dir))
+    accelerator.wait_for_everyone()
+    return checkpoint
+
+
+def _restore_state(run: Run, checkpoint: Path | None, overwrite: bool) -> None:
+    """The loop position: from the checkpoint, from a finished run's metrics, or a new run's recipe.yaml."""
+    finished = None if checkpoint is not None or overwrite else finished_run(run.output_dir)
     if finished is not None:  # a sweep deletes a finished trial's checkpoints; its metrics say it is complete
         run.state = finished
     elif checkpoint is not None:
-        run.state = load_checkpoint(accelerator, checkpoint)
-        if run.show:
-            console.print(f"resuming from {checkpoint} (epoch {run.state.epoch}, step {run.state.step_in_epoch})")
+        run.state = load_checkpoint(run.accelerator, checkpoint)
+        if run.show and not run.complete:
+            run.console.print(f"resuming from {checkpoint} (epoch {run.state.epoch}, step {run.state.step_in_epoch})")
     elif run.show:
-        write_text(output_dir / RECIPE_FILE, recipe_text)
-    return run
+        write_text(run.output_dir / RECIPE_FILE, run.recipe_text)
 
 
 def finished_run(output_dir: Path) -> TrainingState | None:
@@ -471,7 +501,10 @@ def _checkpoint(run: Run) -> Path:
             f"(lower --lr or use --mixed-precision no); last good checkpoint: "
             + (str(last) if last else "none was written before it")
         )
-    return save_checkpoint(run.accelerator, run.output_dir, state, run.recipe.train.save_total_limit)
+    saved = save_checkpoint(run.accelerator, run.output_dir, state, run.recipe.train.save_total_limit)
+    if run.set_aside is not None:
+        run.set_aside.discard()  # this run has started: the run it replaces goes
+    return saved
 
 
 def _save_best(run: Run) -> None:
@@ -536,9 +569,7 @@ def _stop_requested(stop: StopRequest, accelerator: Accelerator) -> bool:
 
 def _metrics_summary(run: Run) -> dict[str, Any]:
     state = run.state
-    # Finished: every epoch trained (or stopped early) and, when there is a test split, scored on it.
-    finished = state.finished and (run.test_loader is None or state.test is not None)
-    summary = {"finished": finished, "best_epoch": state.best_epoch, "metric": run.metric, "eval": state.best_eval,
+    summary = {"finished": run.complete, "best_epoch": state.best_epoch, "metric": run.metric, "eval": state.best_eval,
                "task": run.recipe.task, "model": run.recipe.model}
     if state.test is not None:
         summary["test"] = state.test

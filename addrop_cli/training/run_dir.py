@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ MODEL_CONFIG = "config.json"  # what save_pretrained writes first (transformers'
 PROGRESS_FILE = "progress.json"  # where training is now (epoch, step), for a sweep's live view
 CHECKPOINTS_DIR, CHECKPOINT_PREFIX, STATE_FILE = "checkpoints", "step-", "trainer_state.json"
 LOGS_DIR = "logs"  # what experiment trackers write locally (TensorBoard events, ...)
+PREVIOUS_RUN_DIR = ".previous-run"  # --overwrite: the replaced run, kept until the new run's first checkpoint
+RUN_FILES = (RECIPE_FILE, HISTORY_FILE, METRICS_FILE, PROGRESS_FILE, BEST_DIR, CHECKPOINTS_DIR, LOGS_DIR)
 VERSIONED_PACKAGES = ("torch", "transformers", "accelerate", "datasets")
 
 
@@ -63,30 +66,114 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def prepare_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, resume: bool) -> Path | None:
-    """Check the directory against this run; returns the checkpoint to resume from, if any.
+def check_output_dir(output_dir: Path, recipe: Recipe, overwrite: bool, resume: bool) -> Path | None:
+    """Check the directory against this run, changing nothing; returns the checkpoint to resume from, if any.
 
-    A directory holding a different run is refused unless ``overwrite`` (which clears our files from it).
+    A directory holding a different run is refused unless ``overwrite`` (see :class:`SetAside`).
     The same run with a checkpoint is resumed; ``resume`` without a checkpoint is an error.
     """
-    previous = output_dir / RECIPE_FILE
     if overwrite:
-        for name in (RECIPE_FILE, HISTORY_FILE, METRICS_FILE):
-            (output_dir / name).unlink(missing_ok=True)
-        for name in (BEST_DIR, CHECKPOINTS_DIR, LOGS_DIR):
-            shutil.rmtree(output_dir / name, ignore_errors=True)
         return None
-    saved = _with_defaults(load_yaml(previous)) if previous.is_file() else None
-    if saved is not None and run_identity(saved) != run_identity(recipe.to_dict()):
-        changed = "; ".join(recipe_differences(saved, recipe.to_dict()))
+    changed = other_run_differences(output_dir, recipe)
+    if changed:
         raise UserError(
-            f"output directory {output_dir} holds a different run ({changed}); "
+            f"output directory {output_dir} holds a different run ({'; '.join(changed)}); "
             "pass --overwrite to replace it, or choose another --output-dir"
         )
-    checkpoint = latest_checkpoint(output_dir) if previous.is_file() else None
+    checkpoint = latest_checkpoint(output_dir) if (output_dir / RECIPE_FILE).is_file() else None
     if resume and checkpoint is None:
         raise UserError(f"--resume: {output_dir} holds no checkpoint to resume from (run without --resume)")
     return checkpoint
+
+
+class SetAside:
+    """``--overwrite`` keeps the previous run until the new one has started.
+
+    Entering moves the previous run's files (:data:`RUN_FILES`) into ``.previous-run/``; :meth:`discard`, called
+    once the new run's first checkpoint is written, deletes them; leaving on an exception before that puts them
+    back and removes what the new run wrote. A process killed in between leaves ``.previous-run/`` behind, and
+    :func:`recover_set_aside` (at the next start) restores it. Main process only.
+    """
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = output_dir
+        self.aside = output_dir / PREVIOUS_RUN_DIR
+        self.pending = False
+
+    def __enter__(self) -> SetAside:
+        present = [name for name in RUN_FILES if (self.output_dir / name).exists()]
+        if present:
+            # Moved into a staging folder first: a kill mid-move leaves a folder that is only moved back.
+            staging = self.output_dir / f"{PREVIOUS_RUN_DIR}.tmp"
+            staging.mkdir()
+            for name in present:
+                os.replace(self.output_dir / name, staging / name)
+            os.replace(staging, self.aside)
+            self.pending = True
+        return self
+
+    def discard(self) -> None:
+        """The new run has its first checkpoint: the previous run is deleted."""
+        if self.pending:
+            _discard(self.aside)
+            self.pending = False
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None and self.pending:
+            _restore(self.aside, self.output_dir, remove_new=True)
+            self.pending = False
+
+
+def recover_set_aside(output_dir: Path) -> str | None:
+    """Undo an ``--overwrite`` that was killed before the new run's first checkpoint (and finish deleting one
+    that was past it); returns a notice when a previous run was restored. Main process only."""
+    _discard(output_dir / f"{PREVIOUS_RUN_DIR}.discarded")
+    staging = output_dir / f"{PREVIOUS_RUN_DIR}.tmp"
+    if staging.is_dir():  # killed while moving: the new run had written nothing yet
+        _restore(staging, output_dir, remove_new=False)
+    aside = output_dir / PREVIOUS_RUN_DIR
+    if not aside.is_dir():
+        return None
+    _restore(aside, output_dir, remove_new=True)
+    return (f"restored the run in {output_dir} that an interrupted --overwrite had set aside (the new run "
+            "never reached its first checkpoint)")
+
+
+def _restore(aside: Path, output_dir: Path, remove_new: bool) -> None:
+    """Move the set-aside files back; with ``remove_new``, first delete every run file the new run wrote."""
+    for name in RUN_FILES:
+        target = output_dir / name
+        if remove_new or (aside / name).exists():
+            _remove(target)
+        if (aside / name).exists():
+            os.replace(aside / name, target)
+    shutil.rmtree(aside)
+
+
+def _discard(aside: Path) -> None:
+    """Delete a set-aside run, first renamed so that a kill mid-delete never leaves something restorable."""
+    discarded = aside.with_name(f"{PREVIOUS_RUN_DIR}.discarded")
+    if aside != discarded and aside.is_dir():
+        shutil.rmtree(discarded, ignore_errors=True)
+        os.replace(aside, discarded)
+    shutil.rmtree(discarded, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def other_run_differences(output_dir: Path, recipe: Recipe) -> list[str]:
+    """How the run saved in ``output_dir`` differs from ``recipe`` (see :func:`recipe_differences`); empty when
+    the directory holds no run or this same one."""
+    previous = output_dir / RECIPE_FILE
+    if not previous.is_file():
+        return []
+    saved, wanted = run_identity(_with_defaults(load_yaml(previous))), run_identity(recipe.to_dict())
+    return [] if saved == wanted else recipe_differences(saved, wanted)
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pytest
 
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import dump_yaml, resolve_recipe
-from addrop_cli.training.run_dir import RECIPE_FILE, prepare_output_dir
+from addrop_cli.training.run_dir import RECIPE_FILE, check_output_dir
 
 
 def test_keys_added_since_a_recipe_was_saved_take_their_defaults(tmp_path):
@@ -14,7 +14,7 @@ def test_keys_added_since_a_recipe_was_saved_take_their_defaults(tmp_path):
     saved = recipe.to_dict()
     del saved["lora"], saved["train"]["model_dtype"], saved["train"]["gradient_checkpointing"]
     (tmp_path / RECIPE_FILE).write_text(dump_yaml(saved))
-    assert prepare_output_dir(tmp_path, recipe, overwrite=False, resume=False) is None  # no checkpoint, no error
+    assert check_output_dir(tmp_path, recipe, overwrite=False, resume=False) is None  # no checkpoint, no error
     other = resolve_recipe("demo", overrides=["lora.r=8"])
     with pytest.raises(UserError, match=r"holds a different run \(lora\.r None there, 8 here"):
-        prepare_output_dir(tmp_path, other, overwrite=False, resume=False)
+        check_output_dir(tmp_path, other, overwrite=False, resume=False)
