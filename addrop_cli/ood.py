@@ -1,4 +1,4 @@
-"""The out-of-distribution evaluation engine (paper Table 4): a checkpoint scored on HANS or PAWS through its
+"""The out-of-distribution evaluation engine (paper Table 6): a checkpoint scored on HANS or PAWS through its
 own task's head, its predicted labels mapped onto the set's by name; accuracy overall and, for HANS, per
 heuristic and gold label as the HANS paper reports it."""
 

@@ -24,3 +24,10 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "pip install torch==2.13.0" in README.read_text() and "torch==2.13.0" in ci
     assert "pytest" in ci
+
+
+def test_every_test_file_the_readme_names_exists():
+    text = README.read_text() + "".join(path.read_text() for path in (README.parent / "docs").glob("*.md"))
+    named = set(re.findall(r"tests/[\w/]+\.py", text))
+    assert named, "the README names the tests that check its guarantees"
+    assert sorted(path for path in named if not (README.parent / path).is_file()) == []

@@ -34,7 +34,7 @@ def evaluate(
     set_: options.Overrides = None,
 ) -> None:
     """Evaluate a checkpoint: prints a metrics table and writes JSON. --task hans|paws|paws-x scores it out of
-    distribution (paper Table 4), its labels mapped onto the set's by name."""
+    distribution (paper Table 6), its labels mapped onto the set's by name."""
     quiet_libraries()
     checkpoint = checkpoint_dir(checkpoint)
     if dataset_config is not None and (task not in OOD_SETS or validation_file is not None):

@@ -1,4 +1,4 @@
-"""Out-of-distribution evaluation sets (paper Table 4): HANS for MNLI models, PAWS / PAWS-X for QQP (or MRPC)
+"""Out-of-distribution evaluation sets (paper Table 6): HANS for MNLI models, PAWS / PAWS-X for QQP (or MRPC)
 models. A checkpoint's classes are mapped onto the set's by label NAME, from the checkpoint's config.
 
 Local files in the original formats: HANS ``heuristics_evaluation_set.txt`` (tab-separated with a header;
