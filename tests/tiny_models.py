@@ -128,3 +128,23 @@ def decoder_batch(padding_side: str, batch_size: int = 3, length: int = 12, seed
     input_ids = input_ids.masked_fill(attention_mask == 0, 0)
     labels = torch.randint(0, 2, (batch_size,), generator=generator)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+EAGER_FAMILIES = ["deberta-v2", "deberta", "mpnet", "roformer"]
+
+
+def tiny_eager_classifier(family: str = "deberta-v2", num_labels: int = 2, seed: int = 0,
+                          token: bool = False) -> torch.nn.Module:
+    """A 3-layer, 4-head classifier of a family whose attention does not go through AttentionInterface (the
+    module-hook route), eval mode, fixed seed; DeBERTa with relative attention (c2p and p2c) as v3 has it."""
+    import transformers
+
+    torch.manual_seed(seed)
+    names = {"deberta-v2": "DebertaV2", "deberta": "Deberta", "mpnet": "MPNet", "roformer": "RoFormer"}
+    extra = {"deberta-v2": dict(relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=32,
+                                position_buckets=16, norm_rel_ebd="layer_norm", share_att_key=True),
+             "deberta": dict(relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=32),
+             "roformer": dict(embedding_size=32)}.get(family, {})
+    config = getattr(transformers, f"{names[family]}Config")(**COMMON, **extra, num_labels=num_labels)
+    head = "ForTokenClassification" if token else "ForSequenceClassification"
+    return getattr(transformers, f"{names[family]}{head}")(config).eval()

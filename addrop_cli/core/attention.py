@@ -45,7 +45,7 @@ IMPLEMENTATION = "addrop"
 SOFTCAP, SINKS, POSITION_BIAS = "softcap", "s_aux", "position_bias"
 # Keyword arguments that do not change the result of a whole-sequence forward (or are already in the mask).
 NEUTRAL_KWARGS = frozenset({"sliding_window", "position_ids", "cache_position", "use_cache", "output_attentions",
-                            "is_causal", "layer_idx"})
+                            "is_causal", "layer_idx", "deterministic"})  # deterministic: flash-attention's backward
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,14 @@ def _describe(module, query: torch.Tensor, key: torch.Tensor, visible: torch.Ten
     later = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).triu(k_len - q_len + 1)
     causal = q_len > 1 and not bool((visible & later).any())
     return ProbedCall(q_len, k_len, query.shape[1], causal, _variants(kwargs), id(module))
+
+
+class InterfaceRoute:
+    """The interface route: the per-forward state travels as the ``addrop_state`` keyword down to every
+    attention call (see the module docstring)."""
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], state: ForwardState):
+        return model(**batch, addrop_state=state)
 
 
 def register() -> None:

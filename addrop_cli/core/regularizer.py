@@ -12,8 +12,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, Protocol
 
 import torch
+import transformers
 from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedConfig, PreTrainedModel
 
@@ -23,6 +25,7 @@ from addrop_cli.core.attention import (
     SINKS,
     SOFTCAP,
     ForwardState,
+    InterfaceRoute,
     ProbedCall,
 )
 from addrop_cli.core.attribution import attribution_labels, attribution_target, integrated_gradient_scale
@@ -66,37 +69,71 @@ def infer_task_type(model: PreTrainedModel) -> str:
     return CLASSIFICATION
 
 
+class NotRouted(UserError):
+    """The model's attention does not go through ``AttentionInterface`` (the module-hook route may serve it)."""
+
+
+class AttentionRoute(Protocol):
+    """How ADDrop reaches a model's attention calls: :class:`~addrop_cli.core.attention.InterfaceRoute` or
+    :class:`~addrop_cli.core.module_hooks.HookRoute`. ``forward`` runs ``model(**batch)`` with ``state`` in force
+    at every attention call."""
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], state: ForwardState) -> Any: ...
+
+
+def connect(model: PreTrainedModel) -> tuple[AttentionRoute, list[AttentionSite]]:
+    """The route to ``model``'s attention and its sites: ``AttentionInterface`` when the model dispatches through
+    it, else module hooks on its attention-probability dropout modules (eager encoders such as DeBERTa and MPNet).
+    Raises UserError when neither reaches it, naming why."""
+    try:
+        return InterfaceRoute(), install(model)
+    except NotRouted:
+        if model.config.is_encoder_decoder:
+            raise
+    from addrop_cli.core.module_hooks import HookRoute
+
+    route = HookRoute(model)
+    return route, classify_sites(route.calls, encoder_decoder=False)
+
+
 def install(model: PreTrainedModel) -> list[AttentionSite]:
     """Switch every attention of ``model`` to the ``addrop`` implementation and map its attention calls.
 
     Returns one :class:`AttentionSite` per attention call of a forward, in call order.
-    Raises UserError for models whose attention does not go through ``AttentionInterface``, or whose
-    attention has a variant that AD-DROP's attention cannot reproduce.
+    Raises :class:`NotRouted` for models whose attention does not go through ``AttentionInterface``, and
+    UserError for attention with a variant that AD-DROP's attention cannot reproduce.
     """
     model_type = getattr(model.config, "model_type", type(model).__name__)
-    refusal = UserError(
+    refusal = NotRouted(
         f"model type '{model_type}' ({type(model).__name__}) does not route its attention through "
         "transformers' AttentionInterface, so AD-DROP cannot reach it; use a model such as bert, roberta, "
         "electra, distilbert, albert, xlm-roberta, bart, t5, marian, llama, qwen2, mistral or gemma, or train "
         "with --no-addrop"
     )
     # Decided by probing, not by the class's _supports_attention_backend flag, which some models that do
-    # dispatch through the interface (Marian) leave False.
-    model.set_attn_implementation(IMPLEMENTATION)
+    # dispatch through the interface (Marian) leave False. Eager-only models log that they cannot switch.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model.set_attn_implementation(IMPLEMENTATION)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     # EncoderDecoderModel keeps stale copies of its sub-configs: set the implementation on every config.
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if isinstance(config, PreTrainedConfig):
-            config._attn_implementation = IMPLEMENTATION
+    configs = {id(c): c for m in model.modules() if isinstance(c := getattr(m, "config", None), PreTrainedConfig)}
+    previous = {key: config._attn_implementation for key, config in configs.items()}
+    for config in configs.values():
+        config._attn_implementation = IMPLEMENTATION
     try:
         calls = probe_calls(model)
     except TypeError as error:
-        if "addrop_state" in str(error):  # a forward that rejects the per-forward state does not dispatch it
-            raise refusal from None
-        raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {first_line(error)}") from None
+        calls = []  # a forward that rejects the per-forward state does not dispatch it
+        if "addrop_state" not in str(error):
+            raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {first_line(error)}") from None
     except ValueError as error:
         raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {first_line(error)}") from None
-    if not calls:
+    if not calls:  # left as it was, for the module-hook route
+        for key, config in configs.items():
+            config._attn_implementation = previous[key]
         raise refusal
     _refuse_unknown_variants(model, model_type, calls)
     return classify_sites(calls, model.config.is_encoder_decoder)
@@ -249,6 +286,19 @@ def parameters_frozen(model: torch.nn.Module):
             parameter.requires_grad_(True)
 
 
+@contextmanager
+def dropout_off(model: torch.nn.Module):
+    """Every module in eval mode for the duration, then each back in the mode it had (the official IGA never
+    restores it)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 @dataclass
 class Attribution:
     """One attribution pass without dropping, per selected attention call (its index in a forward).
@@ -282,7 +332,7 @@ class ADDrop:
         self.config = config
         self.base = extract_model_from_parallel(model, keep_fp32_wrapper=True)
         self.task_type = task_type or infer_task_type(self.base)
-        self.sites = install(self.base)
+        self.route, self.sites = connect(self.base)
         self.selected = select_calls(self.sites, config.attention, config.layers)
         modules = [site.module for site in self.sites]
         # Calls named by module survive gradient checkpointing's recompute; shared modules need call order.
@@ -310,7 +360,7 @@ class ADDrop:
             drops = {call: partial(self._random_drops, batch, call) for call in self.selected}
         else:
             drops = self.drop_masks(batch)
-        masked = self.model(**batch, addrop_state=ForwardState(drops=drops, call_of=self.call_of)).loss
+        masked = self.route.forward(self.model, batch, ForwardState(drops=drops, call_of=self.call_of)).loss
         weight = self.config.unmasked_weight
         if weight == 0:
             return masked
@@ -407,13 +457,13 @@ class ADDrop:
 
     def _without_gradients(self, batch, method: str) -> Attribution:
         """AA, IGA and RD: one recording forward without a graph, then the method's scores."""
+        if method == "iga":  # as the official code: its m steps in eval mode, so deterministic
+            with dropout_off(self.base):
+                attention, visible, logits = self._record(batch, grad=False)
+                scores = self._integrated_gradients(batch, attention)
+            return Attribution(attention, scores, visible, logits)
         attention, visible, logits = self._record(batch, grad=False)
-        if method == "aa":
-            scores = attention
-        elif method == "iga":
-            scores = self._integrated_gradients(batch, attention)
-        else:
-            scores = self._random_scores(visible)
+        scores = attention if method == "aa" else self._random_scores(visible)
         return Attribution(attention, scores, visible, logits)
 
     def _record(self, batch, grad: bool, context_scale: dict[int, float] | None = None, calls=None):
@@ -422,7 +472,7 @@ class ADDrop:
         state = ForwardState(record=frozenset(self.selected if calls is None else calls),
                              context_scale=context_scale or {}, call_of=self.call_of)
         with torch.set_grad_enabled(grad):
-            logits = self.base(**batch, addrop_state=state).logits
+            logits = self.route.forward(self.base, batch, state).logits
         return state.recorded, state.visible, logits
 
     def _target(self, logits: torch.Tensor, labels: torch.Tensor, batch) -> torch.Tensor:

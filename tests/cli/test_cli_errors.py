@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from transformers import DebertaV2Config, DebertaV2Model
+from transformers import XLMConfig, XLMModel
 from typer.testing import CliRunner
 
 from addrop_cli.cli import app
@@ -79,13 +79,13 @@ def test_model_path_that_does_not_exist(mrpc_args, tmp_path):
     fails([*args, "--model", str(tmp_path / "missing-model")], "missing-model does not exist", out=out)
 
 
-def test_model_without_attention_interface(mrpc_args, tmp_path, tiny_tokenizer):
+def test_model_neither_attention_route_reaches(mrpc_args, tmp_path, tiny_tokenizer):
     out, args = mrpc_args
-    path = tmp_path / "deberta"
-    DebertaV2Model(DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=37)).save_pretrained(path)
+    path = tmp_path / "xlm"
+    XLMModel(XLMConfig(vocab_size=100, emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=128)
+             ).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
-    fails([*args, "--model", str(path)], "deberta-v2", "AttentionInterface", "--no-addrop", out=out)
+    fails([*args, "--model", str(path)], "'xlm'", "AttentionInterface", "--no-addrop", out=out)
 
 
 def test_max_length_above_model_limit(mrpc_args):

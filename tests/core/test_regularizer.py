@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from tiny_models import random_batch, tiny_classifier
-from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+from transformers import XLMConfig, XLMForSequenceClassification
 
 from addrop_cli.core.attention import ForwardState
 from addrop_cli.core.regularizer import ADDrop
@@ -183,11 +183,13 @@ def test_attribute_returns_attention_scores_and_logits():
         torch.testing.assert_close(real_rows, torch.ones_like(real_rows))
 
 
-def test_model_without_attention_interface_is_refused():
-    config = DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=37)
-    with pytest.raises(UserError, match=r"deberta-v2.*AttentionInterface"):
-        ADDrop(DebertaV2ForSequenceClassification(config), ADDropConfig())
+def test_a_model_neither_route_reaches_is_refused_in_one_line():
+    """XLM calls attention dropout as a function, not a module, and does not use AttentionInterface."""
+    config = XLMConfig(vocab_size=100, emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=64)
+    with pytest.raises(UserError, match=r"'xlm'.*neither routes its attention through transformers' "
+                       r"AttentionInterface nor applies a dropout module") as caught:
+        ADDrop(XLMForSequenceClassification(config), ADDropConfig())
+    assert "\n" not in str(caught.value)
 
 
 def test_dropped_positions_are_high_attribution_ones():

@@ -1,0 +1,221 @@
+"""AD-DROP through torch module hooks, for eager models whose attention does not go through transformers'
+``AttentionInterface`` (DeBERTa, DeBERTa-v2/v3, MPNet, RoFormer, BLOOM, ...).
+
+These models compute ``probs = softmax(scores)`` and then call an ``nn.Dropout`` *module* on exactly the
+(B, H, Q, K) probabilities that multiply V. The probe finds those modules by what they receive (a 4-D tensor
+whose rows are probability distributions), not by attribute names. Public hooks on them then do what the
+interface route does inside its attention function, nothing in transformers being patched:
+
+- record: the forward hook keeps the dropout's output (the probabilities that multiply V) with autograd;
+- apply: the pre-hook replaces the probabilities by ``probs * keep / sum(probs * keep)``, which is exactly
+  setting the dropped keys' scores to -inf before the softmax;
+- context scale (IGA, Eq. 3): the forward hook returns ``alpha * probs``, so the layer computes alpha A·V,
+  while the recorded tensor stays the unscaled A.
+
+What a row can see is read from the probabilities the model computed under its own mask: a key it masks
+(padding, causal, a sliding window, DeBERTa's query x key mask) has probability exactly 0 in every head, since
+its score is the dtype's minimum (or -10000) before the softmax. A key has to be visible in at least one head.
+
+The hooks act only while a :class:`~addrop_cli.core.attention.ForwardState` is armed by :meth:`HookRoute.forward`;
+it stays in force until the next forward of the whole model starts, so that gradient checkpointing, which calls
+a layer again during the backward, meets the same state. Everything else runs the stock model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from addrop_cli.core.attention import ForwardState, ProbedCall
+from addrop_cli.core.masking import allowed_keys
+from addrop_cli.errors import UserError
+
+PROBE_LENGTH = 5
+ROW_SUM_TOLERANCE = 1e-3  # a probe row of softmax output sums to 1 within this (float32, 5 keys)
+# Families whose dropped probabilities are not what multiplies V, or whose map is not (B, H, Q, K).
+REFUSED = {
+    "longformer": "its banded (sliding-window plus global) attention has no (B, H, Q, K) attention map",
+    "led": "its banded (sliding-window plus global) attention has no (B, H, Q, K) attention map",
+    "big_bird": "its block-sparse attention has no (B, H, Q, K) attention map (set attention_type="
+                "'original_full' in its config to use full attention)",
+    "bigbird_pegasus": "its block-sparse attention has no (B, H, Q, K) attention map",
+    "reformer": "its LSH and local attention have no (B, H, Q, K) attention map",
+    "xlnet": "it applies one dropout module to attention probabilities and hidden states alike",
+}
+
+
+def refusal_reason(model: nn.Module) -> str | None:
+    """Why the hook route cannot serve this model, from its config; None when it may."""
+    config = model.config
+    if config.model_type == "big_bird" and getattr(config, "attention_type", "") == "original_full":
+        return None
+    if config.model_type in REFUSED:
+        return REFUSED[config.model_type]
+    if getattr(config, "talking_head", False):
+        return "talking_head mixes the heads after the attention dropout, so the dropped map is not what multiplies V"
+    return None
+
+
+def _is_attention_map(tensor: Any) -> bool:
+    """A (B, H, Q, K) tensor whose rows are probability distributions (a softmax output)."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4 or not tensor.is_floating_point():
+        return False
+    sums = tensor.float().sum(-1)
+    return bool(((sums - 1).abs() < ROW_SUM_TOLERANCE).all() and (tensor >= 0).all())
+
+
+def visible_from_probs(probs: torch.Tensor) -> torch.Tensor:
+    """(B, 1, Q, K) bool: keys with a non-zero probability in some head, i.e. not masked by the model."""
+    return (probs > 0).any(dim=1, keepdim=True)
+
+
+def renormalised(probs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``probs * allowed / sum(probs * allowed)`` over keys: softmax with the disallowed scores at -inf.
+
+    Shapes: probs (B, H, Q, K), allowed broadcastable to it. A row left with no probability keeps its own
+    (``allowed_keys`` already spares rows whose every visible key would go, so this is only a guard).
+    """
+    kept = probs * allowed
+    total = kept.sum(-1, keepdim=True)
+    return torch.where(total > 0, kept / total.clamp_min(torch.finfo(probs.dtype).tiny), probs)
+
+
+class HookRoute:
+    """The module-hook route for one model: probe, then hooks on each attention-probability dropout module.
+
+    Args:
+        model: the (unwrapped) transformers model; hooks stay on its modules for its lifetime.
+    """
+
+    def __init__(self, model: nn.Module):
+        reason = refusal_reason(model)
+        if reason is not None:
+            raise UserError(f"model type '{model.config.model_type}' ({type(model).__name__}) cannot take AD-DROP: "
+                            f"{reason}; train it with --no-addrop")
+        self.state: ForwardState | None = None
+        self._armed = False
+        self.modules = self._find_sites(model)
+        self.calls = self._probe(model)
+        model.register_forward_pre_hook(self._model_starts)
+        for module in self.modules:
+            module.register_forward_pre_hook(self._before_dropout)
+            module.register_forward_hook(self._after_dropout)
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], state: ForwardState):
+        """``model(**batch)`` with ``state`` in force at every attention call (and in its recomputes)."""
+        self.state, self._armed = state, True
+        return model(**batch)
+
+    # -- probing ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _probe_forward(model: nn.Module, hook) -> None:
+        """One tiny forward in eval mode, without gradients, with ``hook`` on every dropout module."""
+        device = next(model.parameters()).device
+        ids = torch.ones(1, PROBE_LENGTH, dtype=torch.long, device=device)
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Dropout)]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        finally:
+            model.train(was_training)
+            for handle in handles:
+                handle.remove()
+
+    def _find_sites(self, model: nn.Module) -> list[nn.Module]:
+        """The dropout modules that receive attention probabilities, in call order; UserError if one of them
+        also receives other tensors, or there is none."""
+        maps: list[nn.Module] = []
+        others: set[int] = set()
+
+        def look(module, args, output):
+            if _is_attention_map(args[0]):
+                if module not in maps:
+                    maps.append(module)
+            else:
+                others.add(id(module))
+
+        self._probe_forward(model, look)
+        model_type = model.config.model_type
+        if not maps:
+            raise UserError(f"model type '{model_type}' ({type(model).__name__}) neither routes its attention "
+                            "through transformers' AttentionInterface nor applies a dropout module to its attention "
+                            "probabilities, so AD-DROP cannot reach it; train it with --no-addrop")
+        if any(id(module) in others for module in maps):
+            raise UserError(f"model type '{model_type}' ({type(model).__name__}) applies its attention dropout module "
+                            "to other tensors too, so AD-DROP cannot tell its attention apart; train it with "
+                            "--no-addrop")
+        return maps
+
+    def _probe(self, model: nn.Module) -> list[ProbedCall]:
+        """Each site's call: query and key lengths, heads, and whether its mask hides every later key."""
+        calls: list[ProbedCall] = []
+        seen: set[int] = set()
+
+        def describe(module, args, output):
+            if id(module) in seen:
+                raise UserError(f"model type '{model.config.model_type}' calls one attention dropout module "
+                                "twice in a forward; AD-DROP's module hooks need one per layer")
+            seen.add(id(module))
+            probs = args[0]
+            q_len, k_len = probs.shape[-2:]
+            later = torch.ones(q_len, k_len, dtype=torch.bool, device=probs.device).triu(k_len - q_len + 1)
+            causal = q_len > 1 and not bool((visible_from_probs(probs) & later).any())
+            calls.append(ProbedCall(q_len, k_len, probs.shape[1], causal, frozenset(), id(module)))
+
+        handles = [module.register_forward_hook(describe) for module in self.modules]
+        try:
+            self._probe_forward(model, lambda *_: None)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if any((call.query_length, call.key_length) != (PROBE_LENGTH, PROBE_LENGTH) for call in calls):
+            raise UserError(f"model type '{model.config.model_type}' ({type(model).__name__}) attends over positions "
+                            "other than its input tokens (pooled, downsampled or latent), which AD-DROP's masks are "
+                            "not defined on; train it with --no-addrop")
+        return calls
+
+    # -- the hooks -------------------------------------------------------------------------------------
+
+    def _model_starts(self, module, args) -> None:
+        """A forward of the whole model: the state armed for it stays; any older one ends."""
+        if self._armed:
+            self._armed = False
+        else:
+            self.state = None
+
+    def _before_dropout(self, module: nn.Module, args: tuple) -> tuple | None:
+        state = self.state
+        if state is None:
+            return None
+        call = state.call_of[id(module)]
+        if call not in state.record and call not in state.drops:
+            return None
+        probs = args[0]
+        visible = visible_from_probs(probs)
+        if call in state.record:
+            state.visible[call] = visible
+            return None
+        drops = state.drops[call]
+        allowed = allowed_keys(visible, drops(visible) if callable(drops) else drops)
+        return (renormalised(probs, allowed), *args[1:])
+
+    def _after_dropout(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        state = self.state
+        if state is None:
+            return None
+        call = state.call_of[id(module)]
+        if call not in state.record and call not in state.context_scale:
+            return None
+        if call in state.record:
+            if torch.is_grad_enabled() and not output.requires_grad:
+                # Nothing before this layer is trainable: A becomes a leaf, as in the interface route.
+                output = output.detach().requires_grad_(True)
+            state.recorded[call] = output
+        if call in state.context_scale:
+            return output * state.context_scale[call]
+        return output
