@@ -91,10 +91,18 @@ def load_pretrained(loader, name: str, what: str, **kwargs):
     except UserError:
         raise
     except Exception as error:  # OSError, ValueError, KeyError ...: each transformers release raises its own
-        first = first_line(error)
-        hint = "offline? give a local checkpoint directory or 'minilm'" if isinstance(error, OSError) else \
-            "is it a complete checkpoint of a model type this transformers knows?"
-        raise UserError(f"cannot load {what} '{name}': {first} ({hint})") from None
+        raise UserError(f"cannot load {what} '{name}': {first_line(error)} ({_loading_hint(error)})") from None
+
+
+def _loading_hint(error: Exception) -> str:
+    """What to do about a failed load, from the exception."""
+    text = str(error)
+    if "sentencepiece" in text or "tiktoken" in text:
+        return ("its tokenizer is a SentencePiece model (DeBERTa-v3, T5, XLM-R ...): pip install sentencepiece, "
+                "which addrop's own install brings")
+    if isinstance(error, OSError):
+        return "offline? give a local checkpoint directory or 'minilm'"
+    return "is it a complete checkpoint of a model type this transformers knows?"
 
 
 def _check_model_dir(path: Path) -> None:
