@@ -84,3 +84,26 @@ def test_deberta_v2_token_classifier_trains_through_the_cli(eager_models, tmp_pa
     history = [json.loads(line) for line in (tmp_path / "ner" / "history.jsonl").read_text().splitlines()]
     assert [row["phase"] for row in history] == ["ft", "addrop"]
     assert "f1" in history[1]["eval"]
+
+
+def test_attribute_report_of_a_trained_deberta_v2_run(eager_models, tmp_path):
+    train(tmp_path / "run", eager_models["deberta-v2"], "--q", "0.5")
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["attribute", "--checkpoint", str(tmp_path / "run"), "--output-dir", str(out),
+                                 "--text", "the cat sat on the mat", "--p", "0.5", "--q", "0.5"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    (example,) = summary["examples"]
+    assert summary["layers"] == [0, 1] and example["tokens"][0] == "[CLS]"
+    assert (out / "index.html").is_file() and (out / example["images"]["tokens"]).is_file()
+
+
+def test_sweep_over_p_through_the_hook_route(eager_models, tmp_path):
+    args = ["sweep", "--task", "sst2", "--model", str(eager_models["mpnet"]), "--train-file", str(DEMO / "train.tsv"),
+            "--validation-file", str(DEMO / "dev.tsv"), "--max-train-samples", "16", "--max-eval-samples", "16",
+            "--epochs", "2", "--batch-size", "8", "--p", "0.3,0.6", "--q", "0.5", "--output-dir", str(tmp_path / "s")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "s" / "results.jsonl").read_text().splitlines()]
+    assert sorted(row["settings"]["addrop.p"] for row in rows) == [0.3, 0.6]
+    assert all(row["status"] == "ok" for row in rows)

@@ -144,3 +144,42 @@ def test_talking_head_deberta_is_refused_in_one_line():
     with pytest.raises(UserError, match=r"talking_head mixes the heads after the attention dropout") as caught:
         ADDrop(DebertaForSequenceClassification(config), ADDropConfig())
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("family", ["deberta-v2", "mpnet"])
+def test_aa_scores_are_the_stock_attention_maps(family):
+    model, batch = tiny_eager_classifier(family), random_batch()
+    with torch.no_grad():
+        stock = model(**batch, output_attentions=True).attentions
+    found = ADDrop(model, ADDropConfig(layers="all", attribution="aa")).attribute(batch)
+    for call, reference in enumerate(stock):
+        torch.testing.assert_close(found.scores[call], reference, atol=0, rtol=0)
+
+
+def test_gold_label_ga_is_the_gradient_of_the_gold_logit():
+    model, batch = tiny_eager_classifier("deberta-v2"), random_batch()
+    output = model(**batch, output_attentions=True)
+    target = output.logits.gather(-1, batch["labels"][:, None]).sum()
+    expected = torch.autograd.grad(target, output.attentions)
+    found = ADDrop(model, ADDropConfig(layers="all", labels="gold")).scores(batch)
+    visible = visible_keys(batch).expand(-1, 4, -1, -1)
+    for call, reference in enumerate(expected):
+        torch.testing.assert_close(found[call][visible], reference[visible], atol=1e-6, rtol=1e-5)
+
+
+def test_a_layer_list_drops_only_in_those_layers():
+    model, batch = tiny_eager_classifier("mpnet").train(), random_batch()
+    addrop = ADDrop(model, ADDropConfig(layers=[1], p=0.9, q=1.0))
+    masks = addrop.drop_masks(batch)
+    assert list(masks) == [1] and masks[1].any()
+    dropped, seen = addrop.take_drop_counts().tolist()
+    assert dropped == float(masks[1].sum()) and 0 < dropped < seen
+
+
+def test_bf16_attribution_ranks_in_float32_among_visible_keys():
+    model, batch = tiny_eager_classifier("deberta-v2"), random_batch()
+    addrop = ADDrop(model, ADDropConfig(layers="all", attribution_precision="bf16", p=0.5))
+    found = addrop.attribute(batch)
+    assert all(scores.dtype == torch.float32 and scores.isfinite().all() for scores in found.scores.values())
+    for region in addrop.candidates(batch, found).values():
+        assert region.any() and not (region & ~visible_keys(batch)).any()
