@@ -8,6 +8,7 @@ forward, backward, clip-free fused AdamW update. Peak memory per variant is meas
     python benchmarks/step_cost.py                      # MiniLM-L6, MRPC batches of 16, CPU
     python benchmarks/step_cost.py --json step_cost.json
     python benchmarks/step_cost.py --model bert-base-random --device cuda   # a BERT-base-sized random model
+    python benchmarks/step_cost.py --model deberta-v3-base-random --device cuda   # the module-hook route
     python benchmarks/step_cost.py --agreement 8     # + bf16-vs-fp32 candidate agreement on 8 batches
 
 ``*_bf16attr`` run the attribution pass under bf16 autocast (``addrop.attribution_precision: bf16``) and the
@@ -47,18 +48,31 @@ VARIANTS = {
 PLAIN_BF16 = "plain_bf16"  # a plain step under bf16 autocast: what bf16 matmul is worth on this device
 
 
+def random_base_model(name: str):
+    """A base-sized random classifier: BERT-base, DeBERTa-v3-base (module-hook route) or MPNet-base (likewise)."""
+    import transformers
+
+    if name == "deberta-v3-base-random":  # microsoft/deberta-v3-base's config
+        config = transformers.DebertaV2Config(
+            vocab_size=128100, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
+            position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+            type_vocab_size=0, num_labels=2)
+        return transformers.DebertaV2ForSequenceClassification(config)
+    if name == "mpnet-base-random":
+        return transformers.MPNetForSequenceClassification(transformers.MPNetConfig(num_labels=2))
+    return transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2))
+
+
+RANDOM_MODELS = ("bert-base-random", "deberta-v3-base-random", "mpnet-base-random")
+
+
 def load_model_and_tokenizer(name: str, device: str):
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        BertConfig,
-        BertForSequenceClassification,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     minilm = resolve_model("minilm")
-    if name == "bert-base-random":  # BERT-base shape, random weights, MiniLM's (BERT uncased) vocabulary
+    if name in RANDOM_MODELS:  # base shapes, random weights, MiniLM's (BERT uncased) vocabulary
         tokenizer = AutoTokenizer.from_pretrained(minilm)
-        model = BertForSequenceClassification(BertConfig(num_labels=2))
+        model = random_base_model(name)
     else:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name), num_labels=2)
@@ -208,7 +222,8 @@ else:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="minilm", help="minilm, bert-base-random, or a checkpoint path")
+    parser.add_argument("--model", default="minilm", help="minilm, mpnet-base, a checkpoint path, or a random "
+                        "base-sized model: " + ", ".join(RANDOM_MODELS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
