@@ -86,6 +86,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) ->
     return directory
 
 
+@pytest.fixture(scope="session")
+def learnable_checkpoint(tmp_path_factory, tiny_tokenizer) -> Path:
+    """The tiny BERT encoder initialised with std 0.2 instead of 0.02: its features differ between inputs from
+    the start, so a few steps at lr 1e-3 change its predictions (the 0.02 one predicts one class for any p,
+    seed and lr, and hides what a test compares)."""
+    import torch
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=128, initializer_range=0.2)
+    directory = tmp_path_factory.mktemp("learnable_bert")
+    BertModel(config).save_pretrained(directory)
+    tiny_tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture
 def live_process():
     """A process that sleeps while the test runs (a lock holder that is alive); killed by its pid after."""

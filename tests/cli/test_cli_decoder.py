@@ -98,14 +98,33 @@ def test_lora_best_holds_the_adapter_and_a_merged_model(tmp_path, tiny_qwen2):
     assert "Qwen2ForSequenceClassification {0: 'negative', 1: 'positive'}" in loaded.stdout
 
 
+# addrop train, with every torch.utils.checkpoint.checkpoint call counted (patched before transformers imports it).
+COUNTING_CHECKPOINTS = """
+import atexit, sys
+import torch.utils.checkpoint as checkpointing
+calls, original = [], checkpointing.checkpoint
+def counted(*args, **kwargs):
+    calls.append(1)
+    return original(*args, **kwargs)
+checkpointing.checkpoint = counted
+atexit.register(lambda: print(f"checkpointed layer calls: {len(calls)}", file=sys.stderr))
+from addrop_cli.cli import main
+sys.argv[0] = "addrop"
+main()
+"""
+
+
 def test_bf16_weights_and_autocast_with_lora_and_checkpointing(tmp_path, tiny_qwen2):
     out = tmp_path / "run"
     # A process of its own: Accelerate fixes the mixed precision once per process.
-    result = subprocess.run([sys.executable, "-m", "addrop_cli", *train_args(
+    result = subprocess.run([sys.executable, "-c", COUNTING_CHECKPOINTS, *train_args(
         out, tiny_qwen2, "--lora-r", "4", "--mixed-precision", "bf16", "--set", "train.model_dtype=bfloat16",
         "--set", "train.gradient_checkpointing=true")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "precision bf16, weights torch.bfloat16" in result.stderr
+    # Checkpointing was on: each of the 2 layers ran checkpointed in every training forward, 4 steps an epoch: one
+    # forward per ft step, two per AD-DROP step (the attribution pass and the masked pass); evaluation runs none.
+    assert "checkpointed layer calls: 24" in result.stderr
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [row["phase"] for row in history] == ["ft", "addrop"]
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)

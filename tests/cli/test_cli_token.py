@@ -46,7 +46,8 @@ def history(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("family", ["bert", "electra"])
-def test_tiny_token_classifier_trains_through_the_cli(tmp_path, conll, family, tiny_checkpoint, tiny_electra):
+def test_tiny_token_classifier_trains_through_the_cli(tmp_path, conll, family, tiny_checkpoint, tiny_electra,
+                                                      tiny_tokenizer):
     model = tiny_checkpoint if family == "bert" else tiny_electra
     train_file, valid_file = conll
     out = tmp_path / "run"
@@ -72,9 +73,39 @@ def test_tiny_token_classifier_trains_through_the_cli(tmp_path, conll, family, t
         assert predicted.exit_code == 0, predicted.output
     tagged, words = ([json.loads(line) for line in path.read_text().splitlines()]
                      for path in (tmp_path / "tagged.jsonl", tmp_path / "words.jsonl"))
-    assert tagged == words and len(tagged) > 0
-    for row in tagged:
-        assert 0 < len(row["tags"]) <= len(row["tokens"]) and set(row["tags"]) <= set(config["label2id"])
+    assert tagged == words
+    # One tag per word, in order; a word gets none only when its first piece falls past --max-length 64 (counted
+    # here with the tokenizer: [CLS], then each word's pieces, and [SEP] in the last place).
+    sentences = sentences_of(valid_file)
+    assert [row["tokens"] for row in tagged] == sentences
+    expected = [words_within(sentence, tiny_tokenizer, 64) for sentence in sentences]
+    assert [len(row["tags"]) for row in tagged] == expected
+    cut = [count < len(sentence) for count, sentence in zip(expected, sentences, strict=True)]
+    assert any(cut) and not all(cut)  # both kinds of sentence are there
+    assert all(set(row["tags"]) <= set(config["label2id"]) for row in tagged)
+
+
+def sentences_of(path: Path) -> list[list[str]]:
+    """The words of each sentence of a CoNLL file (-DOCSTART- lines mark documents, not sentences)."""
+    sentences, words = [], []
+    for line in [*path.read_text(encoding="utf-8").splitlines(), ""]:
+        parts = line.split()
+        if parts and parts[0] != "-DOCSTART-":
+            words.append(parts[0])
+        elif words:
+            sentences.append(words)
+            words = []
+    return sentences
+
+
+def words_within(words: list[str], tokenizer, max_length: int) -> int:
+    """How many words start inside ``max_length`` tokens: position 0 is [CLS], the last one [SEP]."""
+    position = 1
+    for count, word in enumerate(words):
+        if position >= max_length - 1:
+            return count
+        position += len(tokenizer.tokenize(word))
+    return len(words)
 
 
 def test_token_recipe_settings():

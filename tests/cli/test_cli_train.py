@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 import yaml
@@ -48,19 +52,68 @@ def test_tiny_model_on_mrpc_files_writes_the_output_contract(tmp_path, tiny_chec
     assert not list(out.glob(".*"))  # no temporary leftovers
 
 
-@pytest.mark.parametrize("variant", [["--no-addrop"], ["--no-cross-tuning", "--attribution", "iga",
-                                                        "--set", "addrop.iga_steps=2"],
-                                     ["--attribution", "rd", "--labels", "gold"]])
-def test_variants_through_the_cli(tmp_path, tiny_checkpoint, shared_data, variant):
-    out = tmp_path / "run"
-    result = run("train", "--task", "rte", "--model", str(tiny_checkpoint),
-                 "--train-file", str(shared_data / "RTE-sample/dev-sample.tsv"),
-                 "--validation-file", str(shared_data / "RTE-sample/dev-sample.tsv"), "--epochs", "2",
-                 "--batch-size", "4", "--output-dir", str(out), *variant)
+def rte_args(out, checkpoint, data, *variant):
+    """2 epochs of 4 updates on the 16 RTE pairs, truncated to 48 tokens."""
+    sample = str(data / "RTE-sample/dev-sample.tsv")
+    return ["train", "--task", "rte", "--model", str(checkpoint), "--train-file", sample, "--validation-file", sample,
+            "--epochs", "2", "--batch-size", "4", "--max-length", "48", "--output-dir", str(out), *variant]
+
+
+@pytest.fixture(scope="module")
+def default_rte(tmp_path_factory, tiny_checkpoint, shared_data):
+    """The recipe's own settings (GA, pseudo labels, cross-tuning): what each variant is compared with."""
+    out = tmp_path_factory.mktemp("default_rte") / "run"
+    result = run(*rte_args(out, tiny_checkpoint, shared_data))
     assert result.exit_code == 0, result.output
-    phases = [h["phase"] for h in read_history(out)]
-    expected = {"--no-addrop": ["ft", "ft"], "--no-cross-tuning": ["addrop", "addrop"]}
-    assert phases == expected.get(variant[0], ["ft", "addrop"])
+    return read_history(out)
+
+
+@pytest.fixture
+def built_addrop(monkeypatch):
+    """The ADDropConfig every ADDrop the command builds ends up with."""
+    from addrop_cli.core.regularizer import ADDrop
+
+    configs, original = [], ADDrop.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        configs.append(self.config)
+
+    monkeypatch.setattr(ADDrop, "__init__", spy)
+    return configs
+
+
+SAME = ("train_loss", "eval_loss", "eval", "eval_predictions")
+VARIANTS = {  # flags: (what recipe.yaml and the ADDrop the loop builds must hold, phases, epochs unlike the default)
+    "no-addrop": (["--no-addrop"], {"enabled": False}, ["ft", "ft"], [2]),
+    "iga": (["--attribution", "iga", "--set", "addrop.iga_steps=2"], {"attribution": "iga", "iga_steps": 2},
+            ["ft", "addrop"], [2]),
+    "rd": (["--attribution", "rd"], {"attribution": "rd"}, ["ft", "addrop"], [2]),
+    "gold": (["--labels", "gold"], {"labels": "gold"}, ["ft", "addrop"], [2]),
+    "no-cross-tuning": (["--no-cross-tuning"], {"cross_tuning": False}, ["addrop", "addrop"], [1, 2]),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variants_through_the_cli(tmp_path, tiny_checkpoint, shared_data, default_rte, built_addrop, variant):
+    """Each flag reaches recipe.yaml and the ADDrop the loop builds, and changes the run exactly where it should:
+    the epochs it acts in differ from the default run's, the others equal it (same seed, same process)."""
+    flags, settings, phases, changed = VARIANTS[variant]
+    out = tmp_path / "run"
+    result = run(*rte_args(out, tiny_checkpoint, shared_data, *flags))
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())["addrop"]
+    assert {key: saved[key] for key in settings} == settings
+    if settings.get("enabled") is False:
+        assert built_addrop == []
+    else:
+        (config,) = built_addrop
+        assert {key: getattr(config, key) for key in settings} == settings
+    history = read_history(out)
+    assert [h["phase"] for h in history] == phases
+    for row, default in zip(history, default_rte, strict=True):
+        ours, theirs = ({key: h[key] for key in SAME} for h in (row, default))
+        assert (ours != theirs) == (row["epoch"] in changed), f"epoch {row['epoch']}: {ours} vs {theirs}"
 
 
 def test_regression_task_trains_and_reports_correlations(tmp_path, tiny_checkpoint, shared_data):
@@ -111,7 +164,18 @@ def test_demo_recipe_runs(tmp_path):
     assert yaml.safe_load((out / "recipe.yaml").read_text())["model"] == "minilm"
 
 
-def test_python_dash_m_matches_the_console_script():
-    module = subprocess.run([sys.executable, "-m", "addrop_cli", "--help"], capture_output=True, text=True)
-    assert module.returncode == 0
-    assert "train" in module.stdout and "eval" in module.stdout
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["eval", "--checkpoint", "/nonexistent"]],
+                         ids=["help", "version", "error"])
+def test_python_dash_m_matches_the_console_script(args):
+    """The installed ``addrop`` script (pip writes it beside this interpreter from [project.scripts]) and
+    ``python -m addrop_cli`` print the same bytes and exit with the same status, errors included."""
+    (entry,) = importlib.metadata.distribution("addrop").entry_points.select(group="console_scripts")
+    assert (entry.name, entry.value) == ("addrop", "addrop_cli.cli:main")
+    script = Path(sysconfig.get_path("scripts")) / "addrop"
+    assert script.is_file(), f"{script} is missing: pip install -e . writes it"
+    env = {**os.environ, "COLUMNS": "100"}
+    console = subprocess.run([str(script), *args], capture_output=True, text=True, env=env)
+    module = subprocess.run([sys.executable, "-m", "addrop_cli", *args], capture_output=True, text=True, env=env)
+    assert (module.returncode, module.stdout, module.stderr) == (console.returncode, console.stdout, console.stderr)
+    assert console.returncode == (2 if args[0] == "eval" else 0)
+    assert (console.stdout + console.stderr).strip()

@@ -103,10 +103,20 @@ def test_each_variant_builds_masks_and_trains(attribution):
 
 
 def test_aa_scores_are_the_attention_probabilities():
+    """Against stock eager BERT's own attention probabilities (output_attentions), every layer, on a padded batch:
+    the padded keys' zeros included. Both are float32 softmaxes of the same logits: assert_close's defaults."""
     model = tiny_classifier("bert")
+    reference = copy.deepcopy(model)
+    reference.set_attn_implementation("eager")
     batch = random_batch()
-    scores = ADDrop(model, ADDropConfig(attribution="aa")).scores(batch)[0]
-    torch.testing.assert_close(scores.sum(-1)[0], torch.ones(4, 11))
+    expected = reference(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True).attentions
+    scores = ADDrop(model, ADDropConfig(attribution="aa", layers="all")).scores(batch)
+    assert sorted(scores) == [0, 1, 2]
+    for layer, score in scores.items():
+        torch.testing.assert_close(score, expected[layer])
+    padded_keys = ~batch["attention_mask"].bool()[:, None, None, :].expand_as(scores[0])
+    assert padded_keys.any() and not scores[0][padded_keys].any()
+    assert not torch.allclose(scores[0], scores[1])  # each layer its own: a layer mix-up would show
 
 
 def test_iga_scales_attention_by_summed_gradients():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,10 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweep import finished_rows, sweep_args
-from typer.testing import CliRunner
-
-from addrop_cli.cli import app
+from test_sweep import ONE_THREAD, RETRY_GRID, assert_same_trials, finished_rows, learnable_sweep_args
 
 INITIAL_PID_NAMESPACE = "pid:[4026531836]"  # the kernel's fixed inode for the host's PID namespace
 
@@ -109,14 +107,15 @@ def _gone(pid: int) -> bool:
     return _state(pid) in (None, "Z")
 
 
-def test_ray_sweep_survives_a_killed_worker_and_matches_the_local_backend(cluster, tmp_path, tiny_checkpoint,
-                                                                         record_property):
-    grid = ("--p", "0.1,0.5", "--q", "0.5", "--seeds", "1", "--save-steps", "1", "--max-train-samples", "64")
+def test_ray_sweep_survives_a_killed_worker_and_matches_the_local_backend(cluster, tmp_path, learnable_checkpoint,
+                                                                         cue_data, unbroken_sweep, record_property):
+    # unbroken_sweep ran the same grid with the local backend on one thread, as Ray runs a 1-CPU task; on the
+    # learnable model and data its trials differ by p (test_sweep checks that), so equal results mean something.
     out = tmp_path / "ray-sweep"
-    args = [*sweep_args(out, tiny_checkpoint, *grid), "--backend", "ray", "--address", cluster,
-            "--gpus-per-trial", "1", "--cpus-per-trial", "1"]
+    args = [*learnable_sweep_args(out, learnable_checkpoint, cue_data, *RETRY_GRID), "--backend", "ray",
+            "--address", cluster, "--gpus-per-trial", "1", "--cpus-per-trial", "1"]
     driver = subprocess.Popen([sys.executable, "-m", "addrop_cli", *args], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     victim = out / "trials" / "addrop_p0.1_q0.5_seed1"
     try:
         _wait(lambda: list((victim / "checkpoints").glob("step-*")) and (victim / "train.lock").is_file(), 240,
@@ -139,10 +138,6 @@ def test_ray_sweep_survives_a_killed_worker_and_matches_the_local_backend(cluste
     assert sorted(rows) == ["addrop_p0.1_q0.5_seed1", "addrop_p0.5_q0.5_seed1"]
     assert all(row["status"] == "ok" and row["gpus"] for row in rows.values())  # declared GPUs were placed
     assert rows[victim.name]["attempts"] == 2 and "retrying addrop_p0.1_q0.5_seed1 (1/2)" in stderr
-    assert "resuming from" in (victim / "train.log").read_text()
-
-    local = tmp_path / "local-sweep"
-    result = CliRunner().invoke(app, sweep_args(local, tiny_checkpoint, *grid))
-    assert result.exit_code == 0, result.output
-    for row in finished_rows(local):
-        assert row["eval"] == pytest.approx(rows[row["trial"]]["eval"], rel=1e-5), row["trial"]
+    log = re.sub(r"\s", "", (victim / "train.log").read_text())  # the log wraps long lines, even inside words
+    assert re.search(r"resumingfrom\S*?/step-0*[1-9]\d*\(epoch1,step[1-9]", log), "the retry did not resume"
+    assert_same_trials(out, unbroken_sweep)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,22 +72,55 @@ def test_sigkill_mid_addrop_epoch_then_resume_is_bit_exact(tmp_path, tiny_checkp
     assert all((expected[name] == actual[name]).all() for name in expected)
 
 
+SIGNAL_RUN = ("--max-train-samples", "800", "--epochs", "1", "--save-steps", "20")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_checkpoint, shared_data) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(command(out, tiny_checkpoint, shared_data, *SIGNAL_RUN), check=True, capture_output=True)
+    return out
+
+
+def unwrapped(text: str) -> str:
+    """The console wraps long lines, inside paths too: compare without whitespace (the paths here have none)."""
+    return re.sub(r"\s", "", text)
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step-"))
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_checkpoints_and_exits_with_resume_hint(tmp_path, tiny_checkpoint, shared_data, signum, code):
+def test_signal_checkpoints_and_exits_with_resume_hint(tmp_path, tiny_checkpoint, shared_data, uninterrupted, signum,
+                                                       code):
     out = tmp_path / "run"
-    extra = ("--max-train-samples", "800", "--epochs", "1", "--save-steps", "20")
-    process = subprocess.Popen(command(out, tiny_checkpoint, shared_data, *extra), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command(out, tiny_checkpoint, shared_data, *SIGNAL_RUN), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(process, out, epoch=1)
+    before = checkpoint_dirs(out)  # what existed when the signal was sent
+    signalled = time.time()
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
     assert f"interrupted by {signal.Signals(signum).name}" in stderr
     assert "run the same command again (or add --resume)" in stderr
-    resumed = subprocess.run(command(out, tiny_checkpoint, shared_data, *extra, "--resume"), capture_output=True,
+    # The checkpoint the stop wrote, not one that was there before the signal: a later step, written after it.
+    saved = Path(re.search(r"checkpointsavedin(\S+?/step-\d+)", unwrapped(stderr))[1])
+    assert saved == checkpoint_dirs(out)[-1] and step_of(saved) > max(map(step_of, before))
+    assert (saved / STATE_FILE).stat().st_mtime >= signalled - 0.01  # file times lag time.time() by up to a tick
+    state = json.loads((saved / STATE_FILE).read_text())
+    assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < 100, "the signal came after the epoch ended"
+
+    resumed = subprocess.run(command(out, tiny_checkpoint, shared_data, *SIGNAL_RUN, "--resume"), capture_output=True,
                              text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert [h["epoch"] for h in metrics_of(out)[1]] == [1]
+    assert f"resumingfrom{saved}(epoch1,step{state['step_in_epoch']})" in unwrapped(resumed.stderr)
+    # The stopped-and-resumed run is the uninterrupted one, bit for bit (as after SIGKILL, see above).
+    assert metrics_of(out) == metrics_of(uninterrupted)
+    expected, actual = final_weights(uninterrupted), final_weights(out)
+    assert expected.keys() == actual.keys()
+    assert all((expected[name] == actual[name]).all() for name in expected)
 
 
 def test_same_command_twice_gives_identical_history(tmp_path, tiny_checkpoint, shared_data):

@@ -71,7 +71,32 @@ def test_mlflow_sqlite_store_holds_the_run_and_its_config(tmp_path, tiny_checkpo
     check_epoch_signals(epochs, out)
 
 
-def test_wandb_offline_leaves_a_run_directory(tmp_path, tiny_checkpoint, monkeypatch):
+def wandb_records(path):
+    """The records of a W&B offline run file, read without wandb's own reader (0.31 ships none in Python): a
+    7-byte header (":W&B", magic 0xBEE1, version 0), then LevelDB's log format: 32 KiB blocks of chunks, each a
+    7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) and a piece of a Record protobuf."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:7] == b":W&B\xe1\xbe\x00", data[:7]
+    offset, pending, block = 7, b"", 32768
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # a block's tail too short for a header is padding
+            offset += block - offset % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        pending += data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_wandb_offline_run_holds_the_logged_scalars_and_the_config(tmp_path, tiny_checkpoint, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -81,8 +106,21 @@ def test_wandb_offline_leaves_a_run_directory(tmp_path, tiny_checkpoint, monkeyp
     done = subprocess.run([sys.executable, "-m", "addrop_cli", *train_args(out, tiny_checkpoint, "wandb")],
                           capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    assert list(run_dir.glob("*.wandb")), "the offline run holds no data file"
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/*.wandb")
+    records = list(wandb_records(run_file))
+    (run,) = [record.run for record in records if record.HasField("run")]
+    assert run.display_name == "run"
+    config = {item.key: json.loads(item.value_json) for record in records if record.HasField("config")
+              for item in record.config.update}
+    assert config["addrop.p"] == 0.3 and config["train.lr"] == 1e-3 and config["train.epochs"] == 2
+    scalars: dict[str, list[float]] = {}
+    for record in records:
+        if record.HasField("history"):
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)  # wandb 0.31 fills nested_key, not key
+                scalars.setdefault(key, []).append(json.loads(item.value_json))
+    assert len(scalars["train/loss"]) == 6 and len(scalars["train/learning_rate"]) == 6  # 3 steps x 2 epochs
+    check_epoch_signals(scalars, out)
 
 
 @pytest.mark.parametrize(("report_to", "fragment"), [
