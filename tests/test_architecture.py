@@ -127,7 +127,7 @@ import addrop_cli
 from typer.testing import CliRunner
 from addrop_cli.cli import app
 for args in (["--help"], ["train", "--help"], ["eval", "--help"], ["sweep", "--help"], ["attribute", "--help"],
-             ["plot", "--help"]):
+             ["plot", "--help"], ["assemble", "--help"]):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (args, result.output)
     assert "Usage" in result.output, args

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from addrop_cli.cli import assemble as assemble_command
 from addrop_cli.cli import attribute as attribute_command
 from addrop_cli.cli import eval as eval_command
 from addrop_cli.cli import plot as plot_command
@@ -44,6 +45,7 @@ app.command("predict")(predict_command.predict)
 app.command("sweep")(sweep_command.sweep)
 app.command("attribute")(attribute_command.attribute)
 app.command("plot")(plot_command.plot)
+app.command("assemble")(assemble_command.assemble)
 
 
 def main() -> None:

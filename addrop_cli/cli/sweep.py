@@ -21,6 +21,7 @@ from addrop_cli.sweep.backends import BackendSettings, open_backend
 from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value, parse_grid, parse_seeds, parse_values
 from addrop_cli.sweep.plan import RESULTS_FILE, Trial, check_manifest, manifest, plan_trials
 from addrop_cli.sweep.runner import SweepInterrupted, run_sweep
+from addrop_cli.training.one_class import is_one_class, share_text
 from addrop_cli.training.run_dir import model_dir
 
 SHOWN_ROWS = 15  # the live table shows the latest finished trials
@@ -111,10 +112,21 @@ def sweep(
     if dry_run:
         _print_trials(trials, directory)
         return
+    wanted = manifest(base, axes, seed_list, baseline)
+    _checked_run(trials, directory, wanted, console, settings, force=force, keep_checkpoints=keep_checkpoints,
+                 trust_remote_code=trust_remote_code)
+
+
+def _checked_run(trials: list[Trial], directory: Path, wanted: dict[str, Any], console: Console,
+                 settings: BackendSettings, *, force: bool, trust_remote_code: bool, **run_options: Any) -> None:
+    """Check every trial's inputs before anything is written, then run the sweep under its lock and summarize."""
+    from addrop_cli.training.inputs import check_inputs  # torch only once the plan is valid
+
+    check_inputs([trial.recipe for trial in trials], trust_remote_code)
     with locks.held(directory / locks.SWEEP_LOCK, "a sweep"):  # one live driver per sweep directory
-        check_manifest(directory, manifest(base, axes, seed_list, baseline), force)
-        progress = _run(trials, directory, console, settings, force=force, keep_checkpoints=keep_checkpoints,
-                        trust_remote_code=trust_remote_code)
+        check_manifest(directory, wanted, force)
+        progress = _run(trials, directory, console, settings, force=force, trust_remote_code=trust_remote_code,
+                        **run_options)
     if progress.skipped:
         console.print(f"{progress.skipped} trial(s) were already finished and skipped")
     _print_summary(directory, console)
@@ -153,10 +165,14 @@ def _run(trials: list[Trial], directory: Path, console: Console, settings: Backe
         raise typer.Exit(code) from None
 
 
-def _row_text(row: dict) -> tuple[str, str]:
-    """A finished trial's score and best epoch as shown to the user."""
+def _row_text(row: dict) -> tuple[str, str, str]:
+    """A finished trial's score, best epoch and a note ("one class: 100 % positive" when its best epoch predicted
+    one class, else empty) as shown to the user."""
     score = "diverged" if row["status"] != "ok" else f"{row['metric']} {row['eval'][row['metric']]:.4f}"
-    return score, format_value(row.get("best_epoch", "–"))
+    share = row.get("majority_share")
+    note = f"one class: {share_text(row['majority_label'], share)}" if share is not None and is_one_class(share) \
+        else ""
+    return score, format_value(row.get("best_epoch", "–")), note
 
 
 class _LineLog:
@@ -172,9 +188,10 @@ class _LineLog:
             self.console.print(note, highlight=False, soft_wrap=True)
         self.notes = len(progress.notes)
         for row in progress.finished[self.shown:]:
-            score, epoch = _row_text(row)
+            score, epoch, note = _row_text(row)
             self.console.print(f"[{len(progress.finished)}/{progress.total}] {row['trial']}: {score} (best epoch "
-                               f"{epoch}, {row['seconds'] / 60:.1f} min)", highlight=False, soft_wrap=True)
+                               f"{epoch}, {row['seconds'] / 60:.1f} min{'; ' + note if note else ''})",
+                               highlight=False, soft_wrap=True)
         if len(progress.finished) > self.shown and len(progress.finished) < progress.total:
             self.console.print(progress.status(), highlight=False, soft_wrap=True)
         self.shown = len(progress.finished)
@@ -196,8 +213,9 @@ class _Board:
             table.add_column(column, justify="left" if column == "trial" else "right", no_wrap=column == "trial")
         finished = self.progress.finished if self.progress else []
         for row in finished[-SHOWN_ROWS:]:
-            score, epoch = _row_text(row)
-            table.add_row(row["trial"], str(row["seed"]), score, epoch, f"{row['seconds'] / 60:.1f}")
+            score, epoch, note = _row_text(row)
+            table.add_row(row["trial"], str(row["seed"]), f"{score} ({note})" if note else score, epoch,
+                          f"{row['seconds'] / 60:.1f}")
         if self.progress is None:
             return Group(table, f"0/{self.total} finished")
         return Group(table, *self.progress.notes[-3:], self.progress.status())
@@ -216,11 +234,17 @@ def _print_trials(trials, directory: Path) -> None:
 
 
 def _print_summary(directory: Path, console: Console) -> None:
-    from addrop_cli.sweep.summary import summarize  # numpy and matplotlib only when summarizing
+    """What the sweep found (the best setting, a tie, or that none beat the others), a warning when trials
+    predicted one class, and the files written."""
+    from addrop_cli.sweep.summary import SUMMARY_MD, one_class_verdict, summarize, verdict  # numpy, matplotlib
 
     summary = summarize(directory)
-    console.print(f"{summary.finished}/{summary.total} trials finished; best: "
-                  + (", ".join(f"{k}={format_value(v)}" for k, v in summary.best.settings.items()) or "base recipe")
-                  + f" ({summary.metric} {summary.best.cell(summary.metric)})")
+    console.print(f"{summary.finished}/{summary.total} trials finished; {verdict(summary)}", highlight=False,
+                  soft_wrap=True)
+    one_class = one_class_verdict(summary)
+    if one_class is not None:
+        flagged, finished = summary.one_class_trials()
+        where = f" (marked in {SUMMARY_MD})" if flagged < finished else ""
+        console.print(f"warning: {one_class}{where}", highlight=False, soft_wrap=True)
     for path in summary.files:
         console.print(f"wrote {path}")

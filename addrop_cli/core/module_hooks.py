@@ -42,6 +42,7 @@ REFUSED = {
                 "'original_full' in its config to use full attention)",
     "bigbird_pegasus": "its block-sparse attention has no (B, H, Q, K) attention map",
     "reformer": "its LSH and local attention have no (B, H, Q, K) attention map",
+    "nystromformer": "its Nystrom approximation has no (B, H, Q, K) attention map",
     "xlnet": "it applies one dropout module to attention probabilities and hidden states alike",
 }
 

@@ -9,6 +9,7 @@ Usage, with any transformers model whose attention goes through ``AttentionInter
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +46,11 @@ from addrop_cli.core.settings import (
 from addrop_cli.errors import UserError, first_line
 
 PROBE_ENCODER_LENGTH, PROBE_DECODER_LENGTH = 5, 3
+# Families that switch to the ``addrop`` attention but carry in their mask what AD-DROP's attention does not keep.
+INTERFACE_REFUSED = {
+    "doge": "its dynamic mask attention puts learnt per-head values into the attention mask, which AD-DROP's "
+            "masks do not carry",
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,12 @@ def connect(model: PreTrainedModel) -> tuple[AttentionRoute, list[AttentionSite]
     """The route to ``model``'s attention and its sites: ``AttentionInterface`` when the model dispatches through
     it, else module hooks on its attention-probability dropout modules (eager encoders such as DeBERTa and MPNet).
     Raises UserError when neither reaches it, naming why."""
+    if model.config.is_encoder_decoder and type(model).__name__.endswith("ForSequenceClassification"):
+        # Its head feeds the decoder the encoder's own input and reads the decoder's <eos> state, while AD-DROP
+        # runs encoder-decoders as seq2seq models (target tokens as labels, decoder calls told apart by length).
+        raise UserError(f"model type '{model.config.model_type}' ({type(model).__name__}) is an encoder-decoder "
+                        "with a sequence classification head, which AD-DROP does not support (it runs encoder-decoders "
+                        "as seq2seq models only); use an encoder-only or decoder-only model, or train with --no-addrop")
     try:
         return InterfaceRoute(), install(model)
     except NotRouted:
@@ -101,7 +113,8 @@ def install(model: PreTrainedModel) -> list[AttentionSite]:
 
     Returns one :class:`AttentionSite` per attention call of a forward, in call order.
     Raises :class:`NotRouted` for models whose attention does not go through ``AttentionInterface``, and
-    UserError for attention with a variant that AD-DROP's attention cannot reproduce.
+    UserError for attention with a variant that AD-DROP's attention cannot reproduce, or that the per-forward
+    state cannot reach (layers that drop the forward's keyword arguments).
     """
     model_type = getattr(model.config, "model_type", type(model).__name__)
     refusal = NotRouted(
@@ -110,6 +123,9 @@ def install(model: PreTrainedModel) -> list[AttentionSite]:
         "electra, distilbert, albert, xlm-roberta, bart, t5, marian, llama, qwen2, mistral or gemma, or train "
         "with --no-addrop"
     )
+    if model_type in INTERFACE_REFUSED:
+        raise UserError(f"model type '{model_type}' ({type(model).__name__}) cannot take AD-DROP: "
+                        f"{INTERFACE_REFUSED[model_type]}; train it with --no-addrop")
     # Decided by probing, not by the class's _supports_attention_backend flag, which some models that do
     # dispatch through the interface (Marian) leave False. Eager-only models log that they cannot switch.
     verbosity = transformers.logging.get_verbosity()
@@ -118,8 +134,12 @@ def install(model: PreTrainedModel) -> list[AttentionSite]:
         model.set_attn_implementation(IMPLEMENTATION)
     finally:
         transformers.logging.set_verbosity(verbosity)
-    # EncoderDecoderModel keeps stale copies of its sub-configs: set the implementation on every config.
     configs = {id(c): c for m in model.modules() if isinstance(c := getattr(m, "config", None), PreTrainedConfig)}
+    if all(config._attn_implementation != IMPLEMENTATION for config in configs.values()):
+        # transformers refused the switch everywhere (its modeling code has no AttentionInterface dispatch):
+        # forcing it would only break the mask code of eager models (MPT) before the probe could tell.
+        raise refusal
+    # EncoderDecoderModel keeps stale copies of its sub-configs: set the implementation on every config.
     previous = {key: config._attn_implementation for key, config in configs.items()}
     for config in configs.values():
         config._attn_implementation = IMPLEMENTATION
@@ -134,6 +154,13 @@ def install(model: PreTrainedModel) -> list[AttentionSite]:
     if not calls:  # left as it was, for the module-hook route
         for key, config in configs.items():
             config._attn_implementation = previous[key]
+        if hasattr(sys.modules.get(type(model).__module__), "ALL_ATTENTION_FUNCTIONS"):
+            # Its modeling code dispatches through the interface, but a layer drops the forward's keyword
+            # arguments on the way (Falcon, StableLM, Nemotron): no per-forward state can reach the attention.
+            raise UserError(f"model type '{model_type}' ({type(model).__name__}) dispatches its attention through "
+                            "transformers' AttentionInterface, but its layers do not pass the forward's keyword "
+                            "arguments on to it, so AD-DROP's per-forward state cannot reach its attention; train it "
+                            "with --no-addrop")
         raise refusal
     _refuse_unknown_variants(model, model_type, calls)
     return classify_sites(calls, model.config.is_encoder_decoder)

@@ -17,23 +17,24 @@ from addrop_cli import locks
 from addrop_cli.errors import DIVERGED_EXIT_CODE, UserError
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_jsonl
-from addrop_cli.recipe import load_yaml, run_identity
 from addrop_cli.sweep.plan import RESULTS_FILE, Trial, current_results, read_results
 from addrop_cli.sweep.trials import Outcome
+from addrop_cli.training.one_class import best_epoch_majority
 from addrop_cli.training.run_dir import (
     CHECKPOINTS_DIR,
     latest_checkpoint,
+    other_run_differences,
     read_history,
     read_metrics,
     read_progress,
-    recipe_differences,
-    recipe_path,
 )
 
 
 def _result_row(trial: Trial, outcome: Outcome, attempts: int) -> dict[str, Any]:
     """What results.jsonl keeps of a trial that ended: its scores (or why it diverged), the seconds it ran
-    where it ran, that node and its GPUs, and how many attempts it took."""
+    where it ran, that node and its GPUs, how many attempts it took and, for classification, the best epoch's
+    most-predicted class and its share (``majority_label``, ``majority_share``: a trial that predicted one class
+    is marked in the live view and the summary)."""
     directory = Path(trial.recipe.train.output_dir)
     status = "ok" if outcome.code == 0 else "diverged"
     row = {**trial.row(), "digest": trial.digest, "status": status, "seconds": round(outcome.seconds, 1),
@@ -43,6 +44,9 @@ def _result_row(trial: Trial, outcome: Outcome, attempts: int) -> dict[str, Any]
         history = read_history(directory, ("seconds",))
         row.update(metric=metrics["metric"], best_epoch=metrics["best_epoch"], eval=metrics["eval"],
                    test=metrics.get("test"), train_seconds=round(sum(h["seconds"] for h in history), 1))
+        majority = best_epoch_majority(directory, trial.recipe.task, metrics["best_epoch"])
+        if majority is not None:
+            row.update(majority_label=majority[0], majority_share=majority[1])
     else:
         row["message"] = outcome.message
     return row
@@ -139,17 +143,14 @@ class Backend(Protocol):
         signal handler, so it only passes the signal on or sets a flag."""
 
 
-def _prepare_trial_dir(trial: Trial, force: bool) -> None:
-    """A trial directory holding a different recipe is cleared under --force (train would refuse it)."""
+def _check_trial_dir(trial: Trial, force: bool) -> None:
+    """A trial directory holding a different recipe is refused without --force; with it, the trial replaces
+    that run the way ``addrop train --overwrite`` does (kept until the trial's first checkpoint)."""
     directory = Path(trial.recipe.train.output_dir)
-    saved = recipe_path(directory)
-    previous = load_yaml(saved) if saved.is_file() else None
-    if previous is not None and run_identity(previous) != run_identity(trial.recipe.to_dict()):
-        if not force:
-            changed = "; ".join(recipe_differences(previous, trial.recipe.to_dict()))
-            raise UserError(f"{directory} holds a different run than trial {trial.id} ({changed}); pass --force to "
-                            "replace it")
-        shutil.rmtree(directory)
+    changed = other_run_differences(directory, trial.recipe)
+    if changed and not force:
+        raise UserError(f"{directory} holds a different run than trial {trial.id} ({'; '.join(changed)}); pass "
+                        "--force to replace it")
 
 
 def run_sweep(
@@ -178,7 +179,7 @@ def run_sweep(
                              finished=[done[t.id] for t in trials if t.id in done], skipped=len(done))
     todo = [trial for trial in trials if trial.id not in done]
     for trial in todo:
-        _prepare_trial_dir(trial, force)
+        _check_trial_dir(trial, force)
 
     def record(trial: Trial, outcome: Outcome, attempts: int) -> None:
         row = _result_row(trial, outcome, attempts)

@@ -17,6 +17,12 @@ from addrop_cli.errors import UserError
 from addrop_cli.recipe import name_key
 
 _DEFAULT_HUB_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+# The values each metric a task reports can take (gen_len, a length, has no upper bound and is left out):
+# heatmap colour scales stay inside them.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "precision": (0.0, 1.0), "recall": (0.0, 1.0),
+    "mcc": (-1.0, 1.0), "pearson": (-1.0, 1.0), "spearman": (-1.0, 1.0), "bleu": (0.0, 100.0),
+}
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from addrop_cli.training.checkpoints import TrainingState, load_checkpoint, save
 from addrop_cli.training.evaluation import build_accelerator, eval_loader, labelled_split
 from addrop_cli.training.lora import apply_lora, save_lora_model
 from addrop_cli.training.model_card import CARD_FILE, build_card, check_hub_access, push_to_hub
+from addrop_cli.training.one_class import ONE_CLASS_SHARE, majority_share
 from addrop_cli.training.run_dir import (
     BEST_DIR,
     HISTORY_FILE,
@@ -59,9 +60,7 @@ from addrop_cli.training.run_dir import (
     recover_set_aside,
     write_progress,
 )
-from addrop_cli.training.tracking import majority_share, resolve_trackers, start_trackers
-
-ONE_CLASS_SHARE = 0.95
+from addrop_cli.training.tracking import resolve_trackers, start_trackers
 
 
 @dataclass

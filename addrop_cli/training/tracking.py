@@ -15,6 +15,7 @@ from accelerate.tracking import get_available_trackers
 
 from addrop_cli.errors import UserError, first_line
 from addrop_cli.recipe import Recipe, flatten
+from addrop_cli.training.one_class import majority_share  # noqa: F401  (torch-free; the loop imports it from here)
 
 PROJECT = "addrop"
 # What to install for each tracker: an addrop extra where there is one, else the tracker's own package.
@@ -51,9 +52,3 @@ def start_trackers(accelerator: Accelerator, recipe: Recipe, run_name: str) -> N
     except Exception as error:  # any tracker's failure to start, reported on one line
         names = ", ".join(str(tracker) for tracker in accelerator.log_with)
         raise UserError(f"train.report_to: could not start the {names} run: {first_line(error)}") from None
-
-
-def majority_share(prediction_counts: dict[str, int]) -> float | None:
-    """The share of evaluation predictions in the most-predicted class (drift toward one class shows here)."""
-    total = sum(prediction_counts.values())
-    return max(prediction_counts.values()) / total if total else None

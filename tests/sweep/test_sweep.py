@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -127,19 +128,21 @@ def test_two_by_two_grid_with_two_seeds_and_a_baseline_writes_every_file(tmp_pat
         table = list(csv.DictReader(handle))
     assert [r["kind"] for r in table] == ["ft"] + ["addrop"] * 4
     assert all(r["seeds"] == "2" for r in table)
-    assert sum(r["best"] == "yes" for r in table) == 1
+    marks = [r["best"] for r in table]  # one best, or a tie (this tiny model often predicts one class)
+    assert (marks.count("yes"), marks.count("tied")) == (1, 0) or (marks.count("yes") == 0 and marks.count("tied") > 1)
     accuracy = [row["eval"]["accuracy"] for row in rows if row["settings"] == {"addrop.p": 0.1, "addrop.q": 0.2}]
     first = next(r for r in table if r["addrop.p"] == "0.1" and r["addrop.q"] == "0.2")
     assert float(first["eval.accuracy_mean"]) == pytest.approx(sum(accuracy) / 2, abs=1e-6)
 
     markdown = (out / "summary.md").read_text()
-    assert "| FT |" in markdown and "±" in markdown and "Best setting: " in markdown
+    assert "| FT |" in markdown and "±" in markdown
+    assert any(finding in markdown for finding in ("Best setting: ", "Tied for best", "No setting beat the others"))
 
     best = yaml.safe_load((out / "best-recipe.yaml").read_text())
-    chosen = next(r for r in table if r["best"] == "yes")
-    assert best["addrop"]["p"] == float(chosen["addrop.p"]) and best["addrop"]["q"] == float(chosen["addrop.q"])
+    chosen = {(float(r["addrop.p"]), float(r["addrop.q"])) for r in table if r["kind"] == "addrop" and r["best"]}
+    assert (best["addrop"]["p"], best["addrop"]["q"]) in chosen
     assert best["model"] == str(tiny_checkpoint) and best["train"]["epochs"] == 2
-    assert (out / "best-recipe.yaml").read_text().startswith("# Best setting")
+    assert (out / "best-recipe.yaml").read_text().startswith(("# Best setting", "# No single best setting"))
 
     for name in ("heatmap.png", "heatmap-vs-baseline.png"):
         with Image.open(out / name) as image:
@@ -278,11 +281,93 @@ def test_a_second_driver_or_trainer_on_a_held_directory_is_refused(tmp_path, tin
     assert sorted(p.name for p in run.iterdir()) == ["train.lock"]
 
 
-def test_a_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path, tiny_checkpoint):
-    grid = ("--p", "0.1,0.5", "--q", "0.5", "--seeds", "1", "--save-steps", "1", "--max-train-samples", "64")
+# ------------------------------------------------------------ a retried trial equals an unbroken one
+
+RETRY_GRID = ("--p", "0.1,0.5", "--q", "0.5", "--seeds", "1")
+TRIAL_KEYS = ("trial", "settings", "seed", "status", "eval", "best_epoch")
+HISTORY_KEYS = ("epoch", "phase", "train_loss", "eval", "eval_loss", "eval_predictions")
+
+
+def learnable_sweep_args(out, checkpoint, data, *extra):
+    """Two AD-DROP epochs (no cross-tuning: a kill in epoch 1 lands in an AD-DROP epoch) of the learnable tiny
+    BERT on the cue sentences, 8 updates an epoch, a checkpoint after each, the last one kept after the trial."""
+    return ["sweep", "--model", str(checkpoint), "--train-file", str(data / "train.tsv"), "--validation-file",
+            str(data / "dev.tsv"), "--max-length", "24", "--epochs", "2", "--batch-size", "8", "--no-cross-tuning",
+            "--save-steps", "1", "--keep-checkpoints", "--output-dir", str(out), "--set", "train.lr=1e-3", *extra]
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as Ray sets for a 1-CPU task
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread in this process, as in a process started with ``ONE_THREAD``: the float sums are then
+    the same, and so are the results, bit for bit (measured: two trials on 1 and on 2 threads differ by 1e-5 in
+    the final weights, so every comparison of a retried trial runs on one thread and is exact)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def trial_result(trial) -> tuple[dict, list[dict], dict]:
+    """What a trial produced: metrics.json, its history without timings, and its final weights."""
+    from safetensors.torch import load_file
+
+    from addrop_cli.training.run_dir import checkpoint_dirs
+
+    history = [json.loads(line) for line in (trial / "history.jsonl").read_text().splitlines()]
+    weights = load_file(checkpoint_dirs(trial)[-1] / "model.safetensors")
+    return (json.loads((trial / "metrics.json").read_text()), [{k: h[k] for k in HISTORY_KEYS} for h in history],
+            weights)
+
+
+def weight_distance(first: dict, second: dict) -> float:
+    assert first.keys() == second.keys()
+    return max((first[name] - second[name]).abs().max().item() for name in first)
+
+
+def assert_same_trials(sweep, reference) -> None:
+    """Every trial of ``sweep`` equals the same trial of ``reference``: its row, metrics, history and final
+    weights, exactly (both on one thread)."""
+    rows, expected = ({row["trial"]: row for row in finished_rows(out)} for out in (sweep, reference))
+    assert sorted(rows) == sorted(expected)
+    for name, row in rows.items():
+        assert {k: row[k] for k in TRIAL_KEYS} == {k: expected[name][k] for k in TRIAL_KEYS}, name
+        (metrics, history, weights), (metrics_0, history_0, weights_0) = (
+            trial_result(out / "trials" / name) for out in (sweep, reference))
+        assert metrics == metrics_0 and history == history_0, name
+        assert weight_distance(weights, weights_0) == 0.0, name
+
+
+def test_p_seed_and_lr_each_change_a_trial_of_the_retry_grid(tmp_path, unbroken_sweep):
+    """What makes the retry comparisons bite: on this model and data a trial's scores, predictions and weights
+    move with p, with the seed and with the lr; the tiny 0.02-initialised model predicts one class throughout."""
+    base = unbroken_sweep / "trials" / "addrop_p0.1_q0.5_seed1"
+    results = {"base": trial_result(base), "p": trial_result(unbroken_sweep / "trials" / "addrop_p0.5_q0.5_seed1")}
+    for name, extra in (("seed", ["--seed", "2"]), ("lr", ["--lr", "3e-3"])):
+        with one_thread():
+            trained = runner.invoke(app, ["train", "--recipe", str(base / "recipe.yaml"), "--output-dir",
+                                          str(tmp_path / name), *extra])
+        assert trained.exit_code == 0, trained.output
+        results[name] = trial_result(tmp_path / name)
+    metrics, history, weights = results.pop("base")
+    for name, (other_metrics, other_history, other_weights) in results.items():
+        assert other_metrics["eval"] != metrics["eval"], f"{name} left the accuracy unchanged"
+        assert [h["eval_predictions"] for h in other_history] != [h["eval_predictions"] for h in history], name
+        assert weight_distance(weights, other_weights) > 1e-3, name
+
+
+def test_a_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path, learnable_checkpoint, cue_data,
+                                                                     unbroken_sweep):
     out = tmp_path / "sweep"
-    driver = subprocess.Popen([sys.executable, "-m", "addrop_cli", *sweep_args(out, tiny_checkpoint, *grid),
-                               "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-m", "addrop_cli", *learnable_sweep_args(
+        out, learnable_checkpoint, cue_data, *RETRY_GRID, "--workers", "2")], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     victim = out / "trials" / "addrop_p0.1_q0.5_seed1"
     deadline = time.time() + 240
     while not (list((victim / "checkpoints").glob("step-*")) and (victim / "train.lock").is_file()):
@@ -293,9 +378,8 @@ def test_a_trial_killed_from_outside_is_retried_from_its_checkpoint(tmp_path, ti
     assert driver.returncode == 0, stderr
     rows = {row["trial"]: row for row in finished_rows(out)}
     assert [rows[name]["attempts"] for name in sorted(rows)] == [2, 1]
-    assert "retrying addrop_p0.1_q0.5_seed1 (1/2)" in stderr and "resuming from" in (victim / "train.log").read_text()
-
-    unbroken = tmp_path / "unbroken"
-    assert runner.invoke(app, sweep_args(unbroken, tiny_checkpoint, *grid)).exit_code == 0
-    for row in finished_rows(unbroken):
-        assert row["eval"] == pytest.approx(rows[row["trial"]]["eval"], rel=1e-5), row["trial"]
+    assert "retrying addrop_p0.1_q0.5_seed1 (1/2)" in stderr
+    log = re.sub(r"\s", "", (victim / "train.log").read_text())  # the log wraps long lines, even inside words
+    resumed = re.search(r"resumingfrom\S*?/step-0*(\d+)\(epoch1,step(\d+)\)", log)
+    assert resumed and int(resumed[1]) == int(resumed[2]) >= 1, "the retry did not resume inside epoch 1"
+    assert_same_trials(out, unbroken_sweep)

