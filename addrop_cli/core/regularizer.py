@@ -369,6 +369,11 @@ class ADDrop:
             raise UserError(f"gradient checkpointing with AD-DROP needs one attention module per layer, and "
                             f"{type(self.base).__name__} shares them across layers; turn "
                             "train.gradient_checkpointing off")
+        if config.unmasked_weight > 0 and not isinstance(self.route, InterfaceRoute) and \
+                getattr(self.base, "is_activation_checkpointing", False):
+            # The plain forward would end the hooks' state before the backward recomputes the masked one.
+            raise UserError("addrop.unmasked_weight > 0 with gradient checkpointing is not available for models on "
+                            "the module-hook route; turn train.gradient_checkpointing off or set unmasked_weight 0")
         build_no_kv_cache(self.base)
         self.attribution_dtype = attribution_dtype(config.attribution_precision, self.base)
         self._drop_tally: torch.Tensor | None = None  # (dropped, seen) positions since take_drop_counts()

@@ -183,3 +183,10 @@ def test_bf16_attribution_ranks_in_float32_among_visible_keys():
     assert all(scores.dtype == torch.float32 and scores.isfinite().all() for scores in found.scores.values())
     for region in addrop.candidates(batch, found).values():
         assert region.any() and not (region & ~visible_keys(batch)).any()
+
+
+def test_unmasked_weight_with_checkpointing_is_refused_on_the_hook_route():
+    model = tiny_eager_classifier("deberta-v2").train()
+    model.activation_checkpointing_enable()
+    with pytest.raises(UserError, match=r"unmasked_weight > 0 with gradient checkpointing"):
+        ADDrop(model, ADDropConfig(unmasked_weight=0.5))
