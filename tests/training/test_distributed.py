@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -28,6 +29,13 @@ def dropout_free_checkpoint(tmp_path_factory, tiny_tokenizer):
     return directory
 
 
+
+def free_port() -> int:
+    """A port free now: each launch gets its own (one fixed port per pytest process once hung a later launch)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
 def train_args(out, model, data, *extra):
     return ["train", "--task", "mrpc", "--model", str(model), "--train-file", str(data / "MRPC/train.tsv"),
             "--validation-file", str(data / "MRPC/dev.tsv"), "--max-train-samples", "96", "--max-eval-samples", "50",
@@ -44,7 +52,7 @@ def launch(processes: int, args: list[str]) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "addrop_cli", *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", str(29500 + os.getpid() % 1000), "-m", "addrop_cli", *args]
+                   "--master_port", str(free_port()), "-m", "addrop_cli", *args]
         env["ACCELERATE_USE_CPU"] = "true"
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
