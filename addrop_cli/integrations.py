@@ -10,31 +10,37 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from addrop_cli.core.regularizer import ADDrop
-from addrop_cli.core.settings import ADDropConfig, epoch_phase
+from addrop_cli.core.method import Regularizer, make_regularizer
+from addrop_cli.core.settings import FT_PHASE, ADDropConfig, HiddenCutConfig, RDropConfig, epoch_phase
 
 
 class ADDropTrainer(Trainer):
     """``transformers.Trainer`` whose training loss follows the cross-tuning schedule (Algorithm 1).
 
-    Odd epochs compute the usual loss; even epochs the loss of the AD-DROP masked forward. Evaluation and
-    prediction are untouched. Extra keyword argument: ``addrop`` (an :class:`ADDropConfig`, default settings
-    when omitted).
+    Odd epochs compute the usual loss; even epochs the loss of the AD-DROP masked forward (or of the R-Drop or
+    HiddenCut baseline with ``ADDropConfig(method="rdrop")`` / ``"hiddencut"``). Evaluation and prediction are
+    untouched. Extra keyword arguments: ``addrop`` (an :class:`ADDropConfig`, default settings when omitted),
+    ``rdrop`` and ``hiddencut`` (those methods' settings).
     """
 
-    def __init__(self, *args, addrop: ADDropConfig | None = None, **kwargs):
+    def __init__(self, *args, addrop: ADDropConfig | None = None, rdrop: RDropConfig | None = None,
+                 hiddencut: HiddenCutConfig | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.addrop_config = addrop or ADDropConfig()
-        self._addrop: ADDrop | None = None
+        self.method_configs = {"rdrop": rdrop, "hiddencut": hiddencut}
+        self._addrop: Regularizer | None = None
+        self._addrop_model = None
 
     def current_phase(self) -> str:
         # state.epoch is fractional progress (1.5 = halfway through the 2nd epoch); phases count from 1.
         return epoch_phase(int(self.state.epoch or 0) + 1, self.addrop_config)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs or not model.training or self.current_phase() != "addrop":
+        if return_outputs or not model.training or self.current_phase() == FT_PHASE:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        if self._addrop is None or self._addrop.model is not model:
-            self._addrop = ADDrop(model, self.addrop_config)
+        if self._addrop is None or self._addrop_model is not model:
+            special_ids = getattr(self.processing_class, "all_special_ids", None)
+            self._addrop = make_regularizer(model, self.addrop_config, special_ids=special_ids, **self.method_configs)
+            self._addrop_model = model
         return self._addrop.loss(inputs)

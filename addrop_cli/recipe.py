@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from addrop_cli.core.settings import ADDropConfig, require
+from addrop_cli.core.settings import ADDROP, ADDropConfig, HiddenCutConfig, RDropConfig, require
 from addrop_cli.errors import UserError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -121,12 +121,23 @@ class TrainConfig:
 PLACE_KEYS = ("output_dir", "report_to", "push_to_hub", "hub_private")
 
 
+# The sections of the baseline methods, each acting only when addrop.method names it.
+METHOD_SECTIONS = ("rdrop", "hiddencut")
+
+
 def run_identity(values: dict[str, Any]) -> dict[str, Any]:
     """A resolved recipe as compared to decide "the same run": where it is written (a run folder that was moved
     or copied is the same run), reported and published (``train.report_to``, ``push_to_hub``, ``hub_private``)
-    does not change the run, so adding a tracker to a run being resumed is allowed."""
+    does not change the run, so adding a tracker to a run being resumed is allowed. Nor do the settings of a
+    method the run does not use: the ``rdrop`` and ``hiddencut`` sections count only when ``addrop.method`` names
+    them, and the default method is left out, so runs and sweeps from before those keys keep their identity."""
     train = {key: value for key, value in values.get("train", {}).items() if key not in PLACE_KEYS}
-    return {**values, "train": train}
+    addrop = dict(values.get("addrop", {}))
+    method = addrop.get("method", ADDROP)
+    if method == ADDROP:
+        addrop.pop("method", None)
+    kept = {key: value for key, value in values.items() if key not in METHOD_SECTIONS or key == method}
+    return {**kept, "train": train, **({"addrop": addrop} if "addrop" in values else {})}
 
 
 # Accelerate's trackers (accelerate.utils.LoggerType), named here so that recipes are checked without torch.
@@ -173,13 +184,16 @@ class LoraConfig:
 
 @dataclass
 class Recipe:
-    """A whole run: task, model, data, training and AD-DROP settings."""
+    """A whole run: task, model, data, training and AD-DROP settings (``addrop.method`` picks the regularizer;
+    ``rdrop`` and ``hiddencut`` hold the baselines' own settings)."""
 
     task: str = "sst2"
     model: str = "minilm"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     addrop: ADDropConfig = field(default_factory=ADDropConfig)
+    rdrop: RDropConfig = field(default_factory=RDropConfig)
+    hiddencut: HiddenCutConfig = field(default_factory=HiddenCutConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -324,7 +338,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise UserError(f"recipe {path} must be a mapping of keys (task, model, data, train, addrop, lora)")
+        raise UserError(f"recipe {path} must be a mapping of keys (task, model, data, train, addrop, rdrop, "
+                        "hiddencut, lora)")
     return values
 
 

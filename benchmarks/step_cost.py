@@ -1,7 +1,8 @@
 """Relative cost of an AD-DROP step against a plain fine-tuning step (the paper's Table 7, measured here).
 
-Plain and AD-DROP steps (GA on all layers and on the first layer, AA, RD, IGA) are interleaved in one process
-on the same batches, so drift in machine load hits every variant alike. A step is what the training loop does:
+Plain and AD-DROP steps (GA on all layers and on the first layer, AA, RD, IGA) and the R-Drop and HiddenCut
+baselines (``rdrop``, ``hiddencut``, at their defaults) are interleaved in one process on the same batches, so
+drift in machine load hits every variant alike. A step is what the training loop does:
 forward, backward, clip-free fused AdamW update. Peak memory per variant is measured in a fresh subprocess
 (CPU: peak RSS above the loaded model and optimizer state; CUDA: max_memory_allocated).
 
@@ -10,6 +11,7 @@ forward, backward, clip-free fused AdamW update. Peak memory per variant is meas
     python benchmarks/step_cost.py --model bert-base-random --device cuda   # a BERT-base-sized random model
     python benchmarks/step_cost.py --model deberta-v3-base-random --device cuda   # the module-hook route
     python benchmarks/step_cost.py --agreement 8     # + bf16-vs-fp32 candidate agreement on 8 batches
+    python benchmarks/step_cost.py --model mpnet-base --variants ga_all,ga_first,aa_all,rd_all,rdrop,hiddencut
 
 ``*_bf16attr`` run the attribution pass under bf16 autocast (``addrop.attribution_precision: bf16``) and the
 masked pass in fp32; ``plain_bf16`` is a plain step under bf16 autocast. Every ratio is to the plain fp32 step.
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 
 from addrop_cli import ADDrop, ADDropConfig
+from addrop_cli.core.method import make_regularizer
 from addrop_cli.tasks.glue_data import make_collator, read_examples
 from addrop_cli.tasks.models import resolve_model
 from addrop_cli.tasks.registry import get_task
@@ -46,6 +49,7 @@ VARIANTS = {
     "ga_first_bf16attr": {"attribution": "ga", "layers": "first", "attribution_precision": "bf16"},
 }
 PLAIN_BF16 = "plain_bf16"  # a plain step under bf16 autocast: what bf16 matmul is worth on this device
+BASELINES = ("rdrop", "hiddencut")  # the paper's Table 1 baselines at their default settings
 
 
 def random_base_model(name: str):
@@ -112,11 +116,13 @@ def sync(device: str) -> None:
 class Stepper:
     """One optimizer step per call, plain or AD-DROP, on a shared model and optimizer."""
 
-    def __init__(self, model, device: str, iga_steps: int):
+    def __init__(self, model, device: str, iga_steps: int, special_ids: list[int]):
         self.model, self.device = model, device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
         self.addrop = {name: ADDrop(model, ADDropConfig(iga_steps=iga_steps, **settings))
                        for name, settings in VARIANTS.items()}
+        for method in BASELINES:
+            self.addrop[method] = make_regularizer(model, ADDropConfig(method=method), special_ids=special_ids)
 
     def step(self, variant: str, batch: dict) -> None:
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -134,9 +140,9 @@ def time_steps(args) -> dict:
     torch.manual_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model, args.device)
     batches, source = make_batches(tokenizer, args.batch_size, args.steps + args.warmup, args.max_length, args.seed)
-    stepper = Stepper(model, args.device, args.iga_steps)
-    names = ["plain", PLAIN_BF16, *[v for v in VARIANTS if v != "iga_all"]]
-    times: dict[str, list[float]] = {name: [] for name in [*names, "iga_all"]}
+    stepper = Stepper(model, args.device, args.iga_steps, tokenizer.all_special_ids)
+    names = ["plain", *[v for v in [PLAIN_BF16, *VARIANTS, *BASELINES] if v != "iga_all" and v in args.variants]]
+    times: dict[str, list[float]] = {name: [] for name in [*names, "iga_all"]}  # iga_all stays empty unless asked
     for index, batch in enumerate(batches):
         order = names[index % len(names):] + names[: index % len(names)]  # rotate who goes first
         for name in order:
@@ -146,7 +152,8 @@ def time_steps(args) -> dict:
             sync(args.device)
             if index >= args.warmup:
                 times[name].append(time.perf_counter() - start)
-        if args.iga_batches and index >= args.warmup and len(times["iga_all"]) < args.iga_batches:
+        timing_iga = "iga_all" in args.variants and index >= args.warmup
+        if timing_iga and len(times["iga_all"]) < args.iga_batches:
             start = time.perf_counter()
             stepper.step("iga_all", batch)
             sync(args.device)
@@ -201,7 +208,7 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 import step_cost as sc
 model, tok = sc.load_model_and_tokenizer({args.model!r}, {args.device!r})
 batches, _ = sc.make_batches(tok, {args.batch_size}, 3, {args.max_length}, {args.seed})
-stepper = sc.Stepper(model, {args.device!r}, {args.iga_steps})
+stepper = sc.Stepper(model, {args.device!r}, {args.iga_steps}, tok.all_special_ids)
 stepper.step('plain', batches[0])  # optimizer state now exists
 if {args.device!r}.startswith('cuda'):
     torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
@@ -236,7 +243,14 @@ def main() -> None:
     parser.add_argument("--agreement", type=int, default=0, metavar="N",
                         help="also measure bf16-vs-fp32 candidate agreement on N batches")
     parser.add_argument("--json", type=Path, help="write the results here")
+    every = [PLAIN_BF16, *VARIANTS, *BASELINES]
+    parser.add_argument("--variants", default=",".join(every),
+                        help="comma-separated variants timed against plain (default all): " + ", ".join(every))
     args = parser.parse_args()
+    args.variants = [name.strip() for name in args.variants.split(",")]
+    unknown = sorted(set(args.variants) - set(every))
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(every)}")
 
     result = time_steps(args)
     times = result["times"]
@@ -245,7 +259,8 @@ def main() -> None:
     memory_ratios = {}
     if not args.no_memory:
         plain_peak = peak_memory(args, "plain")
-        memory_ratios = {name: peak_memory(args, name) / plain_peak for name in ("ga_all", "ga_first")}
+        memory_ratios = {name: peak_memory(args, name) / plain_peak
+                         for name in ("ga_all", "ga_first", *BASELINES) if name in args.variants}
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU {cpu_model()} (native bf16: {native_bf16()}), {torch.get_num_threads()} threads"

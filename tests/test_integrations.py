@@ -7,8 +7,9 @@ from datasets import Dataset
 from tiny_models import tiny_classifier
 from transformers import TrainingArguments
 
+from addrop_cli.core.rdrop import RDrop
 from addrop_cli.core.regularizer import ADDrop
-from addrop_cli.core.settings import ADDropConfig
+from addrop_cli.core.settings import ADDropConfig, RDropConfig
 from addrop_cli.integrations import ADDropTrainer
 
 
@@ -35,3 +36,28 @@ def test_trainer_subclass_runs_addrop_on_even_epochs(tmp_path, monkeypatch):
     assert len(phases) == 3  # the 3 steps of epoch 2, and only those
     assert all(1.0 <= epoch < 2.0 for epoch in phases)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_trainer_runs_a_baseline_method_on_even_epochs(tmp_path, monkeypatch):
+    """``addrop=ADDropConfig(method="rdrop")`` with ``rdrop=RDropConfig(...)``: R-Drop's loss, with those settings,
+    in the regularized epoch only."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 100, (16, 10), generator=generator)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * 10] * 16,
+                              "labels": torch.randint(0, 2, (16,), generator=generator).tolist()})
+    seen = []
+    original = RDrop.loss
+
+    def spy(self, batch):
+        seen.append((trainer.state.epoch, self.config.alpha))
+        return original(self, batch)
+
+    monkeypatch.setattr(RDrop, "loss", spy)
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8,
+                             report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True,
+                             logging_strategy="no")
+    trainer = ADDropTrainer(model=tiny_classifier("bert").train(), args=args, train_dataset=data,
+                            addrop=ADDropConfig(method="rdrop"), rdrop=RDropConfig(alpha=0.3))
+    trainer.train()
+    assert [alpha for _, alpha in seen] == [0.3, 0.3]
+    assert all(1.0 <= epoch < 2.0 for epoch, _ in seen)

@@ -37,6 +37,10 @@ Labels = Annotated[str | None, option(metavar="pseudo|gold", recipe_default=True
 CrossTuning = Annotated[bool | None, option("--cross-tuning/--no-cross-tuning", recipe_default=True,
                                          help="Alternate plain and AD-DROP epochs.")]
 NoADDrop = Annotated[bool, option("--no-addrop", help="Plain fine-tuning baseline, same loop.")]
+Method = Annotated[str | None, option(metavar="addrop|rdrop|hiddencut", recipe_default=True,
+                                      help="The regularizer of the regularized epochs: AD-DROP, or the R-Drop or "
+                                           "HiddenCut baseline (their settings: --set rdrop.alpha=..., "
+                                           "hiddencut.ratio=...).")]
 MaxTrainSamples = Annotated[int | None, option(metavar="N", recipe_default=True,
                                                help="Use only the first N training examples.")]
 MaxEvalSamples = Annotated[int | None, option(metavar="N", recipe_default=True,
@@ -72,7 +76,7 @@ RECIPE_KEYS = {
     "mixed_precision": "train.mixed_precision", "save_steps": "train.save_steps",
     "save_total_limit": "train.save_total_limit", "p": "addrop.p", "q": "addrop.q", "layers": "addrop.layers",
     "attribution": "addrop.attribution", "attribution_precision": "addrop.attribution_precision",
-    "labels": "addrop.labels", "cross_tuning": "addrop.cross_tuning", "lora_r": "lora.r",
+    "labels": "addrop.labels", "cross_tuning": "addrop.cross_tuning", "method": "addrop.method", "lora_r": "lora.r",
     "report_to": "train.report_to", "push_to_hub": "train.push_to_hub", "hub_private": "train.hub_private",
 }
 

@@ -18,7 +18,16 @@ from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.sweep.backends import BackendSettings, open_backend
-from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value, parse_grid, parse_seeds, parse_values
+from addrop_cli.sweep.grid import (
+    METHOD_KEY,
+    P_KEY,
+    Q_KEY,
+    format_value,
+    parse_grid,
+    parse_methods,
+    parse_seeds,
+    parse_values,
+)
 from addrop_cli.sweep.plan import RESULTS_FILE, Trial, check_manifest, manifest, plan_trials
 from addrop_cli.sweep.runner import SweepInterrupted, run_sweep
 from addrop_cli.training.one_class import is_one_class, share_text
@@ -61,7 +70,7 @@ def sweep(
                                              help="KEY=V1,V2,... for any other recipe key; repeatable.")]
     = None,
     baseline: Annotated[bool, option("--baseline", help="Add plain fine-tuning trials for every seed and "
-                                  "non-AD-DROP grid point.")] = False,
+                                  "grid point outside the regularizer's keys.")] = False,
     workers: Workers = 1,
     backend: BackendName = "local",
     address: Address = None,
@@ -84,6 +93,9 @@ def sweep(
     attribution_precision: options.AttributionPrecision = None,
     labels: options.Labels = None,
     cross_tuning: options.CrossTuning = None,
+    method: Annotated[str | None, option(metavar="addrop,rdrop,hiddencut",
+                                         help="Regularizers to compare (a grid axis; each method takes only its own "
+                                              "keys' axes); with --baseline, plain fine-tuning too.")] = None,
     no_addrop: options.NoADDrop = False,
     max_train_samples: options.MaxTrainSamples = None,
     max_eval_samples: options.MaxEvalSamples = None,
@@ -101,12 +113,14 @@ def sweep(
         return
     quiet_libraries()
     settings = BackendSettings(backend, workers, address, gpus_per_trial, cpus_per_trial, max_retries)
-    flags = options.recipe_flags({k: v for k, v in locals().items() if k not in ("p", "q", "output_dir")}, no_addrop)
+    flags = options.recipe_flags({k: v for k, v in locals().items() if k not in ("p", "q", "output_dir", "method")},
+                                 no_addrop)
+    methods = _methods(method, flags)
     if model is not None:
         flags["model"] = model_dir(model)  # a run directory means its best checkpoint
     base = resolve_recipe(recipe, task, flags, set_)
     directory = Path(output_dir or f"{base.train.output_dir}-sweep")
-    axes = _axes(p, q, grid)
+    axes = _axes(p, q, grid, methods)
     seed_list = parse_seeds(seeds) if seeds is not None else [base.train.seed]
     trials = plan_trials(base, axes, seed_list, baseline, directory)
     if dry_run:
@@ -132,9 +146,17 @@ def _checked_run(trials: list[Trial], directory: Path, wanted: dict[str, Any], c
     _print_summary(directory, console)
 
 
-def _axes(p: str | None, q: str | None, grid: list[str] | None) -> dict[str, list[Any]]:
-    """Swept recipe key -> its values, from --p, --q and each --grid KEY=V1,V2."""
-    axes: dict[str, list[Any]] = {}
+def _methods(spec: str | None, flags: dict[str, Any]) -> list[str] | None:
+    """--method: one method is a recipe flag (set in ``flags``), several are a grid axis (returned)."""
+    methods = parse_methods(spec) if spec is not None else []
+    if len(methods) == 1:
+        flags["addrop.method"] = methods[0]
+    return methods if len(methods) > 1 else None
+
+
+def _axes(p: str | None, q: str | None, grid: list[str] | None, methods: list[str] | None) -> dict[str, list[Any]]:
+    """Swept recipe key -> its values, from --method (several), --p, --q and each --grid KEY=V1,V2."""
+    axes: dict[str, list[Any]] = {METHOD_KEY: methods} if methods else {}
     if p is not None:
         axes[P_KEY] = parse_values(p, "--p")
     if q is not None:

@@ -39,6 +39,7 @@ def train(
     attribution_precision: options.AttributionPrecision = None,
     labels: options.Labels = None,
     cross_tuning: options.CrossTuning = None,
+    method: options.Method = None,
     no_addrop: options.NoADDrop = False,
     max_train_samples: options.MaxTrainSamples = None,
     max_eval_samples: options.MaxEvalSamples = None,
@@ -54,7 +55,8 @@ def train(
     trust_remote_code: options.TrustRemoteCode = False,
     set_: options.Overrides = None,
 ) -> None:
-    """Fine-tune a model with cross-tuned AD-DROP (or plain, with --no-addrop). No options: the demo."""
+    """Fine-tune a model with cross-tuned AD-DROP (R-Drop or HiddenCut with --method; plain with --no-addrop). No
+    options: the demo."""
     quiet_libraries()
     flags = options.recipe_flags(locals(), no_addrop)
     if model is not None:

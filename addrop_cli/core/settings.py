@@ -29,6 +29,13 @@ ATTRIBUTIONS = ("ga", "iga", "aa", "rd")
 LABEL_MODES = ("pseudo", "gold")
 STRATEGIES = ("high", "low", "random")
 ATTRIBUTION_PRECISIONS = ("same", "bf16", "fp16")
+# The regularizer of the regularized epochs (core/method.py): AD-DROP, or a baseline the paper compares with.
+ADDROP, RDROP, HIDDENCUT = "addrop", "rdrop", "hiddencut"
+METHODS = (ADDROP, RDROP, HIDDENCUT)
+METHOD_NAMES = {ADDROP: "AD-DROP", RDROP: "R-Drop", HIDDENCUT: "HiddenCut"}
+FT_PHASE = "ft"  # the phase of a plain fine-tuning epoch; a regularized epoch's phase is its method
+# addrop.* keys that apply whatever the method (the rest are AD-DROP's own).
+SHARED_KEYS = ("enabled", "method", "cross_tuning")
 
 
 def require(condition: bool, key: str, value: Any, valid: str) -> None:
@@ -39,9 +46,11 @@ def require(condition: bool, key: str, value: Any, valid: str) -> None:
 
 @dataclass
 class ADDropConfig:
-    """AD-DROP settings (paper Section 2.3-2.4, Table 2)."""
+    """AD-DROP settings (paper Section 2.3-2.4, Table 2), and which regularizer the regularized epochs use
+    (``method``: AD-DROP, or the R-Drop / HiddenCut baseline with its own section's settings)."""
 
     enabled: bool = True
+    method: str = ADDROP
     p: float = 0.3
     q: float = 0.3
     layers: str | list[int] = "first"
@@ -55,6 +64,7 @@ class ADDropConfig:
     attribution_precision: str = "same"
 
     def __post_init__(self) -> None:
+        require(self.method in METHODS, "addrop.method", self.method, f"choose one of {', '.join(METHODS)}")
         require(0 < self.p < 1, "addrop.p", self.p, "p is the candidate share, strictly between 0 and 1")
         require(0 <= self.q <= 1, "addrop.q", self.q, "q is a dropout rate, between 0 and 1")
         require(self.attribution in ATTRIBUTIONS, "addrop.attribution", self.attribution,
@@ -83,25 +93,59 @@ def _parse_attention(attention: str | list[str]) -> str | list[str]:
     return attention
 
 
-def _parse_layers(layers: str | list[int]) -> str | list[int]:
+def _parse_layers(layers: str | list[int], key: str = "addrop.layers") -> str | list[int]:
     """``first``, ``all``, a list of indices, or ``"0,3,5"`` from the command line (made a list)."""
     if isinstance(layers, str) and layers not in ("first", "all"):
         parts = [part.strip() for part in layers.split(",")]
         if all(part.isdigit() for part in parts):
             layers = [int(part) for part in parts]
     if isinstance(layers, str):
-        require(layers in ("first", "all"), "addrop.layers", layers,
+        require(layers in ("first", "all"), key, layers,
                 "use first, all, or a list of layer indices such as [0, 3, 5]")
     else:
         require(len(layers) > 0 and all(isinstance(i, int) and i >= 0 for i in layers),
-                "addrop.layers", layers, "layer indices are non-negative integers, e.g. [0, 3, 5]")
+                key, layers, "layer indices are non-negative integers, e.g. [0, 3, 5]")
     return layers
 
 
+@dataclass
+class RDropConfig:
+    """R-Drop (Wu et al., NeurIPS 2021): ``alpha`` weighs the symmetric KL between two dropout passes (MSE
+    between their outputs for regression)."""
+
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.alpha >= 0, "rdrop.alpha", self.alpha, "a weight >= 0 (1.0 as in R-Drop's GLUE code)")
+
+
+@dataclass
+class HiddenCutConfig:
+    """HiddenCut (Chen et al., ACL 2021): in each of ``layers``, a span of ``ratio`` x the real length is zeroed
+    in the layer's output, its start drawn among the ``select_ratio`` most-attended tokens; ``js_weight`` weighs
+    the Jensen-Shannon divergence between the clean and the cut predictions (0.5: the official script's weights,
+    halved with the task loss; see core/hiddencut.py)."""
+
+    ratio: float = 0.1
+    select_ratio: float = 0.4
+    layers: str | list[int] = "all"
+    js_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(0 < self.ratio < 1, "hiddencut.ratio", self.ratio,
+                "the share of each example's tokens cut, strictly between 0 and 1 (0.1 in HiddenCut's code)")
+        require(0 < self.select_ratio <= 1, "hiddencut.select_ratio", self.select_ratio,
+                "the share of most-attended tokens a span may start at, in (0, 1] (0.4 in HiddenCut's code)")
+        require(self.js_weight >= 0, "hiddencut.js_weight", self.js_weight, "a weight >= 0 (0.5 matches HiddenCut's "
+                "script)")
+        self.layers = _parse_layers(self.layers, "hiddencut.layers")
+
+
 def epoch_phase(epoch: int, config: ADDropConfig) -> str:
-    """Cross-tuning (Algorithm 1): 1-based odd epochs fine-tune ("ft"), even epochs run AD-DROP ("addrop")."""
+    """Cross-tuning (Algorithm 1): 1-based odd epochs fine-tune ("ft"), even epochs run the regularizer, named
+    by its method ("addrop", "rdrop" or "hiddencut"); every epoch does without cross-tuning."""
     if not config.enabled:
-        return "ft"
+        return FT_PHASE
     if not config.cross_tuning:
-        return "addrop"
-    return "ft" if epoch % 2 == 1 else "addrop"
+        return config.method
+    return FT_PHASE if epoch % 2 == 1 else config.method

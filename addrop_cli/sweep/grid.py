@@ -11,14 +11,15 @@ from typing import Any
 
 import yaml
 
+from addrop_cli.core.settings import ADDROP, SHARED_KEYS
 from addrop_cli.errors import UserError
-from addrop_cli.recipe import Recipe
+from addrop_cli.recipe import METHOD_SECTIONS, Recipe
 
-P_KEY, Q_KEY, SEED_KEY = "addrop.p", "addrop.q", "train.seed"
+P_KEY, Q_KEY, SEED_KEY, METHOD_KEY = "addrop.p", "addrop.q", "train.seed", "addrop.method"
 DEFAULT_STEP = Decimal("0.1")
 # Keys a sweep sets itself, or that make no sense to vary.
 RESERVED_KEYS = {P_KEY: "--p", Q_KEY: "--q", SEED_KEY: "--seeds", "train.output_dir": "--output-dir",
-                 "addrop.enabled": "--baseline"}
+                 "addrop.enabled": "--baseline", METHOD_KEY: "--method"}
 
 # ------------------------------------------------------------------------------------------- parsing
 
@@ -56,6 +57,30 @@ def parse_values(spec: str, option: str) -> list[float]:
     if len(set(values)) != len(values):
         raise UserError(f"{option} {spec!r} is invalid: a value is repeated")
     return values
+
+
+def parse_methods(spec: str) -> list[str]:
+    """``"addrop,rdrop"`` -> the methods, each once (checked against the known ones when recipes are built)."""
+    methods = [part.strip() for part in spec.split(",") if part.strip()]
+    if not methods or len(set(methods)) != len(methods):
+        raise UserError(f"--method {spec!r} is invalid: give one or more different methods, e.g. "
+                        "addrop,rdrop,hiddencut")
+    return methods
+
+
+def regularizer_key(key: str) -> bool:
+    """Whether a recipe key belongs to the regularized epochs (``addrop.*``, ``rdrop.*``, ``hiddencut.*``): plain
+    fine-tuning trials leave it out."""
+    return key.split(".", 1)[0] in ("addrop", *METHOD_SECTIONS)
+
+
+def applies_to(key: str, method: str) -> bool:
+    """Whether recipe ``key`` shapes a run whose ``addrop.method`` is ``method``: a baseline method's own section
+    only with it, AD-DROP's own keys only with AD-DROP, everything else always."""
+    section, _, name = key.partition(".")
+    if section in METHOD_SECTIONS:
+        return section == method
+    return section != "addrop" or name in SHARED_KEYS or method == ADDROP
 
 
 def parse_seeds(spec: str) -> list[int]:

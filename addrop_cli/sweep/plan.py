@@ -18,7 +18,7 @@ from typing import Any
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_json
 from addrop_cli.recipe import Recipe, build, merge, nest, run_identity
-from addrop_cli.sweep.grid import SEED_KEY, format_value, get_value
+from addrop_cli.sweep.grid import METHOD_KEY, SEED_KEY, applies_to, format_value, get_value, regularizer_key
 
 SWEEP_FILE, RESULTS_FILE, TRIALS_DIR, LOG_FILE = "sweep.json", "results.jsonl", "trials", "train.log"
 MAX_ID_LENGTH = 120
@@ -41,6 +41,11 @@ class Trial:
         """Identifies the exact run: finished results count only for a trial with the same recipe."""
         return recipe_digest(self.recipe)
 
+    @property
+    def method(self) -> str:
+        """``ft`` for plain fine-tuning, else the regularizer (``addrop``, ``rdrop``, ``hiddencut``)."""
+        return "ft" if self.baseline else self.recipe.addrop.method
+
     def row(self) -> dict[str, Any]:
         return {"trial": self.id, "settings": self.settings, "seed": self.seed, "baseline": self.baseline}
 
@@ -58,9 +63,10 @@ def _id_part(key: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+=-]", "-", joined)
 
 
-def trial_id(settings: dict[str, Any], seed: int, baseline: bool) -> str:
-    """A readable, path-safe name: ``addrop_p0.3_q0.5_lr2e-05_seed1``, ``ft_seed1``."""
-    parts = ["ft" if baseline else "addrop"] + [_id_part(k, v) for k, v in settings.items()] + [f"seed{seed}"]
+def trial_id(settings: dict[str, Any], seed: int, method: str) -> str:
+    """A readable, path-safe name led by the method (``ft`` for plain fine-tuning): ``addrop_p0.3_q0.5_lr2e-05_seed1``,
+    ``rdrop_alpha0.5_seed1``, ``ft_seed1``."""
+    parts = [method] + [_id_part(k, v) for k, v in settings.items() if k != METHOD_KEY] + [f"seed{seed}"]
     name = "_".join(parts)
     if len(name) > MAX_ID_LENGTH:  # long model paths: keep the name usable, still unique
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
@@ -71,38 +77,54 @@ def trial_id(settings: dict[str, Any], seed: int, baseline: bool) -> str:
 def plan_trials(base: Recipe, axes: dict[str, list[Any]], seeds: list[int], baseline: bool,
                 directory: Path) -> list[Trial]:
     """Every trial of the grid, seed by seed (so one seed's full grid finishes first): the baseline points,
-    then the AD-DROP points. Raises UserError for a value the recipe rejects, before anything runs."""
+    then each method's points (a method takes only the axes that shape it, see :func:`method_groups`). Raises
+    UserError for a value the recipe rejects, before anything runs."""
     if base.train.push_to_hub:
         raise UserError(f"train.push_to_hub={base.train.push_to_hub!r} is not for sweeps (every trial would upload "
                         "to that repository): push the chosen setting with addrop train --recipe "
                         "SWEEP/best-recipe.yaml --push-to-hub REPO_ID")
-    base_values = base.to_dict()
-    addrop_axes = [key for key in axes if key.startswith("addrop.")]
-    if not base.addrop.enabled and (addrop_axes or baseline):
+    regularizer_axes = [key for key in axes if regularizer_key(key)]
+    if not base.addrop.enabled and (regularizer_axes or baseline):
         raise UserError("the base recipe has AD-DROP disabled (--no-addrop): sweeping "
-                        f"{', '.join(addrop_axes) or '--baseline'} needs it enabled")
-    plain_axes = {key: values for key, values in axes.items() if key not in addrop_axes}
-    trials = []
-    for seed in seeds:
-        groups = ([(plain_axes, True)] if baseline else []) + [(axes, False)]
-        for group_axes, is_baseline in groups:
-            for combination in itertools.product(*group_axes.values()):
-                values = merge(base_values, nest(SEED_KEY, seed))
-                for key, value in zip(group_axes, combination, strict=True):
-                    values = merge(values, nest(key, value))
-                if is_baseline:
-                    values = merge(values, nest("addrop.enabled", False))
-                recipe = build(Recipe, values)
-                # Typed values (the YAML "2e-5" becomes 2e-05) name the trial.
-                settings = {key: get_value(recipe.to_dict(), key) for key in group_axes}
-                name = trial_id(settings, seed, is_baseline)
-                recipe.train.output_dir = str(directory / TRIALS_DIR / name)
-                trials.append(Trial(name, settings, seed, is_baseline, recipe))
+                        f"{', '.join(regularizer_axes) or '--baseline'} needs it enabled")
+    plain_axes = {key: values for key, values in axes.items() if not regularizer_key(key)}
+    groups = ([(plain_axes, True)] if baseline else []) + [(group, False) for group in method_groups(base, axes)]
+    trials = [_trial(base, group_axes, combination, seed, is_baseline, directory)
+              for seed in seeds for group_axes, is_baseline in groups
+              for combination in itertools.product(*group_axes.values())]
     names = [trial.id for trial in trials]
     if len(set(names)) != len(names):
         raise UserError("two grid values give the same trial name (they are equal once typed): "
                         + ", ".join(sorted({n for n in names if names.count(n) > 1})))
     return trials
+
+
+def method_groups(base: Recipe, axes: dict[str, list[Any]]) -> list[dict[str, list[Any]]]:
+    """The axes of each method swept (``--method``, else the recipe's): only the keys that shape it, so R-Drop
+    trials do not repeat over AD-DROP's p and q. An axis that shapes none of the methods is refused."""
+    methods = axes.get(METHOD_KEY, [base.addrop.method])
+    for key in axes:
+        if not any(applies_to(key, method) for method in methods):
+            raise UserError(f"{key} is swept but shapes none of the methods swept ({', '.join(methods)}); add its "
+                            f"method to --method or leave {key} out")
+    return [{key: [method] if key == METHOD_KEY else values for key, values in axes.items()
+             if applies_to(key, method)} for method in methods]
+
+
+def _trial(base: Recipe, axes: dict[str, list[Any]], combination: tuple, seed: int, baseline: bool,
+           directory: Path) -> Trial:
+    """The trial of one grid point and seed, its recipe written to its own folder under ``directory``."""
+    values = merge(base.to_dict(), nest(SEED_KEY, seed))
+    for key, value in zip(axes, combination, strict=True):
+        values = merge(values, nest(key, value))
+    if baseline:
+        values = merge(values, nest("addrop.enabled", False))
+    recipe = build(Recipe, values)
+    # Typed values (the YAML "2e-5" becomes 2e-05) name the trial.
+    settings = {key: get_value(recipe.to_dict(), key) for key in axes}
+    name = trial_id(settings, seed, "ft" if baseline else recipe.addrop.method)
+    recipe.train.output_dir = str(directory / TRIALS_DIR / name)
+    return Trial(name, settings, seed, baseline, recipe)
 
 
 # ------------------------------------------------------------------------------ manifest and results

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from addrop_cli import plots
+from addrop_cli.core.settings import ADDROP, METHOD_NAMES
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_text
 from addrop_cli.recipe import dump_yaml, merge, nest
-from addrop_cli.sweep.grid import P_KEY, Q_KEY, format_value
+from addrop_cli.sweep.grid import METHOD_KEY, P_KEY, Q_KEY, format_value, regularizer_key
 from addrop_cli.sweep.plan import Trial, current_results, load_manifest, plan_from_manifest, read_results
 from addrop_cli.tasks.registry import METRIC_RANGES
 from addrop_cli.training.one_class import ONE_CLASS_SHARE, best_epoch_majority, is_one_class
@@ -43,6 +44,7 @@ class SettingStats:
 
     baseline: bool
     settings: dict[str, Any]
+    method: str = ADDROP  # the regularizer ("ft" for the baseline)
     seeds: list[int] = field(default_factory=list)
     scores: dict[str, list[float]] = field(default_factory=dict)  # "eval.accuracy" -> one value per seed
     diverged: int = 0
@@ -68,11 +70,14 @@ class SettingStats:
         return shown if math.isnan(std) or shown == "–" else f"{shown} ± {std:.{DECIMALS}f}"
 
     def describe(self) -> str:
-        """``p=0.1, q=0.3``; the baseline is ``FT`` (``FT lr=1e-05`` when other keys are swept)."""
+        """``p=0.1, q=0.3``; the baseline is ``FT`` (``FT lr=1e-05`` when other keys are swept); a baseline method,
+        or any method of a sweep over methods, is named first (``R-Drop alpha=0.5``, ``AD-DROP p=0.1``)."""
         described = ", ".join(f"{key.rsplit('.', 1)[-1]}={format_value(value)}"
-                              for key, value in self.settings.items())
+                              for key, value in self.settings.items() if key != METHOD_KEY)
         if self.baseline:
             return f"FT {described}".strip()
+        if self.method != ADDROP or METHOD_KEY in self.settings:
+            return f"{METHOD_NAMES[self.method]} {described}".strip()
         return described or "the base recipe"
 
 
@@ -105,8 +110,8 @@ class SweepSummary:
         return sum(len(row.one_class) for row in self.rows), sum(len(row.seeds) for row in self.rows)
 
     def baseline_for(self, settings: dict[str, Any]) -> SettingStats | None:
-        """The baseline row with the same non-AD-DROP settings."""
-        plain = {key: value for key, value in settings.items() if not key.startswith("addrop.")}
+        """The baseline row with the same settings outside the regularizer's."""
+        plain = {key: value for key, value in settings.items() if not regularizer_key(key)}
         return next((row for row in self.rows if row.baseline and row.settings == plain), None)
 
 
@@ -118,7 +123,8 @@ def collect(directory: Path) -> tuple[SweepSummary, dict[str, Any]]:
     results = current_results(trials, read_results(directory))
     rows: dict[tuple, SettingStats] = {}
     for trial in trials:
-        stats = rows.setdefault((trial.baseline, _freeze(trial.settings)), SettingStats(trial.baseline, trial.settings))
+        stats = rows.setdefault((trial.baseline, _freeze(trial.settings)),
+                                SettingStats(trial.baseline, trial.settings, trial.method))
         if trial.id in results:
             _add_result(stats, trial, results[trial.id])
     table = [stats for stats in rows.values() if stats.seeds or stats.diverged]
@@ -184,18 +190,25 @@ def summarize(directory: Path) -> SweepSummary:
 
 
 def mean_grid(summary: SweepSummary) -> tuple[np.ndarray, dict]:
-    """(len(p), len(q)) mean of the selection metric, other grid keys fixed at the best setting's values.
+    """(len(p), len(q)) mean of the selection metric, other grid keys fixed at the best AD-DROP setting's values.
 
     Returns the grid (nan where no trial finished) and those fixed settings.
     """
-    fixed = {key: value for key, value in summary.best.settings.items() if key not in (P_KEY, Q_KEY)}
+    fixed = {key: value for key, value in best_addrop(summary).settings.items() if key not in (P_KEY, Q_KEY)}
     ps, qs = summary.axes[P_KEY], summary.axes[Q_KEY]
     grid = np.full((len(ps), len(qs)), np.nan)
     for row in summary.rows:
-        if row.baseline or any(row.settings.get(key) != value for key, value in fixed.items()):
+        if P_KEY not in row.settings or any(row.settings.get(key) != value for key, value in fixed.items()):
             continue
         grid[ps.index(row.settings[P_KEY]), qs.index(row.settings[Q_KEY])] = row.mean(summary.metric)
     return grid, fixed
+
+
+def best_addrop(summary: SweepSummary) -> SettingStats:
+    """The best of the rows with p and q (AD-DROP's, when the sweep compares methods)."""
+    rows = [row for row in summary.rows if P_KEY in row.settings and row.seeds] or \
+        [row for row in summary.rows if P_KEY in row.settings]
+    return summary.best if summary.best in rows else max(rows, key=lambda row: row.mean(summary.metric))
 
 
 def scaled_difference(grid: np.ndarray, baseline: float) -> tuple[np.ndarray, float]:
@@ -233,7 +246,7 @@ def sensitivity_figures(summary: SweepSummary) -> list[Figure]:
     figures = [plots.sensitivity_heatmap(grid, ps, qs, cmap="viridis", limits=colour_limits(metric, grid),
                                          title=f"AD-DROP {metric}, mean over seeds{suffix}", colorbar=metric,
                                          fmt="{:.3f}")]
-    baseline = summary.baseline_for(summary.best.settings)
+    baseline = summary.baseline_for(best_addrop(summary).settings)
     if baseline is not None and not math.isnan(baseline.mean(summary.metric)):
         reference = baseline.mean(summary.metric)
         scaled, scale = scaled_difference(grid, reference)
@@ -265,7 +278,7 @@ def _write_csv(summary: SweepSummary, names: list[str]) -> None:
         header += [f"{name}_mean", f"{name}_std"]
     writer.writerow([*header, "best"])
     for row in summary.rows:
-        values = ["ft" if row.baseline else "addrop"]
+        values = [row.method]
         values += [format_value(row.settings[key]) if key in row.settings else "" for key in keys]
         values += [len(row.seeds), row.diverged, len(row.one_class)]
         for name in names:
@@ -327,7 +340,7 @@ def one_class_verdict(summary: SweepSummary, detail: str = "") -> str | None:
 
 
 def _write_markdown(summary: SweepSummary, names: list[str]) -> None:
-    keys = list(summary.axes)
+    keys = [key for key in summary.axes if key != METHOD_KEY]  # the first column names the method
     short = [key.rsplit(".", 1)[-1] for key in keys]
     marked = any(row.one_class for row in summary.rows)  # the "one class" column only when a trial needs it
     columns = [*short, "seeds", *names, *(["one class"] if marked else [])]
@@ -342,7 +355,7 @@ def _write_markdown(summary: SweepSummary, names: list[str]) -> None:
             cells[0] = f"**{cells[0]}**"
         seeds = f"{len(row.seeds)}" + (f" (+{row.diverged} diverged)" if row.diverged else "")
         extra = [_one_class_cell(row)] if marked else []
-        lines.append("| " + " | ".join(["FT" if row.baseline else "AD-DROP", *settings, seeds, *cells, *extra])
+        lines.append("| " + " | ".join([METHOD_NAMES.get(row.method, "FT"), *settings, seeds, *cells, *extra])
                      + " |")
     lines += ["", *_findings(summary)]
     path = summary.directory / SUMMARY_MD
@@ -395,7 +408,7 @@ def _write_best_recipe(summary: SweepSummary, manifest: dict[str, Any]) -> None:
         values = merge(values, nest(key, value))
     if best.baseline:
         values = merge(values, {"addrop": {"enabled": False}})
-    sections = ("task", "model", "data", "train", "addrop")
+    sections = ("task", "model", "data", "train", "addrop", best.method)
     values["train"] = {"output_dir": str(summary.directory / BEST_RUN_DIR), "seed": manifest["seeds"][0],
                        **values["train"]}
     values = {key: values[key] for key in sections if key in values}
@@ -425,5 +438,5 @@ def _best_recipe_header(summary: SweepSummary) -> list[str]:
 
 def trials_table(trials: list[Trial]) -> list[list[str]]:
     """Rows for ``--dry-run``: id, kind, seed and each setting."""
-    return [[t.id, "ft" if t.baseline else "addrop", str(t.seed),
+    return [[t.id, t.method, str(t.seed),
              ", ".join(f"{k}={format_value(v)}" for k, v in t.settings.items())] for t in trials]

@@ -31,8 +31,9 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
 from addrop_cli import locks
-from addrop_cli.core.regularizer import ADDrop, build_no_kv_cache
-from addrop_cli.core.settings import CLASSIFICATION, epoch_phase
+from addrop_cli.core.method import Regularizer, make_regularizer
+from addrop_cli.core.model_setup import build_no_kv_cache
+from addrop_cli.core.settings import ADDROP, CLASSIFICATION, FT_PHASE, RDROP, epoch_phase
 from addrop_cli.errors import UserError, first_line
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_dir, write_json, write_jsonl, write_text
@@ -102,7 +103,7 @@ class Run:
     train_loader: DataLoader
     eval_loader: DataLoader
     test_loader: DataLoader | None
-    addrop: ADDrop | None
+    addrop: Regularizer | None  # the regularized epochs' method (addrop.method), None for plain fine-tuning
     recipe_text: str
     state: TrainingState
     console: Console
@@ -213,7 +214,8 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *loaders
     )
-    addrop = ADDrop(model, recipe.addrop, pipeline.task_type) if recipe.addrop.enabled else None
+    addrop = make_regularizer(model, recipe.addrop, pipeline.task_type, rdrop=recipe.rdrop, hiddencut=recipe.hiddencut,
+                              special_ids=tokenizer.all_special_ids) if recipe.addrop.enabled else None
     recipe_text = dump_yaml(recipe.to_dict(), header="# Resolved by addrop; "
                             + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + "\n")
     run = Run(recipe, pipeline, metric, Path(cfg.output_dir), accelerator, tokenizer, model, optimizer, scheduler,
@@ -295,6 +297,20 @@ def _load_model(recipe: Recipe, pipeline: Pipeline, tokenizer, trust_remote_code
     return model, notices
 
 
+def _method_line(recipe: Recipe) -> str:
+    """The regularizer, its settings and schedule, as the header shows them."""
+    settings = recipe.addrop
+    schedule = "cross-tuning" if settings.cross_tuning else "every epoch"
+    if settings.method == ADDROP:
+        return (f"AD-DROP p {settings.p} q {settings.q} layers {settings.layers} ({settings.attribution}"
+                f"{', cross-tuning' if settings.cross_tuning else ''})")
+    if settings.method == RDROP:
+        return f"R-Drop alpha {recipe.rdrop.alpha:g} ({schedule})"
+    cut = recipe.hiddencut
+    return (f"HiddenCut ratio {cut.ratio:g}, start among the top {cut.select_ratio:g}, layers {cut.layers}, JS weight "
+            f"{cut.js_weight:g} ({schedule})")
+
+
 def _print_header(run: Run, splits: dict[str, list | None], notices: list[str]) -> None:
     """What is about to run: model, task, data, device, precision, output folder, and model notices."""
     model, accelerator, recipe = run.accelerator.unwrap_model(run.model), run.accelerator, run.recipe
@@ -302,9 +318,7 @@ def _print_header(run: Run, splits: dict[str, list | None], notices: list[str]) 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sizes = ", ".join(f"{name} {len(items)}" for name, items in splits.items() if items is not None)
     labels = run.pipeline.label_counts(splits["train"])
-    mode = "plain fine-tuning" if run.addrop is None else (
-        f"AD-DROP p {recipe.addrop.p} q {recipe.addrop.q} layers {recipe.addrop.layers} "
-        f"({recipe.addrop.attribution}{', cross-tuning' if recipe.addrop.cross_tuning else ''})")
+    mode = "plain fine-tuning" if run.addrop is None else _method_line(recipe)
     lines = [f"model {recipe.model} ({type(model).__name__}, {parameters / 1e6:.1f}M parameters"
              + (f", {trainable / 1e6:.1f}M trainable" if trainable != parameters else "") + ")",
              f"task {recipe.task}: {sizes} examples"
@@ -408,7 +422,7 @@ def _train_step(run: Run, batch: dict[str, torch.Tensor], phase: str) -> torch.T
     """One forward and backward (the AD-DROP loss in AD-DROP epochs), and an update when accumulation syncs."""
     accelerator, cfg = run.accelerator, run.recipe.train
     with accelerator.accumulate(run.model):
-        loss = run.addrop.loss(batch) if phase == "addrop" else run.model(**batch).loss
+        loss = run.model(**batch).loss if phase == FT_PHASE else run.addrop.loss(batch)
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
@@ -464,7 +478,7 @@ def _log_epoch(run: Run, result, phase: str) -> None:
     (AD-DROP epochs) and the share of evaluation predictions in the most-predicted class."""
     counts = run.addrop.take_drop_counts() if run.addrop is not None else None
     values = {f"eval/{name}": value for name, value in result.metrics.items()}
-    values.update({"eval/loss": result.loss, "epoch": run.state.epoch, "addrop_epoch": int(phase == "addrop")})
+    values.update({"eval/loss": result.loss, "epoch": run.state.epoch, "addrop_epoch": int(phase != FT_PHASE)})
     if counts is not None:
         dropped, seen = run.accelerator.reduce(counts, "sum").tolist()  # every process ran AD-DROP steps
         values["addrop/dropped_share"] = dropped / seen if seen else 0.0

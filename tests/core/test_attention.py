@@ -9,7 +9,7 @@ import torch
 from tiny_models import random_batch, tiny_classifier
 
 from addrop_cli.core.attention import ForwardState, visible_keys
-from addrop_cli.core.regularizer import install
+from addrop_cli.core.routes import install
 from addrop_cli.core.settings import ENCODER
 
 FAMILIES = ["bert", "roberta", "electra", "distilbert"]

@@ -15,7 +15,8 @@ from transformers import (
 )
 
 from addrop_cli.core.attention import ForwardState
-from addrop_cli.core.regularizer import ADDrop, install
+from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.routes import install
 from addrop_cli.core.settings import CROSS, DECODER, ENCODER, ADDropConfig
 
 SEQ2SEQ = ["marian", "t5", "bart"]

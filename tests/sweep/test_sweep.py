@@ -87,9 +87,9 @@ def test_plan_has_baselines_per_seed_and_plain_grid_point(tmp_path):
 
 
 def test_trial_ids_are_path_safe():
-    name = trial_id({"model": "org/some model:v2", "addrop.layers": [0, 3]}, 1, False)
+    name = trial_id({"model": "org/some model:v2", "addrop.layers": [0, 3]}, 1, "addrop")
     assert name == "addrop_model-org-some-model-v2_layers-0+3_seed1"
-    assert len(trial_id({"model": "x" * 300}, 1, False)) <= 120
+    assert len(trial_id({"model": "x" * 300}, 1, "addrop")) <= 120
 
 
 def test_bad_grid_values_fail_before_anything_runs(tmp_path):

@@ -48,7 +48,8 @@ def wait_for_checkpoint(process: subprocess.Popen, out: Path, epoch: int, timeou
     pytest.fail("no checkpoint appeared in time")
 
 
-@pytest.mark.parametrize("adapters", [(), ("--lora-r", "4")], ids=["full", "lora"])
+@pytest.mark.parametrize("adapters", [(), ("--lora-r", "4"), ("--method", "rdrop"), ("--method", "hiddencut")],
+                         ids=["full", "lora", "rdrop", "hiddencut"])
 def test_sigkill_mid_addrop_epoch_then_resume_is_bit_exact(tmp_path, tiny_checkpoint, shared_data, adapters):
     extra = ("--max-train-samples", "1200", "--epochs", "2", "--save-steps", "25", *adapters)
     reference = tmp_path / "reference"
@@ -57,7 +58,7 @@ def test_sigkill_mid_addrop_epoch_then_resume_is_bit_exact(tmp_path, tiny_checkp
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed, tiny_checkpoint, shared_data, *extra), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    state = wait_for_checkpoint(process, killed, epoch=2)  # epoch 2 is the AD-DROP epoch
+    state = wait_for_checkpoint(process, killed, epoch=2)  # epoch 2 is the regularized epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert state["history"] and len(state["history"]) == 1

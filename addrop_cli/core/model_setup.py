@@ -1,0 +1,32 @@
+"""What every regularizer asks of a model before its first step: the task its head serves, and no KV cache."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from addrop_cli.core.settings import CLASSIFICATION, REGRESSION, SEQ2SEQ, TOKEN
+
+
+def infer_task_type(model: PreTrainedModel) -> str:
+    """classification, regression, token or seq2seq, from the model's head and config."""
+    name = type(model).__name__
+    if model.config.is_encoder_decoder:
+        return SEQ2SEQ
+    if name.endswith("ForTokenClassification"):
+        return TOKEN
+    if model.config.problem_type == "regression" or getattr(model.config, "num_labels", 2) == 1:
+        return REGRESSION
+    return CLASSIFICATION
+
+
+
+
+def build_no_kv_cache(model: torch.nn.Module) -> None:
+    """Training forwards (plain, attribution, masked) never read a KV cache: switch a decoder-only model's
+    ``use_cache`` off so that none is built. Encoder-decoders skip the cache when given labels and keep it
+    for generation."""
+    if getattr(model.config, "use_cache", None) and not model.config.is_encoder_decoder:
+        model.config.use_cache = False
+
+
