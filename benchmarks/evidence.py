@@ -39,8 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SELECTION_SEED, TEST_SEEDS = 1, (2, 3, 4, 5, 6)
 SELECTION_GRID = ["--p", "0.1,0.3", "--q", "0.1,0.3", "--grid", "layers=first,all"]
-COMMON = ["--model", "minilm", "--batch-size", "16", "--set", "data.holdout_fraction=0.1",
-          "--set", "data.group_by_length=true", "--set", "train.patience=null", "--set", "train.save_total_limit=1"]
+# At base size the budget allows AD-DROP in the first layer only (the paper's choice for SST-2), and R-Drop's α
+# from {1, 4}: 1 as in its README example, 4 what its BERT GLUE code's summed KL weighs at batch 16 (α = B / 4).
+BASE_SELECTION_GRID = ["--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "0.1,0.3", "--grid", "rdrop.alpha=1,4"]
+COMMON = ["--batch-size", "16", "--set", "data.holdout_fraction=0.1", "--set", "data.group_by_length=true",
+          "--set", "train.patience=null", "--set", "train.save_total_limit=1"]
+MODELS = ("minilm", "mpnet-base")
 
 
 @dataclass
@@ -56,14 +60,32 @@ class Study:
     paper_source: str = ""
     notes: str = ""
     selection_from: str | None = None  # reuse another study's selected setting instead of sweeping
+    model: str = "minilm"
+    selection_grid: tuple[str, ...] = tuple(SELECTION_GRID)
 
     def base(self, data: Path) -> list[str]:
         return ["--recipe", self.recipe, "--train-file", str(data / self.train_file),
-                "--test-file", str(data / self.test_file), *COMMON, *self.options]
+                "--test-file", str(data / self.test_file), "--model", self.model, *COMMON, *self.options]
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """The methods the study compares: FT and AD-DROP, and R-Drop where the selection sweeps it."""
+        return ("ft", "addrop", "rdrop") if "rdrop" in " ".join(self.selection_grid) else ("ft", "addrop")
+
+    def selection_trials(self) -> int:
+        """Trials of the selection sweep: FT, AD-DROP's p x q x layers, R-Drop's alphas (one seed)."""
+        grid = dict(zip(self.selection_grid[::2], self.selection_grid[1::2], strict=True))
+        addrop = len(grid["--p"].split(",")) * len(grid["--q"].split(","))
+        if grid.get("--grid", "").startswith("layers="):
+            addrop *= len(grid["--grid"].split("=", 1)[1].split(","))
+        rdrop = len(grid["--grid"].split("=", 1)[1].split(",")) if "rdrop" in self.arms else 0
+        return 1 + addrop + rdrop
 
 
-def studies() -> list[Study]:
+def studies(model: str = "minilm") -> list[Study]:
     """In running order: the cheap few-shot studies first, the overfitting regime last (it reuses MRPC's choice)."""
+    if model == "mpnet-base":
+        return base_studies()
 
     def k_shot(k: int, epochs: int, paper: tuple[float, float]) -> Study:
         return Study(f"sst2-{k}shot", f"SST-2 {k}-shot", "sst2", "SST-2/train.tsv", "SST-2/dev.tsv", "accuracy",
@@ -91,6 +113,31 @@ def studies() -> list[Study]:
               None, "", "a small-data regime meant to make plain fine-tuning overfit: 10 epochs on the first 1,000 "
               "training pairs left after the hold-out, lr 5e-5; to fit the time budget it takes the p, q and "
               "layers selected for MRPC rather than running its own selection sweep", selection_from="mrpc"),
+    ]
+
+
+def base_studies() -> list[Study]:
+    """all-mpnet-base-v2 (12 layers, 110 M): FT, AD-DROP (first layer) and R-Drop, sized to about six hours of
+    2 CPU cores (the plan and its measured per-epoch costs are in the issue note)."""
+    model, grid = "mpnet-base", tuple(BASE_SELECTION_GRID)
+    return [
+        Study("sst2-16shot", "SST-2 16-shot", "sst2", "SST-2/train.tsv", "SST-2/dev.tsv", "accuracy",
+              ["--max-length", "64", "--epochs", "20", "--lr", "5e-5", "--layers", "first", "--set",
+               "data.k_shot=16", "--set", "data.max_eval_samples=500", "--set", "train.warmup_ratio=0.1"],
+              (74.5, 80.2), "Table 5, RoBERTa-base",
+              "16 sentences per class drawn with the seed from the 90 % left after the hold-out, 20 epochs at lr "
+              "5e-5; the selection set is the first 500 held-out sentences", model=model, selection_grid=grid),
+        Study("sst2-64shot", "SST-2 64-shot", "sst2", "SST-2/train.tsv", "SST-2/dev.tsv", "accuracy",
+              ["--max-length", "64", "--epochs", "10", "--lr", "3e-5", "--layers", "first", "--set",
+               "data.k_shot=64", "--set", "data.max_eval_samples=500", "--set", "train.warmup_ratio=0.1"],
+              (89.1, 91.6), "Table 5, RoBERTa-base",
+              "64 sentences per class drawn with the seed from the 90 % left after the hold-out, 10 epochs at lr "
+              "3e-5; the selection set is the first 500 held-out sentences", model=model, selection_grid=grid),
+        Study("mrpc-1000", "MRPC, 1,000 pairs", "mrpc", "MRPC/train.tsv", "MRPC/dev.tsv", "accuracy",
+              ["--max-length", "128", "--epochs", "3", "--lr", "5e-5", "--layers", "first",
+               "--max-train-samples", "1000"], (85.2, 87.4), "Table 3, BERT-base (full MRPC)",
+              "the first 1,000 training pairs left after the hold-out (a subset, to fit the budget), 3 epochs at "
+              "lr 5e-5; the selection set is the 367 held-out pairs", model=model, selection_grid=grid),
     ]
 
 
@@ -134,11 +181,23 @@ def sweep(out: Path, arguments: list[str], log: CommandLog) -> None:
 
 
 def best_setting(selection: Path) -> list[str]:
-    """The p, q and layers of the selection sweep's best AD-DROP setting (as in its best-recipe.yaml), as sweep
-    options."""
-    settings = sweep_summary.collect(selection)[0].best.settings
-    return ["--p", str(settings["addrop.p"]), "--q", str(settings["addrop.q"]),
-            "--grid", f"layers={settings['addrop.layers']}"]
+    """The selection sweep's best setting per method, as sweep options: AD-DROP's p, q (and layers when swept), as
+    in its best-recipe.yaml; with R-Drop in the sweep, its best alpha too (each the highest held-out mean, the
+    first in grid order on a tie)."""
+    summary = sweep_summary.collect(selection)[0]
+    best: dict[str, sweep_summary.SettingStats] = {}
+    for row in summary.rows:
+        if not row.baseline and row.seeds and (row.method not in best
+                                              or row.mean(summary.metric) > best[row.method].mean(summary.metric)):
+            best[row.method] = row
+    settings = best["addrop"].settings
+    options = ["--p", str(settings["addrop.p"]), "--q", str(settings["addrop.q"])]
+    if "addrop.layers" in settings:
+        options += ["--grid", f"layers={settings['addrop.layers']}"]
+    if "rdrop" in best:
+        alpha = best["rdrop"].settings["rdrop.alpha"]
+        options = ["--method", "addrop,rdrop", *options, "--grid", f"rdrop.alpha={alpha}"]
+    return options
 
 
 def sweeps_of(study: Study, out: Path, data: Path) -> list[tuple[Path, list[str]]]:
@@ -147,7 +206,8 @@ def sweeps_of(study: Study, out: Path, data: Path) -> list[tuple[Path, list[str]
     selection, test = out / (study.selection_from or study.name) / "selection", out / study.name / "test"
     calls = []
     if study.selection_from is None:
-        calls.append((selection, [*study.base(data), *SELECTION_GRID, "--seeds", str(SELECTION_SEED), "--baseline"]))
+        calls.append((selection, [*study.base(data), *study.selection_grid, "--seeds", str(SELECTION_SEED),
+                                  "--baseline"]))
     if read_results(selection):
         calls.append((test, [*study.base(data), *best_setting(selection), "--seeds", ",".join(map(str, TEST_SEEDS)),
                              "--baseline"]))
@@ -192,14 +252,14 @@ def paired_statistics(plain: list[float], addrop: list[float]) -> dict[str, floa
 def collect(study: Study, out: Path) -> dict | None:
     test_dir = out / study.name / "test"
     rows = [row for row in read_results(test_dir) if row["status"] == "ok" and row.get("test")]
-    by_seed: dict[str, dict[int, float]] = {"ft": {}, "addrop": {}}
+    by_seed: dict[str, dict[int, float]] = {arm: {} for arm in study.arms}
     for row in rows:
-        by_seed["ft" if row["baseline"] else "addrop"][row["seed"]] = 100 * row["test"][study.metric]
-    seeds = sorted(set(by_seed["ft"]) & set(by_seed["addrop"]))
+        by_seed[arm_of(row)][row["seed"]] = 100 * row["test"][study.metric]
+    seeds = sorted(set.intersection(*(set(scores) for scores in by_seed.values())))
     if not seeds:
         return None
     plain, addrop = [by_seed["ft"][s] for s in seeds], [by_seed["addrop"][s] for s in seeds]
-    chosen = next(row["settings"] for row in rows if not row["baseline"])
+    chosen = next(row["settings"] for row in rows if arm_of(row) == "addrop")
     histories = {row["trial"]: read_history(test_dir / TRIALS_DIR / row["trial"]) for row in rows}
     selection_rows = finished_selection(study, out)
     return {"seeds": seeds, "ft": plain, "addrop": addrop, "chosen": chosen,
@@ -207,7 +267,22 @@ def collect(study: Study, out: Path) -> dict | None:
             "complete": len(seeds) == len(TEST_SEEDS), "drift": prediction_drift(histories, rows),
             "curves": epoch_curves(histories, rows, study.metric), "best_phases": best_phases(histories, rows),
             "ft_best_epochs": sorted(row["best_epoch"] for row in rows if row["baseline"]),
-            **(paired_statistics(plain, addrop) if len(seeds) > 1 else {})}
+            **(paired_statistics(plain, addrop) if len(seeds) > 1 else {}), **_rdrop_arm(by_seed, seeds, rows)}
+
+
+def _rdrop_arm(by_seed: dict[str, dict[int, float]], seeds: list[int], rows: list[dict]) -> dict:
+    """R-Drop's scores, chosen alpha and paired statistics against FT, for a study that has the arm."""
+    if "rdrop" not in by_seed:
+        return {}
+    plain, rdrop = [by_seed["ft"][s] for s in seeds], [by_seed["rdrop"][s] for s in seeds]
+    chosen = next(row["settings"] for row in rows if arm_of(row) == "rdrop")
+    return {"rdrop": rdrop, "rdrop_chosen": chosen,
+            "rdrop_stats": paired_statistics(plain, rdrop) if len(seeds) > 1 else {}}
+
+
+def arm_of(row: dict) -> str:
+    """A result row's arm: ``ft``, ``addrop`` or ``rdrop``."""
+    return "ft" if row["baseline"] else row["settings"].get("addrop.method", "addrop")
 
 
 def finished_selection(study: Study, out: Path) -> list[dict]:
@@ -232,7 +307,7 @@ def best_phases(histories: dict[str, list[dict]], rows: list[dict]) -> list[str]
     """The phase ("ft" or "addrop") of each AD-DROP run's selected epoch."""
     phases = []
     for row in rows:
-        if not row["baseline"]:
+        if arm_of(row) == "addrop":
             history = {record["epoch"]: record["phase"] for record in histories[row["trial"]]}
             phases.append(history[row["best_epoch"]])
     return phases
@@ -246,7 +321,7 @@ def prediction_drift(histories: dict[str, list[dict]], rows: list[dict]) -> dict
     """Mean share of the most predicted class on the selection set after plain and after AD-DROP epochs."""
     shares: dict[str, list[float]] = {"ft": [], "addrop": []}
     for row in rows:
-        if row["baseline"]:
+        if arm_of(row) != "addrop":
             continue
         for epoch in histories[row["trial"]]:
             counts = epoch.get("eval_predictions") or {}
@@ -256,11 +331,12 @@ def prediction_drift(histories: dict[str, list[dict]], rows: list[dict]) -> dict
 
 
 def epoch_curves(histories: dict[str, list[dict]], rows: list[dict], metric: str) -> dict[str, list[dict]]:
-    """Per arm ("ft", "addrop") and epoch: the phase, mean train loss, held-out loss and held-out score over seeds."""
-    epochs: dict[str, dict[int, list[dict]]] = {"ft": {}, "addrop": {}}
+    """Per arm ("ft", "addrop", "rdrop") and epoch: the phase, mean train loss, held-out loss and held-out score over
+    seeds."""
+    epochs: dict[str, dict[int, list[dict]]] = {}
     for row in rows:
         for record in histories[row["trial"]]:
-            epochs["ft" if row["baseline"] else "addrop"].setdefault(record["epoch"], []).append(record)
+            epochs.setdefault(arm_of(row), {}).setdefault(record["epoch"], []).append(record)
     return {arm: [{"epoch": epoch, "phase": records[0]["phase"],
                    "train_loss": statistics.fmean(r["train_loss"] for r in records),
                    "eval_loss": statistics.fmean(r["eval_loss"] for r in records),
@@ -524,23 +600,72 @@ def draw(found: dict[str, dict], all_studies: list[Study], path: Path) -> None:
     plt.close(figure)
 
 
+def status_lines(all_studies: list[Study], out: Path) -> list[str]:
+    """What is done per study and sweep, and the time left at the measured cost of each method's finished trials
+    in that study (a sweep's trials of one method cost alike; the test sweep's count is known before it starts)."""
+    lines, left_total, unknown = [], 0.0, []
+    for study in all_studies:
+        rows = [row for kind in ("selection", "test") for row in read_results(out / study.name / kind)]
+        cost = {arm: statistics.fmean(max(r["seconds"], r.get("train_seconds", 0)) for r in rows if arm_of(r) == arm)
+                for arm in study.arms if any(arm_of(r) == arm for r in rows)}
+        planned = {"selection": _selection_arms(study) if study.selection_from is None else {},
+                   "test": {arm: len(TEST_SEEDS) for arm in study.arms}}
+        for kind, arms in planned.items():
+            done = {arm: sum(1 for r in read_results(out / study.name / kind) if arm_of(r) == arm) for arm in arms}
+            remaining = {arm: arms[arm] - done[arm] for arm in arms}
+            if any(remaining[arm] and arm not in cost for arm in arms):
+                unknown.append(f"{study.name}/{kind}")
+            left = sum(remaining[arm] * cost.get(arm, 0.0) for arm in arms) / 3600
+            left_total += left
+            lines.append(f"{study.name}/{kind}: {sum(done.values())}/{sum(arms.values())} trials done ("
+                         + ", ".join(f"{arm} {done[arm]}/{arms[arm]}" for arm in arms) + f"); {left:.2f} h left"
+                         + ("" if f"{study.name}/{kind}" not in unknown else " + trials of a method not yet timed"))
+        lines.append("  measured per trial: " + ", ".join(f"{arm} {seconds / 60:.1f} min" for arm, seconds in
+                                                             cost.items()) if cost else "  no trial finished yet")
+    lines.append(f"time left: {left_total:.2f} h at the measured costs"
+                 + (f", more for {', '.join(unknown)} (no trial of some method finished there yet)" if unknown else ""))
+    return lines
+
+
+def _selection_arms(study: Study) -> dict[str, int]:
+    """Trials per arm of the study's selection sweep."""
+    total = study.selection_trials()
+    if "rdrop" not in study.arms:
+        return {"ft": 1, "addrop": total - 1}
+    alphas = len(dict(zip(study.selection_grid[::2], study.selection_grid[1::2], strict=True))["--grid"]
+                 .split("=", 1)[1].split(","))
+    return {"ft": 1, "addrop": total - 1 - alphas, "rdrop": alphas}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=MODELS, default="minilm", help="minilm (the first study) or mpnet-base "
+                        "(FT, AD-DROP and R-Drop at base size)")
     parser.add_argument("--data", type=Path, default=SHARED, help="the GLUE folder (default ../shared/data)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "evidence", help="where the sweeps go")
+    parser.add_argument("--out", type=Path, help="where the sweeps go (default runs/evidence, runs/evidence-MODEL "
+                        "for other models)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md and results.png go")
     parser.add_argument("--only", action="append", help="run only this study (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report")
+    parser.add_argument("--status", action="store_true", help="only say what is done and the time left")
     args = parser.parse_args()
-    chosen = [study for study in studies() if not args.only or study.name in args.only]
+    out = args.out or ROOT / "runs" / ("evidence" if args.model == "minilm" else f"evidence-{args.model}")
+    all_studies = studies(args.model)
+    chosen = [study for study in all_studies if not args.only or study.name in args.only]
+    if args.status:
+        print("\n".join(status_lines(chosen, out)))
+        return
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: checkpoint, log, exit
-    log = CommandLog(args.out / "commands.json")
+    log = CommandLog(out / "commands.json")
     if not args.report_only:
         for index, study in enumerate(chosen, 1):
             print(f"\n=== study {index}/{len(chosen)}: {study.title} ===", flush=True)
-            run_study(study, args.out, args.data, log)
-    found = {study.name: result for study in studies() if (result := collect(study, args.out)) is not None}
-    write_report(found, studies(), args.out, args.data, args.docs, log)
+            run_study(study, out, args.data, log)
+    if args.model != "minilm":  # its table joins docs/results.md once every study has finished (issue 30)
+        print("\n".join(status_lines(all_studies, out)))
+        return
+    found = {study.name: result for study in all_studies if (result := collect(study, out)) is not None}
+    write_report(found, all_studies, out, args.data, args.docs, log)
     print(f"\nwrote {args.docs / 'results.md'} and {args.docs / 'results.png'}")
 
 

@@ -111,9 +111,16 @@ def recipe_keys() -> list[str]:
 
 
 def resolve_key(name: str) -> str:
-    """A dotted recipe key from itself or its last part (``lr`` -> ``train.lr``, ``k_shot`` -> ``data.k_shot``)."""
+    """A dotted recipe key from itself or its last part (``lr`` -> ``train.lr``, ``k_shot`` -> ``data.k_shot``).
+    A last part that several sections share means AD-DROP's key when it has one (``layers`` -> ``addrop.layers``);
+    otherwise the full key is needed (``alpha``: ``rdrop.alpha`` or ``lora.alpha``)."""
     keys = recipe_keys()
     matches = [name] if name in keys else [key for key in keys if key.rsplit(".", 1)[-1] == name]
+    if len(matches) > 1:
+        own = [key for key in matches if key.startswith("addrop.")]
+        if not own:
+            raise UserError(f"--grid: '{name}' is ambiguous; give the full key: {' or '.join(matches)}")
+        matches = own
     if len(matches) != 1:
         close = difflib.get_close_matches(name, keys + [key.rsplit(".", 1)[-1] for key in keys], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""

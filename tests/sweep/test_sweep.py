@@ -71,6 +71,14 @@ def test_grid_keys_resolve_by_last_part_and_values_keep_lists():
     one_line_error(lambda: parse_grid("lr"), "KEY=V1,V2")
 
 
+def test_a_shared_last_part_means_addrops_key_else_needs_the_full_key():
+    assert parse_grid("layers=first,all")[0] == "addrop.layers"  # hiddencut.layers also ends in layers
+    assert parse_grid("hiddencut.layers=all")[0] == "hiddencut.layers"
+    assert parse_grid("ratio=0.1,0.2")[0] == "hiddencut.ratio"
+    one_line_error(lambda: parse_grid("alpha=0.5,1"), "'alpha' is ambiguous", "rdrop.alpha or lora.alpha")
+    one_line_error(lambda: parse_grid("method=rdrop"), "use --method")
+
+
 def test_plan_has_baselines_per_seed_and_plain_grid_point(tmp_path):
     axes = {"addrop.p": [0.1, 0.3], "addrop.q": [0.5], "train.lr": ["1e-5", "2e-5"]}
     trials = plan_trials(Recipe(), axes, [1, 2], True, tmp_path)
