@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from addrop_cli.core.attention import ForwardState
 from addrop_cli.core.model_setup import infer_task_type
+from addrop_cli.core.rdrop import mean_over, stacked_twice
 from addrop_cli.core.routes import connect, select_calls
 from addrop_cli.core.settings import ENCODER, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, HiddenCutConfig
 from addrop_cli.errors import UserError
@@ -84,10 +85,7 @@ def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, valid: torch.T
     log_m = torch.logsumexp(torch.stack([log_a, log_b]), dim=0) - torch.log(torch.tensor(2.0))
     per_position = (F.kl_div(log_m, log_a, reduction="none", log_target=True).sum(-1)
                     + F.kl_div(log_m, log_b, reduction="none", log_target=True).sum(-1)) / 2
-    if valid is None:
-        return per_position.mean()
-    valid = valid.bool()
-    return (per_position * valid).sum() / valid.sum().clamp(min=1)
+    return mean_over(per_position, valid)
 
 
 def enclosing_layers(model: nn.Module, module_ids: list[int]) -> list[nn.Module]:
@@ -180,7 +178,7 @@ class HiddenCut:
         state = ForwardState(record=self.selected, call_of=self.call_of)
         self._forward = _CutForward(state, real, eligible)
         try:
-            outputs = self.route.forward(self.model, {k: torch.cat([v, v]) for k, v in batch.items()}, state)
+            outputs = self.route.forward(self.model, stacked_twice(batch), state)
             if self._forward.layers_seen != len(self.encoder_calls):
                 raise UserError(f"HiddenCut saw {self._forward.layers_seen} encoder layer outputs in a forward of "
                                 f"{type(self.base).__name__}, expected {len(self.encoder_calls)}; use --method addrop "

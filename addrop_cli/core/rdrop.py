@@ -20,6 +20,21 @@ from addrop_cli.core.model_setup import build_no_kv_cache, infer_task_type
 from addrop_cli.core.settings import IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, RDropConfig
 
 
+def stacked_twice(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch stacked on itself along the batch dimension: two passes in one forward, each copy drawing its own
+    dropout (HiddenCut cuts the second copy only)."""
+    return {key: torch.cat([value, value]) for key, value in batch.items()}
+
+
+def mean_over(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-example (N,) or per-position (N, T) ``values``, over the ``valid`` (N, T) positions only
+    when given."""
+    if valid is None:
+        return values.mean()
+    valid = valid.bool()
+    return (values * valid).sum() / valid.sum().clamp(min=1)
+
+
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """½ (KL(P_a ‖ P_b) + KL(P_b ‖ P_a)) of the softmax distributions, summed over classes and averaged over the
     examples, or over the ``valid`` positions. Gradients flow through both sides (no teacher is detached).
@@ -32,11 +47,7 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, valid: torch.Te
     # kl_div(input=log Q, target=log P, log_target) is P (log P - log Q) elementwise, i.e. KL(P ‖ Q) summed.
     a_to_b = F.kl_div(log_b, log_a, reduction="none", log_target=True).sum(-1)  # KL(P_a ‖ P_b), (N,) or (N, T)
     b_to_a = F.kl_div(log_a, log_b, reduction="none", log_target=True).sum(-1)
-    per_position = (a_to_b + b_to_a) / 2
-    if valid is None:
-        return per_position.mean()
-    valid = valid.bool()
-    return (per_position * valid).sum() / valid.sum().clamp(min=1)
+    return mean_over((a_to_b + b_to_a) / 2, valid)
 
 
 def consistency(first: torch.Tensor, second: torch.Tensor, task_type: str, labels: torch.Tensor | None
@@ -68,8 +79,7 @@ class RDrop:
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """½ (L₁ + L₂) + α × :func:`consistency`: the model's own loss on the stacked batch is the mean of the two
         passes' losses (each copy has the same examples and labelled tokens)."""
-        doubled = {key: torch.cat([value, value]) for key, value in batch.items()}
-        outputs = self.model(**doubled)
+        outputs = self.model(**stacked_twice(batch))
         first, second = outputs.logits.chunk(2)
         return outputs.loss + self.config.alpha * consistency(first, second, self.task_type, batch.get("labels"))
 
