@@ -72,14 +72,16 @@ class Study:
         """The methods the study compares: FT and AD-DROP, and R-Drop where the selection sweeps it."""
         return ("ft", "addrop", "rdrop") if "rdrop" in " ".join(self.selection_grid) else ("ft", "addrop")
 
-    def selection_trials(self) -> int:
-        """Trials of the selection sweep: FT, AD-DROP's p x q x layers, R-Drop's alphas (one seed)."""
+    def selection_arms(self) -> dict[str, int]:
+        """Trials per arm of the selection sweep (one seed): FT once, AD-DROP's p x q (x layers when swept),
+        R-Drop's alphas."""
         grid = dict(zip(self.selection_grid[::2], self.selection_grid[1::2], strict=True))
+        swept = grid.get("--grid", "=").split("=", 1)
+        values = len(swept[1].split(",")) if swept[1] else 1
         addrop = len(grid["--p"].split(",")) * len(grid["--q"].split(","))
-        if grid.get("--grid", "").startswith("layers="):
-            addrop *= len(grid["--grid"].split("=", 1)[1].split(","))
-        rdrop = len(grid["--grid"].split("=", 1)[1].split(",")) if "rdrop" in self.arms else 0
-        return 1 + addrop + rdrop
+        if swept[0] == "layers":
+            return {"ft": 1, "addrop": addrop * values}
+        return {"ft": 1, "addrop": addrop, "rdrop": values}
 
 
 def studies(model: str = "minilm") -> list[Study]:
@@ -608,7 +610,7 @@ def status_lines(all_studies: list[Study], out: Path) -> list[str]:
         rows = [row for kind in ("selection", "test") for row in read_results(out / study.name / kind)]
         cost = {arm: statistics.fmean(max(r["seconds"], r.get("train_seconds", 0)) for r in rows if arm_of(r) == arm)
                 for arm in study.arms if any(arm_of(r) == arm for r in rows)}
-        planned = {"selection": _selection_arms(study) if study.selection_from is None else {},
+        planned = {"selection": study.selection_arms() if study.selection_from is None else {},
                    "test": {arm: len(TEST_SEEDS) for arm in study.arms}}
         for kind, arms in planned.items():
             done = {arm: sum(1 for r in read_results(out / study.name / kind) if arm_of(r) == arm) for arm in arms}
@@ -625,16 +627,6 @@ def status_lines(all_studies: list[Study], out: Path) -> list[str]:
     lines.append(f"time left: {left_total:.2f} h at the measured costs"
                  + (f", more for {', '.join(unknown)} (no trial of some method finished there yet)" if unknown else ""))
     return lines
-
-
-def _selection_arms(study: Study) -> dict[str, int]:
-    """Trials per arm of the study's selection sweep."""
-    total = study.selection_trials()
-    if "rdrop" not in study.arms:
-        return {"ft": 1, "addrop": total - 1}
-    alphas = len(dict(zip(study.selection_grid[::2], study.selection_grid[1::2], strict=True))["--grid"]
-                 .split("=", 1)[1].split(","))
-    return {"ft": 1, "addrop": total - 1 - alphas, "rdrop": alphas}
 
 
 def main() -> None:
