@@ -30,6 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import evidence_overview
+import evidence_record
+
 from addrop_cli.outputs import write_text
 from addrop_cli.sweep import summary as sweep_summary
 from addrop_cli.sweep.plan import TRIALS_DIR, read_results
@@ -45,6 +48,8 @@ BASE_SELECTION_GRID = ["--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "0.1
 COMMON = ["--batch-size", "16", "--set", "data.holdout_fraction=0.1", "--set", "data.group_by_length=true",
           "--set", "train.patience=null", "--set", "train.save_total_limit=1"]
 MODELS = ("minilm", "mpnet-base")
+MINILM_REPORT, MINILM_FIGURE = "results-minilm.md", "results-minilm.png"  # the first study's own report
+OVERVIEW, BASE_FIGURE = "results.md", "results-mpnet-base.png"  # both models, written by the base-size study
 
 
 @dataclass
@@ -95,7 +100,8 @@ def studies(model: str = "minilm") -> list[Study]:
                       "--set", "data.max_eval_samples=500", "--set", "train.warmup_ratio=0.1"],
                      paper, "Table 5, RoBERTa-base",
                      f"{k} sentences per class drawn with the seed from the 90 % left after the hold-out, "
-                     f"{epochs} epochs at lr 1e-4; the selection set is the first 500 held-out sentences")
+                     f"{epochs} epochs at lr 1e-4; the selection set is the first 500 held-out sentences, the test "
+                     "set the first 500 of the 872 dev sentences (data.max_eval_samples caps both)")
 
     return [
         k_shot(16, 20, (74.5, 80.2)),
@@ -129,7 +135,8 @@ def base_studies() -> list[Study]:
                       f"data.k_shot={k}", "--set", "data.max_eval_samples=500", "--set", "train.warmup_ratio=0.1"],
                      paper, "Table 5, RoBERTa-base",
                      f"{k} sentences per class drawn with the seed from the 90 % left after the hold-out, {epochs} "
-                     f"epochs at lr {lr}; the selection set is the first 500 held-out sentences", model=model,
+                     f"epochs at lr {lr}; the selection set is the first 500 held-out sentences, the test set the "
+                     "first 500 of the 872 dev sentences (data.max_eval_samples caps both)", model=model,
                      selection_grid=grid)
 
     return [
@@ -137,7 +144,7 @@ def base_studies() -> list[Study]:
         k_shot(64, 10, "3e-5", (89.1, 91.6)),
         Study("mrpc-1000", "MRPC, 1,000 pairs", "mrpc", "MRPC/train.tsv", "MRPC/dev.tsv", "accuracy",
               ["--max-length", "128", "--epochs", "3", "--lr", "5e-5", "--layers", "first",
-               "--max-train-samples", "1000"], (85.2, 87.4), "Table 3, BERT-base (full MRPC)",
+               "--max-train-samples", "1000"], (85.2, 87.4), "Table 3, BERT-base, full MRPC",
               "the first 1,000 training pairs left after the hold-out (a subset, to fit the budget), 3 epochs at "
               "lr 5e-5; the selection set is the 367 held-out pairs", model=model, selection_grid=grid),
     ]
@@ -203,14 +210,14 @@ def best_setting(selection: Path) -> list[str]:
 
 
 def sweeps_of(study: Study, out: Path, data: Path) -> list[tuple[Path, list[str]]]:
-    """The study's ``addrop sweep`` calls as (output directory, arguments); the test call needs the selection's
-    results, so it is left out until those exist."""
+    """The study's ``addrop sweep`` calls as (output directory, arguments); the test call needs a selected setting
+    of every arm, so it is left out until the selection has one."""
     selection, test = out / (study.selection_from or study.name) / "selection", out / study.name / "test"
     calls = []
     if study.selection_from is None:
         calls.append((selection, [*study.base(data), *study.selection_grid, "--seeds", str(SELECTION_SEED),
                                   "--baseline"]))
-    if read_results(selection):
+    if set(study.arms) <= {arm_of(row) for row in read_results(selection) if row["status"] == "ok"}:
         calls.append((test, [*study.base(data), *best_setting(selection), "--seeds", ",".join(map(str, TEST_SEEDS)),
                              "--baseline"]))
     return calls
@@ -219,9 +226,12 @@ def sweeps_of(study: Study, out: Path, data: Path) -> list[tuple[Path, list[str]
 def run_study(study: Study, out: Path, data: Path, log: CommandLog) -> None:
     if study.selection_from is None:
         sweep(*sweeps_of(study, out, data)[0], log)
-    elif not read_results(out / study.selection_from / "selection"):
-        raise SystemExit(f"{study.name} reuses the {study.selection_from} selection; run that study first")
-    sweep(*sweeps_of(study, out, data)[-1], log)  # the test sweep, now that the selection has results
+    test = [call for call in sweeps_of(study, out, data) if call[0].name == "test"]
+    if not test:
+        raise SystemExit(f"{study.name}: the selection sweep in {out / (study.selection_from or study.name)} has no "
+                         f"finished trial of every arm ({', '.join(study.arms)}); run that study first, or see the "
+                         "summary.md there for the trials that failed")
+    sweep(*test[0], log)
 
 
 def commands(all_studies: list[Study], out: Path) -> list[str]:
@@ -299,9 +309,9 @@ def trial_hours(rows: list[dict]) -> float:
 
 
 def selection_scores(rows: list[dict]) -> list[tuple[str, float]]:
-    """(setting, held-out score in percent) of a selection sweep, best first."""
-    scored = [("FT" if row["baseline"] else _setting(row["settings"]), 100 * row["eval"][row["metric"]])
-              for row in rows]
+    """(setting, held-out score in percent) of a selection sweep, best first (R-Drop's settings prefixed)."""
+    scored = [("FT" if row["baseline"] else ("R-Drop " if arm_of(row) == "rdrop" else "") + _setting(row["settings"]),
+               100 * row["eval"][row["metric"]]) for row in rows]
     return sorted(scored, key=lambda item: -item[1])
 
 
@@ -316,7 +326,11 @@ def best_phases(histories: dict[str, list[dict]], rows: list[dict]) -> list[str]
 
 
 def _setting(settings: dict) -> str:
-    return f"p {settings['addrop.p']}, q {settings['addrop.q']}, {settings['addrop.layers']}"
+    """A setting as the report writes it: "p 0.3, q 0.1, first" (layers when swept), or "α 4" for R-Drop."""
+    if settings.get("addrop.method") == "rdrop":
+        return f"α {settings['rdrop.alpha']}"
+    layers = [str(settings["addrop.layers"])] if "addrop.layers" in settings else []
+    return ", ".join([f"p {settings['addrop.p']}", f"q {settings['addrop.q']}", *layers])
 
 
 def prediction_drift(histories: dict[str, list[dict]], rows: list[dict]) -> dict[str, float]:
@@ -352,24 +366,39 @@ def _mean_std(values: list[float]) -> str:
         f"{values[0]:.1f}"
 
 
+def _difference(stats: dict) -> tuple[str, str]:
+    """A method's difference from FT as the tables print it: "+0.1 [-0.4, +0.7]" and the paired p-value."""
+    if "difference" not in stats:
+        return "–", "–"
+    p_value = "–" if math.isnan(stats["p_value"]) else f"{stats['p_value']:.2f}"
+    return f"{stats['difference']:+.1f} [{stats['ci_low']:+.1f}, {stats['ci_high']:+.1f}]", p_value
+
+
 def results_table(found: dict[str, dict], all_studies: list[Study]) -> list[str]:
-    lines = ["| study | metric | FT | AD-DROP | Δ [95 % CI] | paired p | chosen p, q, layers | seeds | hours | "
-             "paper FT → AD-DROP |", "|---" * 10 + "|"]
+    """One row per study: FT and AD-DROP (and R-Drop where the studies have it) with each method's difference
+    from FT, the chosen settings, seeds, hours and the paper's numbers."""
+    with_rdrop = any("rdrop" in study.arms for study in all_studies)
+    header = ["study", "metric", "FT", "AD-DROP", "Δ [95 % CI]", "paired p",
+              *(["R-Drop", "Δ [95 % CI]", "paired p", "chosen: AD-DROP; R-Drop"] if with_rdrop
+                else ["chosen p, q, layers"]), "seeds", "hours", "paper FT → AD-DROP"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for study in all_studies:
         result = found.get(study.name)
         paper = f"{study.paper[0]} → {study.paper[1]} ({study.paper_source})" if study.paper else "–"
         if result is None:
-            lines.append(f"| {study.title} | {study.metric} | not run yet | | | | | | | {paper} |")
+            lines.append(f"| {study.title} | {study.metric} | not run yet |" + " |" * (len(header) - 4) + f" {paper} |")
             continue
-        if "difference" in result:
-            delta = f"{result['difference']:+.1f} [{result['ci_low']:+.1f}, {result['ci_high']:+.1f}]"
-            p_value = "–" if math.isnan(result["p_value"]) else f"{result['p_value']:.2f}"
-        else:
-            delta, p_value = "–", "–"
+        chosen = _setting(result["chosen"])
+        rdrop = []
+        if with_rdrop:
+            chosen += "; " + _setting(result["rdrop_chosen"]) if "rdrop_chosen" in result else ""
+            rdrop = [_mean_std(result["rdrop"]) if "rdrop" in result else "–",
+                     *_difference(result.get("rdrop_stats", {}))]
         seeds = f"{len(result['seeds'])}" + ("" if result["complete"] else " (incomplete)")
         hours = result["selection_hours"] + result["test_hours"]
-        lines.append(f"| {study.title} | {study.metric} | {_mean_std(result['ft'])} | {_mean_std(result['addrop'])} "
-                     f"| {delta} | {p_value} | {_setting(result['chosen'])} | {seeds} | {hours:.2f} | {paper} |")
+        cells = [study.title, study.metric, _mean_std(result["ft"]), _mean_std(result["addrop"]),
+                 *_difference(result), *rdrop, chosen, seeds, f"{hours:.2f}", paper]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -420,51 +449,77 @@ def selection_lines(all_studies: list[Study], out: Path) -> list[str]:
     return [*lines, ""]
 
 
+def overfit_cells(result: dict) -> list[str]:
+    """Plain runs' held-out curve in one table row: epochs, best score (epoch), last score, the fall between them,
+    held-out loss from its lowest (epoch) to the last epoch, and the last train loss."""
+    ft = result["curves"]["ft"]
+    best, last = max(ft, key=lambda row: row["score"]), ft[-1]
+    lowest = min(ft, key=lambda row: row["eval_loss"])
+    return [str(len(ft)), f"{best['score']:.1f} ({best['epoch']})", f"{last['score']:.1f}",
+            f"{best['score'] - last['score']:.1f}", f"{lowest['eval_loss']:.3f} ({lowest['epoch']}) → "
+            f"{last['eval_loss']:.3f}", f"{last['train_loss']:.3f}"]
+
+
+OVERFIT_HEADER = ("epochs | best held-out score (epoch) | last epoch | fall | held-out loss: lowest (epoch) → last | "
+                  "train loss, last |")
+
+
+def _fall_and_growth(cells: list[str]) -> tuple[float, float]:
+    """The score's fall and the held-out loss's last / lowest ratio, read back from :func:`overfit_cells`."""
+    lowest, last = cells[4].split(" → ")
+    return float(cells[3]), float(last) / float(lowest.split()[0])
+
+
 def overfit_lines(found: dict[str, dict], all_studies: list[Study]) -> list[str]:
     """Per study, how far plain fine-tuning's held-out curve falls after its peak as its train loss keeps dropping."""
     lines = ["## Does plain fine-tuning overfit?", "",
              "Plain runs' held-out curves, means over the test seeds: the best epoch's score against the last "
              "epoch's, and the held-out loss from its lowest to the last epoch.", "",
-             "| study | epochs | best held-out score (epoch) | last epoch | fall | held-out loss: lowest (epoch) → "
-             "last | train loss, last |", "|---|---|---|---|---|---|---|"]
-    falls, loss_growth = {}, {}
+             "| study | " + OVERFIT_HEADER, "|---" * 7 + "|"]
+    measured = {}
     for study in all_studies:
-        result = found.get(study.name)
-        if not result:
-            continue
-        ft = result["curves"]["ft"]
-        best, last = max(ft, key=lambda row: row["score"]), ft[-1]
-        lowest = min(ft, key=lambda row: row["eval_loss"])
-        falls[study.title] = best["score"] - last["score"]
-        loss_growth[study.title] = last["eval_loss"] / lowest["eval_loss"]
-        lines.append(f"| {study.title} | {len(ft)} | {best['score']:.1f} ({best['epoch']}) | {last['score']:.1f} | "
-                     f"{falls[study.title]:.1f} | {lowest['eval_loss']:.3f} ({lowest['epoch']}) → "
-                     f"{last['eval_loss']:.3f} | {last['train_loss']:.3f} |")
-    if not falls:
+        if result := found.get(study.name):
+            cells = overfit_cells(result)
+            measured[study.title] = _fall_and_growth(cells)
+            lines.append(f"| {study.title} | " + " | ".join(cells) + " |")
+    if not measured:
         return []
-    steepest = max(falls, key=falls.get)
+    steepest = max(measured, key=lambda title: measured[title][0])
+    growth = [ratio for _, ratio in measured.values()]
     lines += ["", f"Held-out loss ends more than 20 % above its lowest point in "
-              f"{sum(growth > 1.2 for growth in loss_growth.values())} of {len(falls)} studies (up to "
-              f"{max(loss_growth.values()):.1f}×), but the held-out score falls by at most "
-              f"{falls[steepest]:.1f} points ({steepest}): plain fine-tuning overfits in confidence (loss) far more "
-              "than in accuracy here, which leaves a regularizer little score to win back."]
+              f"{sum(ratio > 1.2 for ratio in growth)} of {len(measured)} studies (up to {max(growth):.1f}×), but "
+              f"the held-out score falls by at most {measured[steepest][0]:.1f} points ({steepest}): plain "
+              "fine-tuning overfits in confidence (loss) far more than in accuracy here, which leaves a regularizer "
+              "little score to win back."]
     return [*lines, ""]
 
 
+ARM_NAMES = {"ft": "FT", "addrop": "AD-DROP", "rdrop": "R-Drop"}
+
+
 def curve_lines(found: dict[str, dict], study: Study) -> list[str]:
-    """The per-epoch table that shows whether plain fine-tuning overfits (held-out score falls as loss drops)."""
+    """The per-epoch table that shows whether plain fine-tuning overfits (held-out score falls as loss drops), with
+    each regularized arm beside it."""
     result = found.get(study.name)
     if not result:
         return []
-    ft, addrop = result["curves"]["ft"], result["curves"]["addrop"]
+    arms = [arm for arm in study.arms if arm in result["curves"]]
+    ft = result["curves"]["ft"]
+    header = ["epoch", "FT train loss", "FT held-out loss", "FT held-out"]
+    for arm in arms[1:]:
+        name = ARM_NAMES[arm]
+        header += [*([f"{name} phase"] if arm == "addrop" else []), f"{name} train loss", f"{name} held-out loss",
+                   f"{name} held-out"]
     lines = [f"## Epoch by epoch: {study.title}", "",
              f"Means over the test seeds; held-out {study.metric} (the selection split), not the dev file.", "",
-             "| epoch | FT train loss | FT held-out loss | FT held-out | AD-DROP phase | AD-DROP train loss | "
-             "AD-DROP held-out loss | AD-DROP held-out |", "|---|---|---|---|---|---|---|---|"]
-    for plain, dropped in zip(ft, addrop, strict=False):
-        lines.append(f"| {plain['epoch']} | {plain['train_loss']:.3f} | {plain['eval_loss']:.3f} | "
-                     f"{plain['score']:.1f} | {dropped['phase']} | {dropped['train_loss']:.3f} | "
-                     f"{dropped['eval_loss']:.3f} | {dropped['score']:.1f} |")
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for index, plain in enumerate(ft):
+        cells = [str(plain["epoch"])]
+        for arm in arms:
+            row = result["curves"][arm][index]
+            cells += [*([row["phase"]] if arm == "addrop" else []), f"{row['train_loss']:.3f}",
+                      f"{row['eval_loss']:.3f}", f"{row['score']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     best = max(ft, key=lambda row: row["score"])
     lines += ["", f"Plain fine-tuning peaks at epoch {best['epoch']} ({best['score']:.1f}) and ends at "
               f"{ft[-1]['score']:.1f} while its train loss goes {ft[0]['train_loss']:.3f} → "
@@ -549,7 +604,7 @@ def write_report(found: dict[str, dict], all_studies: list[Study], out: Path, da
              "Δ is AD-DROP − FT, with a paired t-test over seeds and a 95 % bootstrap interval of the mean "
              "difference. Cross-tuning (plain and AD-DROP epochs alternate), GA attribution, pseudo labels, "
              "batch 16, length-grouped batches.", "",
-             *results_table(found, all_studies), "", "![per-seed scores](results.png)", "",
+             *results_table(found, all_studies), "", f"![per-seed scores]({MINILM_FIGURE})", "",
              *selection_lines(all_studies, out), *budget_lines(found, all_studies, log, out, data)]
     lines += overfit_lines(found, all_studies)
     for study in all_studies:
@@ -572,11 +627,113 @@ def write_report(found: dict[str, dict], all_studies: list[Study], out: Path, da
     lines += ["## Studies", "", *(f"- {study.title}: {study.notes}." for study in all_studies if study.notes), "",
               "## Commands", "", "Run from the repository root (what `python benchmarks/evidence.py` runs):", "", "```",
               *commands(all_studies, out), "```", ""]
-    write_text(docs / "results.md", "\n".join(lines))
-    draw(found, all_studies, docs / "results.png")
+    write_text(docs / MINILM_REPORT, "\n".join(lines))
+    draw(found, all_studies, docs / MINILM_FIGURE)
+
+
+# ------------------------------------------------------------------- the overview: both models (issue 30)
+
+
+def selection_entries(found: dict[str, dict], all_studies: list[Study], out: Path,
+                      model: str) -> list[evidence_overview.SelectionEntry]:
+    """Per study and regularized arm: the best of its selection settings against FT on the held-out split, with
+    FT's seed spread and the chosen setting's five-seed test difference (studies whose test sweep finished)."""
+    entries = []
+    for study in all_studies:
+        rows, result = finished_selection(study, out), found.get(study.name)
+        plain = [row for row in rows if row["baseline"]]
+        if not plain or not result or len(result["ft"]) < 2:
+            continue
+        for arm, stats in (("addrop", result), ("rdrop", result.get("rdrop_stats"))):
+            arm_rows = [row for row in rows if arm_of(row) == arm]
+            if not arm_rows or stats is None:
+                continue
+            top = max(row["eval"][row["metric"]] for row in arm_rows)
+            tied = [row for row in arm_rows if row["eval"][row["metric"]] == top]
+            chosen = result["chosen"] if arm == "addrop" else result.get("rdrop_chosen")
+            best = next((row for row in tied if row["settings"] == chosen), tied[0])  # a tie: the one tested
+            entries.append(evidence_overview.SelectionEntry(
+                model, study.title, ARM_NAMES[arm], len(arm_rows), 100 * plain[0]["eval"][plain[0]["metric"]],
+                100 * best["eval"][best["metric"]], _setting(best["settings"]), statistics.stdev(result["ft"]),
+                _difference(stats)[0], statistics.stdev(
+                    [score - plain for score, plain in zip(result[arm], result["ft"], strict=True)]) / math.sqrt(2)))
+    return entries
+
+
+def overfit_comparison_lines(found: dict[str, dict], all_studies: list[Study],
+                             minilm: dict[str, evidence_overview.MiniLMStudy]) -> list[str]:
+    """Plain fine-tuning's held-out curves at base size beside MiniLM's, and which overfits more."""
+    lines = ["## Does plain fine-tuning overfit more at base size?", "",
+             "Plain runs' held-out curves, means over the five test seeds: the best epoch's score against the last "
+             "epoch's, and the held-out loss from its lowest to the last epoch (MiniLM's rows from "
+             f"[{MINILM_REPORT}]({MINILM_REPORT})).", "", "| model | study | " + OVERFIT_HEADER, "|---" * 8 + "|"]
+    measured: dict[str, list[tuple[float, float]]] = {"MPNet-base": [], "MiniLM": []}
+    rows = [("MPNet-base", study.title, overfit_cells(found[study.name])) for study in all_studies
+            if study.name in found]
+    rows += [("MiniLM", study.title, study.overfit[1:]) for study in minilm.values() if study.overfit]
+    for model, title, cells in rows:
+        measured[model].append(_fall_and_growth(cells))
+        lines.append(f"| {model} | {title} | " + " | ".join(cells) + " |")
+    if not measured["MPNet-base"] or not measured["MiniLM"]:
+        return [*lines, ""]
+    base, small = (max(fall for fall, _ in measured[m]) for m in ("MPNet-base", "MiniLM"))
+    base_loss, small_loss = (max(growth for _, growth in measured[m]) for m in ("MPNet-base", "MiniLM"))
+    verdict = "more" if base > small + 0.5 else "less" if base < small - 0.5 else "about as much"
+    loss_verdict = "more" if base_loss > 1.2 * small_loss else "less" if base_loss < small_loss / 1.2 else \
+        "about as much"
+    lines += ["", f"By the held-out score's fall after its peak, plain fine-tuning overfits {verdict} at base size "
+              f"(largest fall {base:.1f} points, MiniLM {small:.1f}); by held-out loss, {loss_verdict} (last epoch "
+              f"up to {base_loss:.1f}× the lowest, MiniLM {small_loss:.1f}×).", ""]
+    return lines
+
+
+def write_overview(found: dict[str, dict], all_studies: list[Study], out: Path, data: Path, docs: Path,
+                   log: CommandLog) -> None:
+    """docs/results.md: the base-size study in full, MiniLM's table beside it, the selection-protocol arithmetic
+    for both, and the held-out curves compared."""
+    minilm_report = docs / MINILM_REPORT
+    minilm = evidence_overview.read_minilm(minilm_report)
+    entries = [*evidence_overview.minilm_selection_entries(minilm),
+               *selection_entries(found, all_studies, out, "MPNet-base")]
+    lines = ["# Evidence: does AD-DROP help? Plain fine-tuning, AD-DROP and R-Drop on 2 CPU cores", "",
+             "Generated by `python benchmarks/evidence.py --model mpnet-base` from its sweeps (their small files are "
+             "kept in `benchmarks/evidence-runs/mpnet-base/`) and, for all-MiniLM-L6-v2, from "
+             f"[{MINILM_REPORT}]({MINILM_REPORT}), which `python benchmarks/evidence.py` generated from that "
+             "study's sweeps; do not edit by hand.", "",
+             "Protocol (both models): a seeded 10 % of each training set is held out and used to select the epoch "
+             "and each method's settings on seed "
+             f"{SELECTION_SEED}; the GLUE dev file is the test set, scored once per run with the selected "
+             f"checkpoint, on seeds {', '.join(map(str, TEST_SEEDS))}. Scores in percent; Δ is the method − FT "
+             "with a paired t-test over seeds and a 95 % bootstrap interval of the mean difference. AD-DROP: GA "
+             "attribution, pseudo labels. Both regularizers use cross-tuning (odd epochs plain, even epochs "
+             "regularized), so they get the same regularized epochs. Batch 16, length-grouped batches.", "",
+             "## all-mpnet-base-v2 (12 layers, 768 hidden, 110 M parameters)", "",
+             "Grid on the held-out split: AD-DROP p, q ∈ {0.1, 0.3} in the first layer only (the paper's choice "
+             "for SST-2; all layers did not fit the budget), R-Drop α ∈ {1, 4} (1 as in R-Drop's README, 4 what "
+             "its BERT GLUE code's summed KL weighs at batch 16).", "",
+             *results_table(found, all_studies), "",
+             *([f"![per-seed scores]({BASE_FIGURE})", ""] if found else []),
+             "## all-MiniLM-L6-v2 (6 layers, 384 hidden, 22 M parameters)", "",
+             "Grid: AD-DROP p, q ∈ {0.1, 0.3} × layers ∈ {first, all}; no R-Drop arm. Details, curves and the "
+             f"drift analysis: [{MINILM_REPORT}]({MINILM_REPORT}).", "",
+             *evidence_overview.first_table(minilm_report.read_text(encoding="utf-8")), "",
+             *evidence_overview.selection_protocol_lines(entries),
+             *overfit_comparison_lines(found, all_studies, minilm)]
+    for study in all_studies:
+        lines += curve_lines(found, study)
+    lines += [*selection_lines(all_studies, out), *budget_lines(found, all_studies, log, out, data)]
+    lines += ["## Studies (MPNet-base)", "", *(f"- {study.title}: {study.notes}." for study in all_studies), "",
+              "## Commands", "", "Run from the repository root (what `python benchmarks/evidence.py --model "
+              "mpnet-base` runs):", "", "```", *commands(all_studies, out), "```", ""]
+    write_text(docs / OVERVIEW, "\n".join(lines))
+    draw(found, all_studies, docs / BASE_FIGURE)
+
+
+ARM_COLOURS = {"ft": "tab:blue", "addrop": "tab:red", "rdrop": "tab:green"}
 
 
 def draw(found: dict[str, dict], all_studies: list[Study], path: Path) -> None:
+    """Per study, each test seed's score under every arm, joined by a grey line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -587,13 +744,14 @@ def draw(found: dict[str, dict], all_studies: list[Study], path: Path) -> None:
         return
     figure, axes = plt.subplots(1, len(shown), figsize=(2.2 * len(shown), 3.2), dpi=100, squeeze=False)
     for axis, study in zip(axes[0], shown, strict=True):
-        result = found[study.name]
-        for plain, addrop in zip(result["ft"], result["addrop"], strict=True):
-            axis.plot([0, 1], [plain, addrop], color="0.7", linewidth=0.8, zorder=1)
-        axis.scatter([0] * len(result["ft"]), result["ft"], color="tab:blue", s=14, zorder=2)
-        axis.scatter([1] * len(result["addrop"]), result["addrop"], color="tab:red", s=14, zorder=2)
-        axis.set_xticks([0, 1], ["FT", "AD-DROP"])
-        axis.set_xlim(-0.4, 1.4)
+        arms = [arm for arm in study.arms if arm in found[study.name]]
+        scores = [found[study.name][arm] for arm in arms]
+        for per_seed in zip(*scores, strict=True):
+            axis.plot(range(len(arms)), per_seed, color="0.7", linewidth=0.8, zorder=1)
+        for x, (arm, values) in enumerate(zip(arms, scores, strict=True)):
+            axis.scatter([x] * len(values), values, color=ARM_COLOURS[arm], s=14, zorder=2)
+        axis.set_xticks(range(len(arms)), [ARM_NAMES[arm] for arm in arms], fontsize=7)
+        axis.set_xlim(-0.4, len(arms) - 0.6)
         axis.set_title(study.title, fontsize=8)
         axis.tick_params(labelsize=7)
     axes[0][0].set_ylabel("test score (%)", fontsize=8)
@@ -635,30 +793,47 @@ def main() -> None:
                         "(FT, AD-DROP and R-Drop at base size)")
     parser.add_argument("--data", type=Path, default=SHARED, help="the GLUE folder (default ../shared/data)")
     parser.add_argument("--out", type=Path, help="where the sweeps go (default runs/evidence, runs/evidence-MODEL "
-                        "for other models)")
+                        "for other models, kept in step with the committed record benchmarks/evidence-runs/MODEL; "
+                        "another folder has no record)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md and results.png go")
     parser.add_argument("--only", action="append", help="run only this study (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report")
     parser.add_argument("--status", action="store_true", help="only say what is done and the time left")
+    parser.add_argument("--save-record", action="store_true", help="only copy the finished trials into the "
+                        "committed record (benchmarks/evidence-runs/MODEL); safe while the study runs")
     args = parser.parse_args()
     out = args.out or ROOT / "runs" / ("evidence" if args.model == "minilm" else f"evidence-{args.model}")
+    record = evidence_record.RECORDS / args.model if args.out is None else None
+    if args.save_record:
+        if record is None:
+            parser.error("--save-record keeps the record of the default run folder; leave out --out")
+        print(f"recorded {evidence_record.save(out, record)} more finished trials in {record}")
+        return
+    if record is not None and (restored := evidence_record.restore(record, out)):
+        print(f"restored {restored} finished trials from {record}")
     all_studies = studies(args.model)
     chosen = [study for study in all_studies if not args.only or study.name in args.only]
     if args.status:
         print("\n".join(status_lines(chosen, out)))
         return
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: checkpoint, log, exit
-    log = CommandLog(out / "commands.json")
+    log = CommandLog(out / evidence_record.COMMANDS_FILE)
     if not args.report_only:
-        for index, study in enumerate(chosen, 1):
-            print(f"\n=== study {index}/{len(chosen)}: {study.title} ===", flush=True)
-            run_study(study, out, args.data, log)
-    if args.model != "minilm":  # its table joins docs/results.md once every study has finished (issue 30)
-        print("\n".join(status_lines(all_studies, out)))
-        return
+        try:
+            for index, study in enumerate(chosen, 1):
+                print(f"\n=== study {index}/{len(chosen)}: {study.title} ===", flush=True)
+                run_study(study, out, args.data, log)
+        finally:
+            if record is not None:
+                evidence_record.save(out, record)
     found = {study.name: result for study in all_studies if (result := collect(study, out)) is not None}
-    write_report(found, all_studies, out, args.data, args.docs, log)
-    print(f"\nwrote {args.docs / 'results.md'} and {args.docs / 'results.png'}")
+    if args.model == "minilm":
+        write_report(found, all_studies, out, args.data, args.docs, log)
+        print(f"\nwrote {args.docs / MINILM_REPORT} and {args.docs / MINILM_FIGURE}")
+    else:
+        write_overview(found, all_studies, out, args.data, args.docs, log)
+        print("\n".join(status_lines(all_studies, out)))
+        print(f"\nwrote {args.docs / OVERVIEW} and {args.docs / BASE_FIGURE}")
 
 
 if __name__ == "__main__":

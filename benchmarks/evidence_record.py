@@ -1,0 +1,62 @@
+"""The evidence study's record: the small files of its sweeps, committed so that the study survives a fresh checkout.
+
+A study's run folder (``runs/evidence-MODEL``) holds checkpoints and best models (gigabytes at base size) and is
+not committed. Its record, ``benchmarks/evidence-runs/MODEL/``, holds what a resumed sweep and the report need:
+each sweep's ``sweep.json`` and ``results.jsonl``, each finished trial's ``history.jsonl`` and ``metrics.json``, and
+the study's ``commands.json``. :func:`restore` copies a record into an empty or older run folder (a sweep then
+skips the finished trials), :func:`save` copies a run folder's finished work into the record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from addrop_cli.outputs import write_bytes, write_jsonl
+from addrop_cli.sweep.plan import RESULTS_FILE, SWEEP_FILE, TRIALS_DIR, read_results
+from addrop_cli.training.run_dir import HISTORY_FILE, METRICS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "benchmarks" / "evidence-runs"
+COMMANDS_FILE = "commands.json"
+TRIAL_FILES = (HISTORY_FILE, METRICS_FILE)
+
+
+def sweep_dirs(root: Path) -> list[Path]:
+    """Every sweep directory (one holding ``sweep.json``) under ``root``, relative to it."""
+    return sorted(path.parent.relative_to(root) for path in root.rglob(SWEEP_FILE)) if root.is_dir() else []
+
+
+def _copy(source: Path, target: Path, replace: bool) -> None:
+    if source.is_file() and (replace or not target.exists()):
+        write_bytes(target, source.read_bytes())
+
+
+def _merge_sweep(source: Path, target: Path, replace: bool) -> int:
+    """Copy ``source``'s manifest, the result rows ``target`` lacks and those trials' files; return rows added.
+    With ``replace`` (saving), files already in ``target`` are rewritten with ``source``'s."""
+    _copy(source / SWEEP_FILE, target / SWEEP_FILE, replace)
+    rows, known = read_results(target), {row["trial"] for row in read_results(target)}
+    added = [row for row in read_results(source) if row["trial"] not in known]
+    for row in read_results(source):
+        for name in TRIAL_FILES:
+            _copy(source / TRIALS_DIR / row["trial"] / name, target / TRIALS_DIR / row["trial"] / name,
+                  replace and row["trial"] not in known)
+    if added:
+        write_jsonl(target / RESULTS_FILE, [*rows, *added])
+    return len(added)
+
+
+def save(out: Path, record: Path) -> int:
+    """Copy the finished work of the run folder ``out`` into ``record``; return the trials newly recorded.
+    Safe while a sweep runs there: it reads only finished trials and the atomically written result rows."""
+    added = sum(_merge_sweep(out / sweep, record / sweep, replace=True) for sweep in sweep_dirs(out))
+    _copy(out / COMMANDS_FILE, record / COMMANDS_FILE, replace=True)
+    return added
+
+
+def restore(record: Path, out: Path) -> int:
+    """Bring the record's finished trials into the run folder ``out`` (nothing there is overwritten, so a run
+    folder ahead of its record keeps its own work); return the trials restored."""
+    added = sum(_merge_sweep(record / sweep, out / sweep, replace=False) for sweep in sweep_dirs(record))
+    _copy(record / COMMANDS_FILE, out / COMMANDS_FILE, replace=False)
+    return added

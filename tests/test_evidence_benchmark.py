@@ -1,0 +1,86 @@
+"""benchmarks/evidence.py's helpers: the committed record that carries a study across fresh checkouts, the MiniLM
+report read back for the overview, and the best-of-k arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import evidence_overview  # noqa: E402
+import evidence_record  # noqa: E402
+
+
+def _row(trial: str) -> dict:
+    return {"trial": trial, "settings": {}, "seed": 1, "baseline": True, "digest": "d", "status": "ok",
+            "seconds": 1.0, "metric": "accuracy", "best_epoch": 1, "eval": {"accuracy": 0.5}}
+
+
+def _run_folder(root: Path, finished: list[str], running: list[str]) -> Path:
+    sweep = root / "study" / "selection"
+    (sweep / "sweep.json").parent.mkdir(parents=True)
+    (sweep / "sweep.json").write_text("{}")
+    (sweep / "results.jsonl").write_text("".join(json.dumps(_row(trial)) + "\n" for trial in finished))
+    for trial in finished + running:
+        folder = sweep / "trials" / trial
+        (folder / "checkpoints" / "step-1").mkdir(parents=True)
+        (folder / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"weights")
+        (folder / "history.jsonl").write_text(json.dumps({"epoch": 1, "trial": trial}) + "\n")
+        (folder / "metrics.json").write_text("{}")
+    (root / "commands.json").write_text("[]")
+    return sweep
+
+
+def test_record_keeps_finished_trials_small_files_and_nothing_else(tmp_path):
+    _run_folder(tmp_path / "run", finished=["ft_seed1"], running=["addrop_p0.1_seed1"])
+    assert evidence_record.save(tmp_path / "run", tmp_path / "record") == 1
+    kept = sorted(str(path.relative_to(tmp_path / "record")) for path in (tmp_path / "record").rglob("*")
+                  if path.is_file())
+    assert kept == ["commands.json", "study/selection/results.jsonl", "study/selection/sweep.json",
+                    "study/selection/trials/ft_seed1/history.jsonl", "study/selection/trials/ft_seed1/metrics.json"]
+    assert evidence_record.save(tmp_path / "run", tmp_path / "record") == 0  # saving again adds nothing
+
+
+def test_restore_gives_a_fresh_run_folder_the_finished_trials(tmp_path):
+    _run_folder(tmp_path / "run", finished=["ft_seed1", "addrop_p0.1_seed1"], running=[])
+    evidence_record.save(tmp_path / "run", tmp_path / "record")
+    assert evidence_record.restore(tmp_path / "record", tmp_path / "fresh") == 2
+    sweep = tmp_path / "fresh" / "study" / "selection"
+    assert [row["trial"] for row in evidence_record.read_results(sweep)] == ["ft_seed1", "addrop_p0.1_seed1"]
+    assert (sweep / "trials" / "addrop_p0.1_seed1" / "history.jsonl").is_file()
+    assert (tmp_path / "fresh" / "commands.json").is_file()
+
+
+def test_restore_never_overwrites_a_run_folder_ahead_of_its_record(tmp_path):
+    _run_folder(tmp_path / "run", finished=["ft_seed1"], running=[])
+    evidence_record.save(tmp_path / "run", tmp_path / "record")
+    ahead = _run_folder(tmp_path / "ahead", finished=["ft_seed1", "addrop_p0.1_seed1"], running=[])
+    (ahead / "trials" / "ft_seed1" / "history.jsonl").write_text("newer\n")
+    assert evidence_record.restore(tmp_path / "record", tmp_path / "ahead") == 0
+    assert len(evidence_record.read_results(ahead)) == 2
+    assert (ahead / "trials" / "ft_seed1" / "history.jsonl").read_text() == "newer\n"
+
+
+def test_expected_maximum_matches_the_closed_forms():
+    assert evidence_overview.expected_maximum(1) == pytest.approx(0.0, abs=1e-9)
+    assert evidence_overview.expected_maximum(2) == pytest.approx(1 / math.sqrt(math.pi))
+    assert evidence_overview.expected_maximum(3) == pytest.approx(3 / (2 * math.sqrt(math.pi)))
+
+
+def test_minilm_report_is_read_back_for_the_overview():
+    studies = evidence_overview.read_minilm(BENCHMARKS.parent / "docs" / "results-minilm.md")
+    assert len(studies) == 6
+    mrpc = studies["MRPC"]
+    assert mrpc.ft_seed_std == pytest.approx(1.3)
+    assert mrpc.selection[0] == ("p 0.3, q 0.3, first", 79.6)
+    assert mrpc.overfit[:2] == ["MRPC", "3"]
+    entry = next(e for e in evidence_overview.minilm_selection_entries(studies) if e.study == "MRPC")
+    assert (entry.k, entry.ft_heldout, entry.best_heldout) == (8, 78.7, 79.6)
+    assert entry.noise_gain == pytest.approx(1.3 * evidence_overview.expected_maximum(8))
+    assert not studies["MRPC, 1,000 pairs, 10 epochs"].selection  # it reused MRPC's selection
