@@ -210,17 +210,26 @@ def best_setting(selection: Path) -> list[str]:
 
 
 def sweeps_of(study: Study, out: Path, data: Path) -> list[tuple[Path, list[str]]]:
-    """The study's ``addrop sweep`` calls as (output directory, arguments); the test call needs a selected setting
-    of every arm, so it is left out until the selection has one."""
+    """The study's ``addrop sweep`` calls as (output directory, arguments); the test call needs the selected
+    settings, so it is left out until the selection sweep is complete."""
     selection, test = out / (study.selection_from or study.name) / "selection", out / study.name / "test"
     calls = []
     if study.selection_from is None:
         calls.append((selection, [*study.base(data), *study.selection_grid, "--seeds", str(SELECTION_SEED),
                                   "--baseline"]))
-    if set(study.arms) <= {arm_of(row) for row in read_results(selection) if row["status"] == "ok"}:
+    if selection_complete(study, selection):
         calls.append((test, [*study.base(data), *best_setting(selection), "--seeds", ",".join(map(str, TEST_SEEDS)),
                              "--baseline"]))
     return calls
+
+
+def selection_complete(study: Study, selection: Path) -> bool:
+    """Whether every planned selection trial has ended (its grid is the study's) and every arm has one that
+    finished, so each arm has a setting to test."""
+    rows = read_results(selection)
+    ended = {arm: sum(arm_of(row) == arm for row in rows) for arm in study.arms}
+    finished = {arm_of(row) for row in rows if row["status"] == "ok"}
+    return all(ended[arm] >= count for arm, count in study.selection_arms().items()) and set(study.arms) <= finished
 
 
 def run_study(study: Study, out: Path, data: Path, log: CommandLog) -> None:
@@ -228,9 +237,9 @@ def run_study(study: Study, out: Path, data: Path, log: CommandLog) -> None:
         sweep(*sweeps_of(study, out, data)[0], log)
     test = [call for call in sweeps_of(study, out, data) if call[0].name == "test"]
     if not test:
-        raise SystemExit(f"{study.name}: the selection sweep in {out / (study.selection_from or study.name)} has no "
-                         f"finished trial of every arm ({', '.join(study.arms)}); run that study first, or see the "
-                         "summary.md there for the trials that failed")
+        raise SystemExit(f"{study.name}: the selection sweep in {out / (study.selection_from or study.name)} is not "
+                         f"complete, or no trial of some arm ({', '.join(study.arms)}) finished; run that study "
+                         "first, or see the summary.md there for the trials that failed")
     sweep(*test[0], log)
 
 
@@ -662,28 +671,27 @@ def selection_entries(found: dict[str, dict], all_studies: list[Study], out: Pat
 
 def overfit_comparison_lines(found: dict[str, dict], all_studies: list[Study],
                              minilm: dict[str, evidence_overview.MiniLMStudy]) -> list[str]:
-    """Plain fine-tuning's held-out curves at base size beside MiniLM's, and which overfits more."""
+    """Plain fine-tuning's held-out curves at base size beside MiniLM's, compared on the studies both ran."""
     lines = ["## Does plain fine-tuning overfit more at base size?", "",
              "Plain runs' held-out curves, means over the five test seeds: the best epoch's score against the last "
              "epoch's, and the held-out loss from its lowest to the last epoch (MiniLM's rows from "
              f"[{MINILM_REPORT}]({MINILM_REPORT})).", "", "| model | study | " + OVERFIT_HEADER, "|---" * 8 + "|"]
-    measured: dict[str, list[tuple[float, float]]] = {"MPNet-base": [], "MiniLM": []}
-    rows = [("MPNet-base", study.title, overfit_cells(found[study.name])) for study in all_studies
-            if study.name in found]
-    rows += [("MiniLM", study.title, study.overfit[1:]) for study in minilm.values() if study.overfit]
-    for model, title, cells in rows:
-        measured[model].append(_fall_and_growth(cells))
-        lines.append(f"| {model} | {title} | " + " | ".join(cells) + " |")
-    if not measured["MPNet-base"] or not measured["MiniLM"]:
+    base = {study.title: overfit_cells(found[study.name]) for study in all_studies if study.name in found}
+    small = {study.title: study.overfit[1:] for study in minilm.values() if study.overfit}
+    for model, cells_by_title in (("MPNet-base", base), ("MiniLM", small)):
+        lines += [f"| {model} | {title} | " + " | ".join(cells) + " |" for title, cells in cells_by_title.items()]
+    shared = [title for title in base if title in small]
+    if not shared:
         return [*lines, ""]
-    base, small = (max(fall for fall, _ in measured[m]) for m in ("MPNet-base", "MiniLM"))
-    base_loss, small_loss = (max(growth for _, growth in measured[m]) for m in ("MPNet-base", "MiniLM"))
-    verdict = "more" if base > small + 0.5 else "less" if base < small - 0.5 else "about as much"
-    loss_verdict = "more" if base_loss > 1.2 * small_loss else "less" if base_loss < small_loss / 1.2 else \
-        "about as much"
-    lines += ["", f"By the held-out score's fall after its peak, plain fine-tuning overfits {verdict} at base size "
-              f"(largest fall {base:.1f} points, MiniLM {small:.1f}); by held-out loss, {loss_verdict} (last epoch "
-              f"up to {base_loss:.1f}× the lowest, MiniLM {small_loss:.1f}×).", ""]
+    compared = []
+    for title in shared:
+        (base_fall, base_growth), (small_fall, small_growth) = _fall_and_growth(base[title]), \
+            _fall_and_growth(small[title])
+        compared.append(f"{title}: the held-out score falls {base_fall:.1f} points after its peak at base size and "
+                        f"{small_fall:.1f} with MiniLM, the held-out loss ends at {base_growth:.1f}× its lowest "
+                        f"against {small_growth:.1f}×")
+    lines += ["", f"On the {len(shared)} {'study' if len(shared) == 1 else 'studies'} both models ran (the schedules "
+              "differ, see Studies): " + "; ".join(compared) + ".", ""]
     return lines
 
 
@@ -760,14 +768,25 @@ def draw(found: dict[str, dict], all_studies: list[Study], path: Path) -> None:
     plt.close(figure)
 
 
+def _trial_costs(study: Study, out: Path) -> dict[str, float]:
+    """Seconds per finished trial of each arm in the study (a sweep's trials of one method cost alike)."""
+    rows = [row for kind in ("selection", "test") for row in read_results(out / study.name / kind)]
+    return {arm: statistics.fmean(max(r["seconds"], r.get("train_seconds", 0)) for r in rows if arm_of(r) == arm)
+            for arm in study.arms if any(arm_of(r) == arm for r in rows)}
+
+
 def status_lines(all_studies: list[Study], out: Path) -> list[str]:
     """What is done per study and sweep, and the time left at the measured cost of each method's finished trials
-    in that study (a sweep's trials of one method cost alike; the test sweep's count is known before it starts)."""
+    in that study; an arm not yet timed there costs FT's time there times its ratio to FT where both were timed.
+    The test sweep's count is known before it starts."""
+    costs = {study.name: _trial_costs(study, out) for study in all_studies}
+    ratios = {arm: statistics.fmean(cost[arm] / cost["ft"] for cost in costs.values() if arm in cost and "ft" in cost)
+              for arm in ("addrop", "rdrop") if any(arm in cost and "ft" in cost for cost in costs.values())}
     lines, left_total, unknown = [], 0.0, []
     for study in all_studies:
-        rows = [row for kind in ("selection", "test") for row in read_results(out / study.name / kind)]
-        cost = {arm: statistics.fmean(max(r["seconds"], r.get("train_seconds", 0)) for r in rows if arm_of(r) == arm)
-                for arm in study.arms if any(arm_of(r) == arm for r in rows)}
+        cost = dict(costs[study.name])
+        guessed = {arm for arm in study.arms if arm not in cost and "ft" in cost and arm in ratios}
+        cost.update({arm: cost["ft"] * ratios[arm] for arm in guessed})
         planned = {"selection": study.selection_arms() if study.selection_from is None else {},
                    "test": {arm: len(TEST_SEEDS) for arm in study.arms}}
         for kind, arms in planned.items():
@@ -780,9 +799,11 @@ def status_lines(all_studies: list[Study], out: Path) -> list[str]:
             lines.append(f"{study.name}/{kind}: {sum(done.values())}/{sum(arms.values())} trials done ("
                          + ", ".join(f"{arm} {done[arm]}/{arms[arm]}" for arm in arms) + f"); {left:.2f} h left"
                          + ("" if f"{study.name}/{kind}" not in unknown else " + trials of a method not yet timed"))
-        lines.append("  measured per trial: " + ", ".join(f"{arm} {seconds / 60:.1f} min" for arm, seconds in
-                                                             cost.items()) if cost else "  no trial finished yet")
-    lines.append(f"time left: {left_total:.2f} h at the measured costs"
+        lines.append("  per trial: " + ", ".join(f"{arm} {seconds / 60:.1f} min" + (" (from its ratio to FT in "
+                                                  "another study)" if arm in guessed else "")
+                                                  for arm, seconds in cost.items()) if cost else
+                     "  no trial finished yet")
+    lines.append(f"time left: {left_total:.2f} h at the measured costs (and ratios, where marked)"
                  + (f", more for {', '.join(unknown)} (no trial of some method finished there yet)" if unknown else ""))
     return lines
 

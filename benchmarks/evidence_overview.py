@@ -37,23 +37,38 @@ class SelectionEntry:
         return self.best_heldout - self.ft_heldout
 
     @property
-    def noise_gain(self) -> float:
-        """What the best of k beats one plain run by, on average, when every setting equals plain fine-tuning."""
-        return self.ft_seed_std * expected_maximum(self.k)
+    def noise_spread(self) -> float:
+        """One run's noise for the comparison: τ where the per-seed scores were kept, else σ (an upper bound)."""
+        return self.ft_seed_std if self.paired_spread is None else self.paired_spread
+
+    def noise_gain(self, spread: float | None) -> float | None:
+        """What the best of k beats one plain run by, on average, when every setting equals plain fine-tuning and
+        one run's noise is ``spread`` (s·e_k)."""
+        return None if spread is None else spread * expected_maximum(self.k)
 
     @property
-    def paired_noise_gain(self) -> float | None:
-        """The same for runs that share the selection seed, whose common part cancels (τ·e_k)."""
-        return None if self.paired_spread is None else self.paired_spread * expected_maximum(self.k)
+    def null_probability(self) -> float:
+        """The chance that noise alone gives the best of k a gain over one plain run at least this large:
+        P(max_i u_i − v ≥ g) = 1 − ∫ φ(z) Φ(z + g/s)^k dz for u_i, v independent N(0, s²)."""
+        return 1 - _integral(lambda z: _cdf(z + self.selection_gain / self.noise_spread) ** self.k)
+
+
+def _cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2))
+
+
+def _integral(function) -> float:
+    """∫ φ(z) f(z) dz over the real line."""
+    from scipy import integrate
+
+    value, _ = integrate.quad(lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi) * function(z), -12, 12)
+    return value
 
 
 @functools.cache
 def expected_maximum(k: int) -> float:
     """E[max of k independent standard normals] = ∫ x k φ(x) Φ(x)^(k-1) dx (0 for k = 1, 1/√π for k = 2)."""
-    from scipy import integrate, stats
-
-    value, _ = integrate.quad(lambda x: x * k * stats.norm.pdf(x) * stats.norm.cdf(x) ** (k - 1), -12, 12)
-    return value
+    return _integral(lambda x: x * k * _cdf(x) ** (k - 1))
 
 
 def _cells(line: str) -> list[str]:
@@ -124,42 +139,60 @@ def minilm_selection_entries(studies: dict[str, MiniLMStudy]) -> list[SelectionE
 
 def selection_protocol_lines(entries: list[SelectionEntry]) -> list[str]:
     """The section "What the selection protocol alone can show"."""
-    ks = sorted({entry.k for entry in entries})
+    if not entries:
+        return []
     lines = ["## What the selection protocol alone can show", "",
              "The paper's tables, like most, report the best of a grid of settings against one plain run, both "
              "scored on the data the choice was made on. Each study here makes that comparison on its held-out "
              "split (seed 1), and then tests the chosen setting against plain fine-tuning on five new seeds, "
              "scored on the dev file:", "",
              "| model | study | arm | k settings | FT held-out | best of k held-out (setting) | gain on the selection "
-             "split | FT seed spread σ (test) | expected gain of the best of k from noise alone, σ·e_k | the same "
-             "for runs sharing a seed, τ·e_k | five-seed test Δ [95 % CI] |", "|---" * 11 + "|"]
+             "split | σ·e_k | τ·e_k | P(noise alone ≥ gain) | five-seed test Δ [95 % CI] |", "|---" * 11 + "|"]
     for entry in entries:
-        paired = "–" if entry.paired_noise_gain is None else f"{entry.paired_noise_gain:+.1f}"
+        paired = entry.noise_gain(entry.paired_spread)
         lines.append(f"| {entry.model} | {entry.study} | {entry.arm} | {entry.k} | {entry.ft_heldout:.1f} | "
                      f"{entry.best_heldout:.1f} ({entry.best_setting}) | {entry.selection_gain:+.1f} | "
-                     f"{entry.ft_seed_std:.1f} | {entry.noise_gain:+.1f} | {paired} | {entry.test_delta} |")
-    if not entries:
-        return []
+                     f"{entry.noise_gain(entry.ft_seed_std):+.1f} | {'–' if paired is None else f'{paired:+.1f}'} | "
+                     f"{entry.null_probability:.2f}{'' if entry.paired_spread is not None else ' (σ)'} | "
+                     f"{entry.test_delta} |")
+    return [*lines, "", *_protocol_explanation(entries), "", _protocol_summary(entries), ""]
+
+
+def _protocol_explanation(entries: list[SelectionEntry]) -> list[str]:
+    return ["e_k is the expected maximum of k independent standard normal draws ("
+            + ", ".join(f"e_{k} = {expected_maximum(k):.2f}" for k in sorted({entry.k for entry in entries}))
+            + "). If every setting were exactly as good as plain fine-tuning and one run's score varied by s, the "
+            "best of k settings would still beat one plain run by s·e_k on average, and would beat it at all with "
+            "probability k / (k + 1) (ties aside: held-out accuracy moves in steps of 0.2 to 0.3 points). "
+            "Two estimates of s: σ, plain fine-tuning's spread over the five test seeds, includes what "
+            "a seed shares between methods (the few-shot sample, the classifier's initialization), which cancels "
+            "in a selection sweep where every setting runs on seed 1, so σ·e_k is an upper bound; τ, the spread "
+            "of the five paired test differences divided by √2, leaves that shared part out (MiniLM's report kept "
+            "means and deviations, not the per-seed scores τ needs). Settings of one method share more with each "
+            "other than with plain fine-tuning, which makes even τ·e_k generous, and with five seeds σ and τ are "
+            "themselves uncertain by a factor of about 0.6 to 2.9. P is the chance that noise alone gives a gain "
+            "at least as large as the one observed, 1 − ∫ φ(z) Φ(z + gain/s)^k dz, with s = τ where known and σ "
+            "where marked."]
+
+
+def _protocol_summary(entries: list[SelectionEntry]) -> str:
+    """Wins on the selection split against chance, the winning gains that noise explains poorly, and what the
+    winning settings did on the test seeds."""
     won = [entry for entry in entries if entry.selection_gain > 0]
-    beyond = [entry for entry in won if entry.selection_gain > entry.noise_gain]
-    deltas = [float(entry.test_delta.split()[0]) for entry in won if entry.test_delta not in ("", "–")]
-    lines += ["", "e_k, the expected maximum of k independent standard normal draws: "
-              + ", ".join(f"e_{k} = {expected_maximum(k):.2f}" for k in ks) + ". If every setting were exactly as "
-              "good as plain fine-tuning and one run's score varied with the seed by σ, the best of k settings "
-              "would still beat a single plain run by σ·e_k on average, and would beat it at all with probability "
-              "k / (k + 1). σ is measured on the dev file over five seeds (the held-out split is smaller, so its "
-              "noise is if anything larger), and it includes what the seed shares between methods (the few-shot "
-              "sample, the classifier's initialization), which cancels between runs on the same seed as in a "
-              "selection sweep. τ, the spread of the five paired test differences over √2, is one run's own noise "
-              "without that shared part, so τ·e_k is the smaller, same-seed estimate (MiniLM's report kept means "
-              "and deviations, not the per-seed scores it needs).", "",
-              f"On the selection split the best setting beat plain fine-tuning in {len(won)} of {len(entries)} "
-              f"rows; {len(beyond)} of those gains exceed what noise alone gives on average (σ·e_k)."
-              + (f" On the five test seeds the {len(won)} winning settings' differences average {_mean(deltas):+.1f}"
-                 f" (each: {', '.join(entry.test_delta.split()[0] for entry in won)})." if deltas else "")
-              + f" Over all rows the selection gain averages {_mean([e.selection_gain for e in entries]):+.1f} "
-              f"against {_mean([e.noise_gain for e in entries]):+.1f} from noise alone.", ""]
-    return lines
+    chance = sum(entry.k / (entry.k + 1) for entry in entries)
+    than = "fewer than" if len(won) < chance - 1 else "more than" if len(won) > chance + 1 else "about as many as"
+    rare = [entry for entry in won if entry.null_probability < 0.05]
+    tested = [entry for entry in won if entry.test_delta not in ("", "–")]
+    text = (f"On the selection split the best setting beat plain fine-tuning in {len(won)} of {len(entries)} rows, "
+            f"{than} the {chance:.1f} that chance alone would give if no setting differed from plain fine-tuning; "
+            f"{len(rare)} of the winning gains would arise from noise alone less than 5 % of the time"
+            + (f" ({', '.join(f'{e.model} {e.study} {e.arm}' for e in rare)})" if rare else "") + ".")
+    if tested:
+        deltas = [float(entry.test_delta.split()[0]) for entry in tested]
+        text += (f" On the five test seeds, the winning settings' differences from plain fine-tuning are "
+                 f"{', '.join(f'{delta:+.1f}' for delta in deltas)} (mean {_mean(deltas):+.1f}), against selection "
+                 f"gains averaging {_mean([entry.selection_gain for entry in tested]):+.1f}.")
+    return text
 
 
 def _mean(values: list[float]) -> float:

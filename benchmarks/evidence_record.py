@@ -4,7 +4,9 @@ A study's run folder (``runs/evidence-MODEL``) holds checkpoints and best models
 not committed. Its record, ``benchmarks/evidence-runs/MODEL/``, holds what a resumed sweep and the report need:
 each sweep's ``sweep.json`` and ``results.jsonl``, each finished trial's ``history.jsonl`` and ``metrics.json``, and
 the study's ``commands.json``. :func:`restore` copies a record into an empty or older run folder (a sweep then
-skips the finished trials), :func:`save` copies a run folder's finished work into the record.
+skips the finished trials), :func:`save` copies a run folder's finished work into the record. The manifests and
+digests name the data files by absolute path, so a record resumes from a checkout with the data at the same place
+(``/work/shared/data`` here); the report reads the rows wherever they are.
 """
 
 from __future__ import annotations
@@ -31,32 +33,38 @@ def _copy(source: Path, target: Path, replace: bool) -> None:
         write_bytes(target, source.read_bytes())
 
 
-def _merge_sweep(source: Path, target: Path, replace: bool) -> int:
-    """Copy ``source``'s manifest, the result rows ``target`` lacks and those trials' files; return rows added.
-    With ``replace`` (saving), files already in ``target`` are rewritten with ``source``'s."""
-    _copy(source / SWEEP_FILE, target / SWEEP_FILE, replace)
-    rows, known = read_results(target), {row["trial"] for row in read_results(target)}
-    added = [row for row in read_results(source) if row["trial"] not in known]
-    for row in read_results(source):
-        for name in TRIAL_FILES:
-            _copy(source / TRIALS_DIR / row["trial"] / name, target / TRIALS_DIR / row["trial"] / name,
-                  replace and row["trial"] not in known)
-    if added:
-        write_jsonl(target / RESULTS_FILE, [*rows, *added])
-    return len(added)
+def _merge_sweep(source: Path, target: Path, source_wins: bool) -> int:
+    """Bring ``source``'s finished trials into ``target``: each row ``target`` lacks (or, with ``source_wins``, holds
+    differently, as after a trial was rerun) replaces ``target``'s row and that trial's files, so a half-written
+    trial in ``target`` never keeps its files under a finished row. Returns the rows brought in."""
+    _copy(source / SWEEP_FILE, target / SWEEP_FILE, replace=source_wins)
+    rows = {row["trial"]: row for row in read_results(target)}
+    brought = [row for row in read_results(source)
+               if row["trial"] not in rows or (source_wins and rows[row["trial"]] != row)]
+    for row in brought:
+        for name in TRIAL_FILES:  # a file the source lacks goes from the target too: it belongs to another run
+            origin, copy = source / TRIALS_DIR / row["trial"] / name, target / TRIALS_DIR / row["trial"] / name
+            if origin.is_file():
+                write_bytes(copy, origin.read_bytes())
+            else:
+                copy.unlink(missing_ok=True)
+        rows[row["trial"]] = row
+    if brought:
+        write_jsonl(target / RESULTS_FILE, list(rows.values()))
+    return len(brought)
 
 
 def save(out: Path, record: Path) -> int:
     """Copy the finished work of the run folder ``out`` into ``record``; return the trials newly recorded.
     Safe while a sweep runs there: it reads only finished trials and the atomically written result rows."""
-    added = sum(_merge_sweep(out / sweep, record / sweep, replace=True) for sweep in sweep_dirs(out))
+    added = sum(_merge_sweep(out / sweep, record / sweep, source_wins=True) for sweep in sweep_dirs(out))
     _copy(out / COMMANDS_FILE, record / COMMANDS_FILE, replace=True)
     return added
 
 
 def restore(record: Path, out: Path) -> int:
-    """Bring the record's finished trials into the run folder ``out`` (nothing there is overwritten, so a run
-    folder ahead of its record keeps its own work); return the trials restored."""
-    added = sum(_merge_sweep(record / sweep, out / sweep, replace=False) for sweep in sweep_dirs(record))
+    """Bring the record's finished trials into the run folder ``out``; a trial that has a row there keeps its own
+    row and files (the run folder is as new as its record or newer); return the trials restored."""
+    added = sum(_merge_sweep(record / sweep, out / sweep, source_wins=False) for sweep in sweep_dirs(record))
     _copy(record / COMMANDS_FILE, out / COMMANDS_FILE, replace=False)
     return added

@@ -61,10 +61,33 @@ def test_restore_never_overwrites_a_run_folder_ahead_of_its_record(tmp_path):
     _run_folder(tmp_path / "run", finished=["ft_seed1"], running=[])
     evidence_record.save(tmp_path / "run", tmp_path / "record")
     ahead = _run_folder(tmp_path / "ahead", finished=["ft_seed1", "addrop_p0.1_seed1"], running=[])
+    (ahead / "sweep.json").write_text('{"grid": "ahead"}')
     (ahead / "trials" / "ft_seed1" / "history.jsonl").write_text("newer\n")
     assert evidence_record.restore(tmp_path / "record", tmp_path / "ahead") == 0
     assert len(evidence_record.read_results(ahead)) == 2
+    assert (ahead / "sweep.json").read_text() == '{"grid": "ahead"}'
     assert (ahead / "trials" / "ft_seed1" / "history.jsonl").read_text() == "newer\n"
+
+
+def test_restore_replaces_the_files_of_a_trial_that_was_still_running_there(tmp_path):
+    _run_folder(tmp_path / "run", finished=["ft_seed1"], running=[])
+    evidence_record.save(tmp_path / "run", tmp_path / "record")
+    older = _run_folder(tmp_path / "older", finished=[], running=["ft_seed1"])
+    (older / "trials" / "ft_seed1" / "history.jsonl").write_text("half an epoch\n")
+    assert evidence_record.restore(tmp_path / "record", tmp_path / "older") == 1
+    assert "half an epoch" not in (older / "trials" / "ft_seed1" / "history.jsonl").read_text()
+
+
+def test_save_replaces_a_trial_the_run_folder_ran_again(tmp_path):
+    sweep = _run_folder(tmp_path / "run", finished=["ft_seed1"], running=[])
+    evidence_record.save(tmp_path / "run", tmp_path / "record")
+    rerun = {**_row("ft_seed1"), "digest": "new", "eval": {"accuracy": 0.75}}
+    (sweep / "results.jsonl").write_text(json.dumps(rerun) + "\n")
+    (sweep / "trials" / "ft_seed1" / "history.jsonl").write_text("rerun\n")
+    assert evidence_record.save(tmp_path / "run", tmp_path / "record") == 1
+    recorded = tmp_path / "record" / "study" / "selection"
+    assert evidence_record.read_results(recorded) == [rerun]
+    assert (recorded / "trials" / "ft_seed1" / "history.jsonl").read_text() == "rerun\n"
 
 
 def test_expected_maximum_matches_the_closed_forms():
@@ -82,5 +105,25 @@ def test_minilm_report_is_read_back_for_the_overview():
     assert mrpc.overfit[:2] == ["MRPC", "3"]
     entry = next(e for e in evidence_overview.minilm_selection_entries(studies) if e.study == "MRPC")
     assert (entry.k, entry.ft_heldout, entry.best_heldout) == (8, 78.7, 79.6)
-    assert entry.noise_gain == pytest.approx(1.3 * evidence_overview.expected_maximum(8))
+    assert entry.noise_spread == pytest.approx(1.3)  # no per-seed scores: σ stands in for τ
     assert not studies["MRPC, 1,000 pairs, 10 epochs"].selection  # it reused MRPC's selection
+
+
+def _entry(gain: float, k: int, delta: str) -> evidence_overview.SelectionEntry:
+    return evidence_overview.SelectionEntry("M", f"study {gain}", "AD-DROP", k, 80.0, 80.0 + gain, "p 0.1, q 0.1",
+                                            2.0, delta, paired_spread=1.0)
+
+
+def test_null_probability_of_any_win_is_k_over_k_plus_one_and_falls_with_the_gain():
+    assert _entry(0.0, 1, "").null_probability == pytest.approx(0.5)
+    assert _entry(0.0, 4, "").null_probability == pytest.approx(4 / 5)
+    assert _entry(1.0, 4, "").null_probability > _entry(3.0, 4, "").null_probability
+    assert _entry(0.0, 4, "").noise_gain(1.0) == pytest.approx(evidence_overview.expected_maximum(4))
+
+
+def test_protocol_summary_counts_wins_against_chance_and_reports_the_winners_test_differences():
+    text = evidence_overview._protocol_summary([_entry(1.5, 4, "-0.5 [-1.0, +0.1]"), _entry(-1.0, 1, "–"),
+                                                _entry(6.0, 4, "+0.9 [+0.1, +1.5]")])
+    assert "beat plain fine-tuning in 2 of 3 rows, about as many as the 2.1 that chance" in text
+    assert "1 of the winning gains would arise from noise alone less than 5 % of the time (M study 6.0" in text
+    assert "-0.5, +0.9 (mean +0.2), against selection gains averaging +3.8" in text
