@@ -9,10 +9,16 @@ scored once with the selected checkpoint. For each study:
 2. test: the best setting and plain fine-tuning on five other seeds (TEST_SEEDS), scored on the dev file.
 
 Everything runs through ``addrop sweep``, so the study resumes where it stopped (run this script again) and
-can be spread over several sittings. At the end it writes ``docs/results.md`` and ``docs/results.png``.
+can be spread over several sittings. The finished trials' small files are kept in the committed record
+``benchmarks/evidence-runs/MODEL`` (see evidence_record.py), so it also resumes from a fresh checkout. At the end it
+writes ``docs/results-minilm.md`` (and .png) for MiniLM, or the two-model overview ``docs/results.md`` (and
+``docs/results-mpnet-base.png``) for ``--model mpnet-base``.
 
-    python benchmarks/evidence.py                      # the whole study (about six hours on 2 CPU cores)
+    python benchmarks/evidence.py                      # the MiniLM study (about six hours on 2 CPU cores)
+    python benchmarks/evidence.py --model mpnet-base   # the base-size study with R-Drop (about 5.5 hours)
     python benchmarks/evidence.py --only mrpc          # one study
+    python benchmarks/evidence.py --model mpnet-base --status       # what is done, and the time left
+    python benchmarks/evidence.py --model mpnet-base --save-record  # record finished trials while it runs
     python benchmarks/evidence.py --report-only        # rewrite docs/ from what has finished
 """
 
