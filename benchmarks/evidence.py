@@ -705,7 +705,7 @@ def write_overview(found: dict[str, dict], all_studies: list[Study], out: Path, 
                    log: CommandLog) -> None:
     """docs/results.md: the base-size study in full, MiniLM's table beside it, the selection-protocol arithmetic
     for both, and the held-out curves compared."""
-    minilm_report = docs / MINILM_REPORT
+    minilm_report = (docs / MINILM_REPORT).read_text(encoding="utf-8")
     minilm = evidence_overview.read_minilm(minilm_report)
     entries = [*evidence_overview.minilm_selection_entries(minilm),
                *selection_entries(found, all_studies, out, "MPNet-base")]
@@ -730,7 +730,7 @@ def write_overview(found: dict[str, dict], all_studies: list[Study], out: Path, 
              "## all-MiniLM-L6-v2 (6 layers, 384 hidden, 22 M parameters)", "",
              "Grid: AD-DROP p, q ∈ {0.1, 0.3} × layers ∈ {first, all}; no R-Drop arm. Details, curves and the "
              f"drift analysis: [{MINILM_REPORT}]({MINILM_REPORT}).", "",
-             *evidence_overview.first_table(minilm_report.read_text(encoding="utf-8")), "",
+             *evidence_overview.first_table(minilm_report), "",
              *evidence_overview.selection_protocol_lines(entries),
              *overfit_comparison_lines(found, all_studies, minilm)]
     for study in all_studies:

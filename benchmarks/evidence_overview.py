@@ -12,7 +12,6 @@ import functools
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass
@@ -111,9 +110,8 @@ class MiniLMStudy:
         return float(self.row[2].split("±")[1])
 
 
-def read_minilm(path: Path) -> dict[str, MiniLMStudy]:
-    """Every study of the MiniLM report, by title, in its order."""
-    markdown = path.read_text(encoding="utf-8")
+def read_minilm(markdown: str) -> dict[str, MiniLMStudy]:
+    """Every study of the MiniLM report (its markdown text), by title, in its order."""
     overfit = {row[0]: row for row in table_after(markdown, "## Does plain fine-tuning overfit?")}
     selection: dict[str, list[tuple[str, float]]] = {}
     for match in re.finditer(r"^- (.+?): (.+)\.$", markdown.split("## Selection sweeps", 1)[1].split("\n## ")[0],
