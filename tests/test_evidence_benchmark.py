@@ -97,7 +97,8 @@ def test_expected_maximum_matches_the_closed_forms():
 
 
 def test_minilm_report_is_read_back_for_the_overview():
-    studies = evidence_overview.read_minilm((BENCHMARKS.parent / "docs" / "results-minilm.md").read_text(encoding="utf-8"))
+    report = BENCHMARKS.parent / "docs" / "results-minilm.md"
+    studies = evidence_overview.read_minilm(report.read_text(encoding="utf-8"))
     assert len(studies) == 6
     mrpc = studies["MRPC"]
     assert mrpc.ft_seed_std == pytest.approx(1.3)
