@@ -75,6 +75,8 @@ def train(
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(DIVERGED_EXIT_CODE) from None
+    if not result.main_process:
+        return
     shown = ", ".join(f"{name} {value:.4f}" for name, value in result.best_eval.items())
     console.print(f"best epoch {result.best_epoch}: {shown}")
     if result.test is not None:

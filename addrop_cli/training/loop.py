@@ -8,9 +8,11 @@ resume), :func:`train_epoch`, :func:`end_epoch` (history, best checkpoint, metri
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,7 @@ from addrop_cli.training.run_dir import (
     recover_set_aside,
     write_progress,
 )
-from addrop_cli.training.tracking import resolve_trackers, start_trackers
+from addrop_cli.training.tracking import finish_trackers, resolve_trackers, start_trackers
 
 
 @dataclass
@@ -72,6 +74,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     test: dict[str, float] | None = None
     hub_url: str | None = None
+    main_process: bool = True  # False in the other processes of a multi-process run, which print nothing
 
 
 class TrainingInterrupted(Interrupted):
@@ -120,7 +123,8 @@ class Run:
 
     def result(self) -> RunResult:
         state = self.state
-        return RunResult(self.output_dir, state.best_epoch, state.best_eval, state.history, state.test)
+        return RunResult(self.output_dir, state.best_epoch, state.best_eval, state.history, state.test,
+                         main_process=self.show)
 
 
 def train(
@@ -139,29 +143,52 @@ def train(
     :class:`TrainingDiverged` on a non-finite loss.
     """
     with contextlib.ExitStack() as held:  # the output directory's lock, for as long as the run goes on
-        run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code,
-                    console=console or Console(stderr=True), held=held)
-        if run.complete:
-            if run.show:
-                run.console.print(f"run in {run.output_dir} is already complete (best epoch {run.state.best_epoch}); "
-                                  "to train it again pass --overwrite, or choose another --output-dir",
-                                  highlight=False, soft_wrap=True)
-            return _published(run)  # a push that failed (or was added since) happens now
-        start_trackers(run.accelerator, recipe, run.output_dir.name)  # not for a run that has nothing to log
-        held.callback(run.accelerator.end_training)
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
-                            TimeRemainingColumn(), console=run.console, disable=not run.show, transient=True)
-        with progress, StopRequest() as stop:
-            while not run.state.finished:
-                seconds = train_epoch(run, progress, stop)
-                end_epoch(run, seconds, progress)
-                _stop_if_requested(run, stop)  # a signal during evaluation or the epoch's checkpoint
-            if run.test_loader is not None and run.state.test is None:  # also when a stop came before it
-                score_test(run, progress)
-                _stop_if_requested(run, stop)
-        run.accelerator.wait_for_everyone()
-        return _published(run)
+        held.push(_destroy_process_group)  # pushed first, so it runs last: after the run's objects are gone
+        return _train(recipe, overwrite, resume, trust_remote_code, console or Console(stderr=True), held)
+
+
+def _train(recipe: Recipe, overwrite: bool, resume: bool, trust_remote_code: bool, console: Console,
+           held: contextlib.ExitStack) -> RunResult:
+    """:func:`train`'s body. The run lives only in this frame, so it is gone when the frame returns."""
+    run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code, console=console,
+                held=held)
+    if run.complete:
+        if run.show:
+            run.console.print(f"run in {run.output_dir} is already complete (best epoch {run.state.best_epoch}); "
+                              "to train it again pass --overwrite, or choose another --output-dir",
+                              highlight=False, soft_wrap=True)
+        return _published(run)  # a push that failed (or was added since) happens now
+    start_trackers(run.accelerator, recipe, run.output_dir.name)  # not for a run that has nothing to log
+    held.callback(finish_trackers, run.accelerator.trackers)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                        TimeRemainingColumn(), console=run.console, disable=not run.show, transient=True)
+    with progress, StopRequest() as stop:
+        while not run.state.finished:
+            seconds = train_epoch(run, progress, stop)
+            end_epoch(run, seconds, progress)
+            _stop_if_requested(run, stop)  # a signal during evaluation or the epoch's checkpoint
+        if run.test_loader is not None and run.state.test is None:  # also when a stop came before it
+            score_test(run, progress)
+            _stop_if_requested(run, stop)
+    run.accelerator.wait_for_everyone()
+    return _published(run)
+
+
+def _destroy_process_group(exc_type, exc, tb) -> None:
+    """Destroy the process group (if any) once nothing of the run holds it: :func:`train`'s last exit callback.
+
+    DDP's reducer holds the gloo process group. Were the reducer its last holder, the group's destructor would
+    join gloo's worker threads while holding the GIL, and a worker still freeing the last collective's tensors
+    waits for the GIL: a hang at exit in about 1 of 10 two-process CPU runs (pytorch/pytorch#56297). So the run
+    goes first (from the frames of an exception too, and its reference cycles), and the group's last holder is
+    the one ``destroy_process_group`` drops, whose binding releases the GIL.
+    """
+    if tb is not None:
+        traceback.clear_frames(tb)
+    gc.collect()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _published(run: Run) -> RunResult:

@@ -52,3 +52,9 @@ def start_trackers(accelerator: Accelerator, recipe: Recipe, run_name: str) -> N
     except Exception as error:  # any tracker's failure to start, reported on one line
         names = ", ".join(str(tracker) for tracker in accelerator.log_with)
         raise UserError(f"train.report_to: could not start the {names} run: {first_line(error)}") from None
+
+
+def finish_trackers(trackers: list) -> None:
+    """End every tracker's run (what ``Accelerator.end_training`` does, without destroying the process group)."""
+    for tracker in trackers:
+        tracker.finish()

@@ -69,7 +69,7 @@ def final_weights(out):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, dropout_free_checkpoint, shared_data):
-    """(processes, q) -> run directory: one process with batch 8, two with 4 each (the same global batch).
+    """(processes, q) -> (run directory, stderr): one process with batch 8, two with 4 each (the same global batch).
 
     q = 0 drops nothing. q = 1 drops exactly the candidate region (p = 0.3 of each row's keys, chosen from the
     attribution, no random draw): a real AD-DROP step whose drops are the same however the batch is split.
@@ -79,9 +79,10 @@ def runs(tmp_path_factory, dropout_free_checkpoint, shared_data):
     folder = tmp_path_factory.mktemp("distributed")
     out = {}
     for processes, q in [(1, "0"), (2, "0"), (1, "1"), (2, "1")]:
-        out[processes, q] = folder / f"{processes}-q{q}"
-        launch(processes, train_args(out[processes, q], dropout_free_checkpoint, shared_data,
-                                     "--batch-size", str(8 // processes), "--q", q, "--p", "0.3"))
+        directory = folder / f"{processes}-q{q}"
+        result = launch(processes, train_args(directory, dropout_free_checkpoint, shared_data,
+                                              "--batch-size", str(8 // processes), "--q", q, "--p", "0.3"))
+        out[processes, q] = directory, result.stderr
     return out
 
 
@@ -107,15 +108,21 @@ def assert_same_run(one, two):
 
 def test_two_processes_match_one_with_the_same_global_batch(runs):
     # q = 0: the AD-DROP epoch runs the attribution pass under DDP but drops nothing.
-    assert [h["phase"] for h in history(runs[2, "0"])] == ["ft", "addrop"]
-    assert_same_run(runs[1, "0"], runs[2, "0"])
+    assert [h["phase"] for h in history(runs[2, "0"][0])] == ["ft", "addrop"]
+    assert_same_run(runs[1, "0"][0], runs[2, "0"][0])
+
+
+def test_two_processes_print_the_summary_once(runs):
+    for processes in (1, 2):
+        assert runs[processes, "0"][1].count("best epoch ") == 1
+        assert runs[processes, "0"][1].count("outputs in ") == 1
 
 
 def test_two_processes_with_real_drops_match_one_with_the_same_global_batch(runs):
     # First: the drops are real. The ft epochs agree; the AD-DROP epoch moves the weights far beyond the tolerance.
-    plain, dropped = history(runs[1, "0"]), history(runs[1, "1"])
+    plain, dropped = history(runs[1, "0"][0]), history(runs[1, "1"][0])
     assert dropped[0]["train_loss"] == plain[0]["train_loss"]
     assert dropped[1]["train_loss"] != pytest.approx(plain[1]["train_loss"], rel=LOSS_REL)
-    moved = final_weights(runs[1, "1"]), final_weights(runs[1, "0"])
+    moved = final_weights(runs[1, "1"][0]), final_weights(runs[1, "0"][0])
     assert max((moved[0][name] - moved[1][name]).abs().max().item() for name in moved[0]) > 20 * WEIGHT_ABS
-    assert_same_run(runs[1, "1"], runs[2, "1"])
+    assert_same_run(runs[1, "1"][0], runs[2, "1"][0])
