@@ -74,7 +74,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     test: dict[str, float] | None = None
     hub_url: str | None = None
-    main_process: bool = True  # False in the other processes of a multi-process run, which print nothing
+    main_process: bool = True  # False in the other processes of a multi-process run: they print no summary
 
 
 class TrainingInterrupted(Interrupted):
@@ -142,14 +142,15 @@ def train(
     stopped. Raises :class:`TrainingInterrupted` on SIGINT/SIGTERM (after checkpointing) and
     :class:`TrainingDiverged` on a non-finite loss.
     """
-    with contextlib.ExitStack() as held:  # the output directory's lock, for as long as the run goes on
-        held.push(_destroy_process_group)  # pushed first, so it runs last: after the run's objects are gone
+    with contextlib.ExitStack() as held:  # the output directory's lock while the run goes on; then the teardown
+        held.push(_destroy_process_group)  # pushed first, so it runs last: once the run is unreachable
         return _train(recipe, overwrite, resume, trust_remote_code, console or Console(stderr=True), held)
 
 
 def _train(recipe: Recipe, overwrite: bool, resume: bool, trust_remote_code: bool, console: Console,
            held: contextlib.ExitStack) -> RunResult:
-    """:func:`train`'s body. The run lives only in this frame, so it is gone when the frame returns."""
+    """:func:`train`'s body. The run lives only in this frame: unreachable once it returns or its exception's
+    frames are cleared, and collected by :func:`_destroy_process_group`."""
     run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code, console=console,
                 held=held)
     if run.complete:
@@ -176,19 +177,31 @@ def _train(recipe: Recipe, overwrite: bool, resume: bool, trust_remote_code: boo
 
 
 def _destroy_process_group(exc_type, exc, tb) -> None:
-    """Destroy the process group (if any) once nothing of the run holds it: :func:`train`'s last exit callback.
+    """Destroy the process group, if there is one, once the run is unreachable: :func:`train`'s last exit callback.
 
     DDP's reducer holds the gloo process group. Were the reducer its last holder, the group's destructor would
     join gloo's worker threads while holding the GIL, and a worker still freeing the last collective's tensors
     waits for the GIL: a hang at exit in about 1 of 10 two-process CPU runs (pytorch/pytorch#56297). So the run
-    goes first (from the frames of an exception too, and its reference cycles), and the group's last holder is
-    the one ``destroy_process_group`` drops, whose binding releases the GIL.
+    is freed first (its reference cycles, and the frames of an exception and of the exceptions it chains), and
+    the group's last reference is torch's own Python one, whose release gives up the GIL before the join.
     """
-    if tb is not None:
-        traceback.clear_frames(tb)
+    if not torch.distributed.is_initialized():
+        return
+    for error in _exception_chain(exc):
+        traceback.clear_frames(error.__traceback__)
     gc.collect()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    torch.distributed.destroy_process_group()
+
+
+def _exception_chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and every exception it was raised from or while handling (``__cause__``, ``__context__``)."""
+    chain, pending = [], [error]
+    while pending:
+        current = pending.pop()
+        if current is not None and not any(current is seen for seen in chain):
+            chain.append(current)
+            pending += [current.__cause__, current.__context__]
+    return chain
 
 
 def _published(run: Run) -> RunResult:
