@@ -426,12 +426,13 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
     for study in all_studies:
         if result := found.get(study.name):
             selection_hours, test_hours = result["selection_hours"], result["test_hours"]
-        elif selection_rows := finished_selection(study, out):  # selection done, test not yet
-            selection_hours, test_hours = trial_hours(selection_rows), 0.0
+        elif selection_rows := finished_selection(study, out):  # selection done, the test not (or not all) run
+            test_rows = [row for row in read_results(out / study.name / "test") if row["status"] == "ok"]
+            selection_hours, test_hours = trial_hours(selection_rows), trial_hours(test_rows)
         else:
             continue
         selection = f"{selection_hours:.2f}" if study.selection_from is None else f"– (uses {study.selection_from})"
-        test = f"{test_hours:.2f}" if result else "not run yet"
+        test = f"{test_hours:.2f}" if result else (f"{test_hours:.2f} so far" if test_hours else "not run yet")
         lines.append(f"| {study.title} | {selection} | {test} | {selection_hours + test_hours:.2f} |")
         total += selection_hours + test_hours
     current = {_command_key(sweep_command(arguments, directory))
