@@ -312,9 +312,14 @@ def arm_of(row: dict) -> str:
     return "ft" if row["baseline"] else row["settings"].get("addrop.method", "addrop")
 
 
+def finished_trials(sweep_dir: Path) -> list[dict]:
+    """The rows of a sweep's finished trials (none before the sweep has started)."""
+    return [row for row in read_results(sweep_dir) if row["status"] == "ok"]
+
+
 def finished_selection(study: Study, out: Path) -> list[dict]:
     """The study's own selection sweep's finished trials (none for a study that reuses another's)."""
-    return [row for row in read_results(out / study.name / "selection") if row["status"] == "ok"]
+    return finished_trials(out / study.name / "selection")
 
 
 def trial_hours(rows: list[dict]) -> float:
@@ -427,8 +432,8 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
         if result := found.get(study.name):
             selection_hours, test_hours = result["selection_hours"], result["test_hours"]
         elif selection_rows := finished_selection(study, out):  # selection done, the test not (or not all) run
-            test_rows = [row for row in read_results(out / study.name / "test") if row["status"] == "ok"]
-            selection_hours, test_hours = trial_hours(selection_rows), trial_hours(test_rows)
+            selection_hours = trial_hours(selection_rows)
+            test_hours = trial_hours(finished_trials(out / study.name / "test"))
         else:
             continue
         selection = f"{selection_hours:.2f}" if study.selection_from is None else f"– (uses {study.selection_from})"
