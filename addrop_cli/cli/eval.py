@@ -49,8 +49,12 @@ def evaluate(
     resolved = resolve_recipe(recipe, task, flags, set_, saved=recipe_path(checkpoint),
                               unset=("data.max_eval_samples",))
     from addrop_cli.training.evaluation import evaluate_checkpoint  # torch is imported only once input is valid
+    from addrop_cli.training.process_group import ending_process_group, is_main_process
 
-    result = evaluate_checkpoint(str(checkpoint), resolved)
+    with ending_process_group():
+        result = evaluate_checkpoint(str(checkpoint), resolved)
+    if not is_main_process():  # under torchrun every process scored its shard; the main one reports all of them
+        return
     table = Table(title=f"{resolved.task} — {checkpoint}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -69,8 +73,12 @@ def evaluate(
 def _evaluate_ood(checkpoint: Path, recipe, task: str, file: str | None, config: str | None,
                   max_examples: int | None, output: Path | None) -> None:
     from addrop_cli.ood import evaluate_ood  # torch is imported only once input is valid
+    from addrop_cli.training.process_group import ending_process_group, is_main_process
 
-    result = evaluate_ood(str(checkpoint), recipe, task, Path(file) if file else None, config, max_examples)
+    with ending_process_group():
+        result = evaluate_ood(str(checkpoint), recipe, task, Path(file) if file else None, config, max_examples)
+    if not is_main_process():
+        return
     table = Table(title=f"{task} — {checkpoint} ({recipe.task} labels mapped by name)")
     labels = OOD_SETS[task].labels if result.by_heuristic else ["accuracy"]
     table.add_column("heuristic" if result.by_heuristic else "set")

@@ -31,11 +31,15 @@ def predict(
     quiet_libraries()
     checkpoint = checkpoint_dir(checkpoint)
     from addrop_cli.predict import check_output, predict_checkpoint, write_predictions  # torch once input is valid
+    from addrop_cli.training.process_group import ending_process_group, is_main_process
 
     check_output(output)
     resolved = resolve_recipe(recipe, task, {"data.test_file": input_file}, set_, saved=recipe_path(checkpoint),
                               unset=("data.max_eval_samples",))
-    rows = predict_checkpoint(str(checkpoint), resolved)
+    with ending_process_group():
+        rows = predict_checkpoint(str(checkpoint), resolved)
+    if not is_main_process():  # under torchrun every process predicted its shard; the main one writes all of them
+        return
     write_predictions(output, rows)
     table = Table(title=f"{resolved.task} — first {min(len(rows), SHOWN_ROWS)} of {len(rows)} predictions",
                   title_justify="left")

@@ -62,7 +62,7 @@ def evaluate_checkpoint(checkpoint: str, recipe: Recipe, split: str = "validatio
     accelerator = build_accelerator(recipe.train)
     loader = eval_loader(pipeline.encode(items, tokenizer, recipe),
                          recipe.train.eval_batch_size * accelerator.num_processes, pipeline.collator(tokenizer))
-    model, loader = accelerator.prepare(pipeline.load_model(checkpoint), loader)
+    model, loader = _prepare_for_inference(accelerator, pipeline.load_model(checkpoint), loader)
     return pipeline.evaluate(model, loader, accelerator, tokenizer)
 
 
@@ -77,5 +77,11 @@ def predict_items(checkpoint: str, recipe: Recipe, items: list, model=None) -> l
     # File order (no sampler): predictions line up with the input rows.
     loader = DataLoader(EncodedDataset(features), batch_size=recipe.train.eval_batch_size * accelerator.num_processes,
                         collate_fn=pipeline.collator(tokenizer), generator=torch.Generator())
-    model, loader = accelerator.prepare(model or pipeline.load_model(checkpoint), loader)
+    model, loader = _prepare_for_inference(accelerator, model or pipeline.load_model(checkpoint), loader)
     return pipeline.predict(model, loader, accelerator, tokenizer, items, recipe)
+
+
+def _prepare_for_inference(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader):
+    """The model on the device in the run's precision, not wrapped in DDP (inference has no gradients to
+    synchronize, and a DDP reducer would hold the process group), and the loader sharded across processes."""
+    return accelerator.prepare_model(model, evaluation_mode=True), accelerator.prepare_data_loader(loader)

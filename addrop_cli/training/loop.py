@@ -8,11 +8,9 @@ resume), :func:`train_epoch`, :func:`end_epoch` (history, best checkpoint, metri
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import signal
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from addrop_cli.training.evaluation import build_accelerator, eval_loader, label
 from addrop_cli.training.lora import apply_lora, save_lora_model
 from addrop_cli.training.model_card import CARD_FILE, build_card, check_hub_access, push_to_hub
 from addrop_cli.training.one_class import ONE_CLASS_SHARE, majority_share
+from addrop_cli.training.process_group import end_process_group
 from addrop_cli.training.run_dir import (
     BEST_DIR,
     HISTORY_FILE,
@@ -143,14 +142,14 @@ def train(
     :class:`TrainingDiverged` on a non-finite loss.
     """
     with contextlib.ExitStack() as held:  # the output directory's lock while the run goes on; then the teardown
-        held.push(_destroy_process_group)  # pushed first, so it runs last: once the run is unreachable
+        held.push(end_process_group)  # pushed first, so it runs last: once the run is unreachable
         return _train(recipe, overwrite, resume, trust_remote_code, console or Console(stderr=True), held)
 
 
 def _train(recipe: Recipe, overwrite: bool, resume: bool, trust_remote_code: bool, console: Console,
            held: contextlib.ExitStack) -> RunResult:
     """:func:`train`'s body. The run lives only in this frame: unreachable once it returns or its exception's
-    frames are cleared, and collected by :func:`_destroy_process_group`."""
+    frames are cleared, and collected by :func:`~addrop_cli.training.process_group.end_process_group`."""
     run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code, console=console,
                 held=held)
     if run.complete:
@@ -174,34 +173,6 @@ def _train(recipe: Recipe, overwrite: bool, resume: bool, trust_remote_code: boo
             _stop_if_requested(run, stop)
     run.accelerator.wait_for_everyone()
     return _published(run)
-
-
-def _destroy_process_group(exc_type, exc, tb) -> None:
-    """Destroy the process group, if there is one, once the run is unreachable: :func:`train`'s last exit callback.
-
-    DDP's reducer holds the gloo process group. Were the reducer its last holder, the group's destructor would
-    join gloo's worker threads while holding the GIL, and a worker still freeing the last collective's tensors
-    waits for the GIL: a hang at exit in about 1 of 10 two-process CPU runs (pytorch/pytorch#56297). So the run
-    is freed first (its reference cycles, and the frames of an exception and of the exceptions it chains), and
-    the group's last reference is torch's own Python one, whose release gives up the GIL before the join.
-    """
-    if not torch.distributed.is_initialized():
-        return
-    for error in _exception_chain(exc):
-        traceback.clear_frames(error.__traceback__)
-    gc.collect()
-    torch.distributed.destroy_process_group()
-
-
-def _exception_chain(error: BaseException | None) -> list[BaseException]:
-    """``error`` and every exception it was raised from or while handling (``__cause__``, ``__context__``)."""
-    chain, pending = [], [error]
-    while pending:
-        current = pending.pop()
-        if current is not None and not any(current is seen for seen in chain):
-            chain.append(current)
-            pending += [current.__cause__, current.__context__]
-    return chain
 
 
 def _published(run: Run) -> RunResult:

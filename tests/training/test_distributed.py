@@ -126,3 +126,28 @@ def test_two_processes_with_real_drops_match_one_with_the_same_global_batch(runs
     moved = final_weights(runs[1, "1"][0]), final_weights(runs[1, "0"][0])
     assert max((moved[0][name] - moved[1][name]).abs().max().item() for name in moved[0]) > 20 * WEIGHT_ABS
     assert_same_run(runs[1, "1"][0], runs[2, "1"][0])
+
+
+def test_two_processes_evaluate_and_predict_as_one_does_and_report_once(runs, shared_data, tmp_path):
+    """51 pairs to score (an odd count: gather_for_metrics drops the padding duplicates); 408 to predict."""
+    best, dev = runs[1, "0"][0] / "best", str(shared_data / "MRPC/dev.tsv")
+    outputs = {}
+    for processes in (1, 2):
+        metrics, predictions = tmp_path / f"eval-{processes}.json", tmp_path / f"predictions-{processes}.jsonl"
+        scored = launch(processes, ["eval", "--checkpoint", str(best), "--validation-file", dev,
+                                    "--max-eval-samples", "51", "--output", str(metrics)])
+        predicted = launch(processes, ["predict", "--checkpoint", str(best), "--input-file", dev,
+                                       "--output", str(predictions)])
+        assert scored.stdout.count("examples") == 1  # the metrics table, printed once
+        assert scored.stderr.count("wrote ") == predicted.stderr.count("wrote ") == 1
+        outputs[processes] = (json.loads(metrics.read_text()),
+                              [json.loads(line) for line in predictions.read_text().splitlines()])
+    (one_eval, one_rows), (two_eval, two_rows) = outputs[1], outputs[2]
+    assert two_eval["eval_examples"] == 51
+    assert two_eval["eval"] == one_eval["eval"]
+    assert two_eval["eval_predictions"] == one_eval["eval_predictions"]
+    assert two_eval["eval_loss"] == pytest.approx(one_eval["eval_loss"], rel=LOSS_REL)
+    assert len(two_rows) == 408
+    assert [row["label"] for row in two_rows] == [row["label"] for row in one_rows]
+    for one, two in zip(one_rows, two_rows, strict=True):
+        assert two["probabilities"] == pytest.approx(one["probabilities"], abs=1e-6)
