@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration
 from torch.utils.data import DataLoader
 
 from addrop_cli.errors import UserError
@@ -19,23 +19,27 @@ from addrop_cli.tasks.pipelines import EvalResult, Pipeline, pipeline_for
 from addrop_cli.training.batching import EncodedDataset, longest_first
 from addrop_cli.training.run_dir import LOGS_DIR
 
+SELF_PLACING_ENGINES = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+
 
 def build_accelerator(train: TrainConfig, trackers: list[str] | None = None) -> Accelerator:
     """The run's Accelerator. Loaders give global batches (per-device size x processes) that Accelerate
     splits across processes, so the same examples make up each update whatever the number of processes.
     ``trackers`` (Accelerate names) log under ``<output_dir>/logs`` where they write locally."""
-    if train.mixed_precision == "fp16" and PartialState().device.type == "cpu":
+    try:
+        project = ProjectConfiguration(project_dir=train.output_dir, logging_dir=str(Path(train.output_dir) / LOGS_DIR))
+        accelerator = Accelerator(mixed_precision=train.mixed_precision,
+                                  gradient_accumulation_steps=train.gradient_accumulation_steps,
+                                  dataloader_config=DataLoaderConfiguration(split_batches=True),
+                                  log_with=trackers or None, project_config=project if trackers else None)
+    except ValueError as error:
+        raise UserError(f"train.mixed_precision={train.mixed_precision!r} is not available here: {error}") from None
+    # Asked of the Accelerator, not of a PartialState made before it: that one would not see ACCELERATE_USE_CPU.
+    if train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         # Accelerate would run in fp32 without a word; refuse instead of reporting fp32 numbers as fp16.
         raise UserError("train.mixed_precision='fp16' needs a GPU, and this run is on the CPU: use bf16 (CPU "
                         "autocast) or no (--mixed-precision, or --set train.mixed_precision=no for eval)")
-    try:
-        project = ProjectConfiguration(project_dir=train.output_dir, logging_dir=str(Path(train.output_dir) / LOGS_DIR))
-        return Accelerator(mixed_precision=train.mixed_precision,
-                           gradient_accumulation_steps=train.gradient_accumulation_steps,
-                           dataloader_config=DataLoaderConfiguration(split_batches=True), log_with=trackers or None,
-                           project_config=project if trackers else None)
-    except ValueError as error:
-        raise UserError(f"train.mixed_precision={train.mixed_precision!r} is not available here: {error}") from None
+    return accelerator
 
 
 def eval_loader(features: list[dict[str, Any]], batch_size: int, collate: Callable) -> DataLoader:
@@ -83,5 +87,8 @@ def predict_items(checkpoint: str, recipe: Recipe, items: list, model=None) -> l
 
 def _prepare_for_inference(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader):
     """The model on the device in the run's precision, not wrapped in DDP (inference has no gradients to
-    synchronize, and a DDP reducer would hold the process group), and the loader sharded across processes."""
+    synchronize, and a DDP reducer would hold the process group), and the loader sharded across processes.
+    Engines that shard or place the model themselves (FSDP, DeepSpeed, Megatron-LM) get their own wrapper."""
+    if accelerator.distributed_type in SELF_PLACING_ENGINES:
+        return accelerator.prepare(model, loader)
     return accelerator.prepare_model(model, evaluation_mode=True), accelerator.prepare_data_loader(loader)

@@ -8,7 +8,8 @@ import torch.distributed as dist
 
 @pytest.fixture
 def gloo_group(tmp_path):
-    """A one-process gloo group, as a one-process ``torchrun`` makes (destroyed afterwards if the test did not)."""
+    """A one-process gloo group, made directly (Accelerate, seeing no ``torchrun`` variables, does not wrap models
+    in DDP under it); destroyed afterwards if the test did not."""
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     yield
     if dist.is_initialized():

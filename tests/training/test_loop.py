@@ -1,5 +1,5 @@
-"""The training loop's teardown: the process group is destroyed only once the run and its DDP model are gone
-(the fixtures are in conftest.py)."""
+"""The training loop's teardown: the process group is destroyed only once the run, its model and its accelerator
+are gone (the fixtures are in conftest.py)."""
 
 from __future__ import annotations
 

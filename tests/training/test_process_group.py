@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from addrop_cli.cli import app
 from addrop_cli.recipe import resolve_recipe
-from addrop_cli.training import loop, process_group
+from addrop_cli.training import evaluation, loop, process_group
 
 DEMO_DEV = "addrop_cli/demo_data/sst2/dev.tsv"
 
@@ -42,7 +42,7 @@ def _leave_ddp_behind(watched: list, failure: str) -> None:
 
 @pytest.mark.parametrize("failure", ["finished", "raised", "chained"])
 def test_end_process_group_frees_a_ddp_model_left_in_a_cycle_or_a_traceback(gloo_group, alive_at_destroy,
-                                                                                 failure):
+                                                                             failure):
     watched, seen = alive_at_destroy
     with contextlib.suppress(ValueError, RuntimeError), contextlib.ExitStack() as held:
         held.push(process_group.end_process_group)
@@ -53,7 +53,7 @@ def test_end_process_group_frees_a_ddp_model_left_in_a_cycle_or_a_traceback(gloo
 
 @pytest.mark.parametrize("failure", ["finished", "raised", "chained"])
 def test_ending_process_group_frees_what_the_command_left_before_destroying_the_group(gloo_group, alive_at_destroy,
-                                                                                     failure):
+                                                                                    failure):
     watched, seen = alive_at_destroy
     with contextlib.suppress(ValueError, RuntimeError), process_group.ending_process_group():
         _leave_ddp_behind(watched, failure)
@@ -73,10 +73,20 @@ def trained(tmp_path_factory, tiny_checkpoint):
 
 
 @pytest.mark.parametrize("command", ["eval", "predict"])
-def test_eval_and_predict_end_the_process_group(gloo_group, trained, tmp_path, command):
+def test_eval_and_predict_end_the_process_group_once_the_model_is_gone(gloo_group, alive_at_destroy, monkeypatch,
+                                                                        trained, tmp_path, command):
+    watched, seen = alive_at_destroy
+    prepare = evaluation._prepare_for_inference
+
+    def watched_prepare(accelerator, model, loader):
+        watched.append(weakref.ref(model))
+        return prepare(accelerator, model, loader)
+
+    monkeypatch.setattr(evaluation, "_prepare_for_inference", watched_prepare)
     output = tmp_path / ("metrics.json" if command == "eval" else "predictions.jsonl")
     args = ["--max-eval-samples", "16"] if command == "eval" else ["--input-file", DEMO_DEV]
     result = CliRunner().invoke(app, [command, "--checkpoint", str(trained / "best"), "--output", str(output), *args])
     assert result.exit_code == 0, result.output
     assert output.is_file()
     assert not dist.is_initialized()
+    assert seen == [[False]]
