@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, parse_flag_from_env
 from torch.utils.data import DataLoader
 
 from addrop_cli.errors import UserError
@@ -26,20 +26,21 @@ def build_accelerator(train: TrainConfig, trackers: list[str] | None = None) -> 
     """The run's Accelerator. Loaders give global batches (per-device size x processes) that Accelerate
     splits across processes, so the same examples make up each update whatever the number of processes.
     ``trackers`` (Accelerate names) log under ``<output_dir>/logs`` where they write locally."""
-    try:
-        project = ProjectConfiguration(project_dir=train.output_dir, logging_dir=str(Path(train.output_dir) / LOGS_DIR))
-        accelerator = Accelerator(mixed_precision=train.mixed_precision,
-                                  gradient_accumulation_steps=train.gradient_accumulation_steps,
-                                  dataloader_config=DataLoaderConfiguration(split_batches=True),
-                                  log_with=trackers or None, project_config=project if trackers else None)
-    except ValueError as error:
-        raise UserError(f"train.mixed_precision={train.mixed_precision!r} is not available here: {error}") from None
-    # Asked of the Accelerator, not of a PartialState made before it: that one would not see ACCELERATE_USE_CPU.
-    if train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+    # Before the Accelerator, which could not be made again with another precision in this process. The CPU flag
+    # is what the Accelerator reads: without it a torchrun process's state would be fixed as not distributed.
+    use_cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
+    if train.mixed_precision == "fp16" and PartialState(cpu=use_cpu).device.type == "cpu":
         # Accelerate would run in fp32 without a word; refuse instead of reporting fp32 numbers as fp16.
         raise UserError("train.mixed_precision='fp16' needs a GPU, and this run is on the CPU: use bf16 (CPU "
                         "autocast) or no (--mixed-precision, or --set train.mixed_precision=no for eval)")
-    return accelerator
+    try:
+        project = ProjectConfiguration(project_dir=train.output_dir, logging_dir=str(Path(train.output_dir) / LOGS_DIR))
+        return Accelerator(mixed_precision=train.mixed_precision,
+                           gradient_accumulation_steps=train.gradient_accumulation_steps,
+                           dataloader_config=DataLoaderConfiguration(split_batches=True), log_with=trackers or None,
+                           project_config=project if trackers else None)
+    except ValueError as error:
+        raise UserError(f"train.mixed_precision={train.mixed_precision!r} is not available here: {error}") from None
 
 
 def eval_loader(features: list[dict[str, Any]], batch_size: int, collate: Callable) -> DataLoader:
