@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +13,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from typer.testing import CliRunner
 
+import addrop_cli
 from addrop_cli.cli import app
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.training import evaluation, loop, process_group
 
-DEMO_DEV = "addrop_cli/demo_data/sst2/dev.tsv"
+DEMO_DEV = Path(addrop_cli.__file__).parent / "demo_data" / "sst2" / "dev.tsv"
 
 
 def _hold_ddp(watched: list, fail: bool) -> None:
@@ -84,7 +86,7 @@ def test_eval_and_predict_end_the_process_group_once_the_model_is_gone(gloo_grou
 
     monkeypatch.setattr(evaluation, "_prepare_for_inference", watched_prepare)
     output = tmp_path / ("metrics.json" if command == "eval" else "predictions.jsonl")
-    args = ["--max-eval-samples", "16"] if command == "eval" else ["--input-file", DEMO_DEV]
+    args = ["--max-eval-samples", "16"] if command == "eval" else ["--input-file", str(DEMO_DEV)]
     result = CliRunner().invoke(app, [command, "--checkpoint", str(trained / "best"), "--output", str(output), *args])
     assert result.exit_code == 0, result.output
     assert output.is_file()
