@@ -15,7 +15,7 @@ from typing import Any
 
 from addrop_cli.version import __version__
 
-_EXPORTS = {"ADDrop": "addrop_cli.core.regularizer", "ADDropConfig": "addrop_cli.core.settings",
+_EXPORTS = {"ADDrop": "addrop_cli.core.methods.addrop", "ADDropConfig": "addrop_cli.core.settings",
             "epoch_phase": "addrop_cli.core.settings"}
 __all__ = ["ADDrop", "ADDropConfig", "__version__", "epoch_phase"]
 

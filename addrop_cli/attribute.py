@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from addrop_cli import plots
 from addrop_cli.core.masking import sample_drops
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
 from addrop_cli.core.settings import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, ADDropConfig
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_dir, write_json, write_text

@@ -10,24 +10,27 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from addrop_cli.core.method import Regularizer, make_regularizer
-from addrop_cli.core.settings import FT_PHASE, ADDropConfig, HiddenCutConfig, RDropConfig, epoch_phase
+from addrop_cli.core.methods.base import Regularizer
+from addrop_cli.core.methods.registry import SHARED_SECTION, make_regularizer, method_spec, methods
+from addrop_cli.core.settings import FT_PHASE, ADDropConfig, epoch_phase
 
 
 class ADDropTrainer(Trainer):
     """``transformers.Trainer`` whose training loss follows the cross-tuning schedule (Algorithm 1).
 
-    Odd epochs compute the usual loss; even epochs the loss of the AD-DROP masked forward (or of the R-Drop or
-    HiddenCut baseline with ``ADDropConfig(method="rdrop")`` / ``"hiddencut"``). Evaluation and prediction are
-    untouched. Extra keyword arguments: ``addrop`` (an :class:`ADDropConfig`, default settings when omitted),
-    ``rdrop`` and ``hiddencut`` (those methods' settings).
+    Odd epochs compute the usual loss; even epochs the loss of the AD-DROP masked forward (or of another method of
+    the method table with ``ADDropConfig(method="rdrop")``, ``"hiddencut"`` or a plugin's name). Evaluation and
+    prediction are untouched. Extra keyword arguments: ``addrop`` (an :class:`ADDropConfig`, default settings
+    when omitted), and each method's settings under its recipe section's name (``rdrop=RDropConfig(...)``,
+    ``hiddencut=HiddenCutConfig(...)``; defaults when omitted).
     """
 
-    def __init__(self, *args, addrop: ADDropConfig | None = None, rdrop: RDropConfig | None = None,
-                 hiddencut: HiddenCutConfig | None = None, **kwargs):
+    def __init__(self, *args, addrop: ADDropConfig | None = None, **kwargs):
+        sections = {spec.recipe_section for spec in methods().values()} - {SHARED_SECTION}
+        self.method_settings = {name: kwargs.pop(name) for name in sections if name in kwargs}
         super().__init__(*args, **kwargs)
         self.addrop_config = addrop or ADDropConfig()
-        self.method_configs = {"rdrop": rdrop, "hiddencut": hiddencut}
+        self.method = method_spec(self.addrop_config.method)  # an unknown method fails here, not mid-training
         self._addrop: Regularizer | None = None
         self._addrop_model = None
 
@@ -41,6 +44,7 @@ class ADDropTrainer(Trainer):
                                         num_items_in_batch=num_items_in_batch)
         if self._addrop is None or self._addrop_model is not model:
             special_ids = getattr(self.processing_class, "all_special_ids", None)
-            self._addrop = make_regularizer(model, self.addrop_config, special_ids=special_ids, **self.method_configs)
+            settings = self.method_settings.get(self.method.recipe_section)
+            self._addrop = make_regularizer(model, self.addrop_config, settings=settings, special_ids=special_ids)
             self._addrop_model = model
         return self._addrop.loss(inputs)

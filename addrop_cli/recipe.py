@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from addrop_cli.core.settings import ADDROP, ADDropConfig, HiddenCutConfig, RDropConfig, require
+from addrop_cli.core.methods.registry import DEFAULT_METHOD, SHARED_SECTION, method_spec, methods
+from addrop_cli.core.settings import ADDropConfig, require
 from addrop_cli.errors import UserError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -121,22 +122,27 @@ class TrainConfig:
 PLACE_KEYS = ("output_dir", "report_to", "push_to_hub", "hub_private")
 
 
-# The sections of the baseline methods, each acting only when addrop.method names it.
-METHOD_SECTIONS = ("rdrop", "hiddencut")
+def method_sections() -> dict[str, type]:
+    """The recipe sections of the methods other than AD-DROP (``rdrop``, ``hiddencut``, plugins'), each acting only
+    when ``addrop.method`` names its method: section -> its settings class, in the method table's order."""
+    return {spec.recipe_section: spec.config for spec in methods().values() if spec.recipe_section != SHARED_SECTION}
 
 
 def run_identity(values: dict[str, Any]) -> dict[str, Any]:
     """A resolved recipe as compared to decide "the same run": where it is written (a run folder that was moved
     or copied is the same run), reported and published (``train.report_to``, ``push_to_hub``, ``hub_private``)
     does not change the run, so adding a tracker to a run being resumed is allowed. Nor do the settings of a
-    method the run does not use: the ``rdrop`` and ``hiddencut`` sections count only when ``addrop.method`` names
-    them, and the default method is left out, so runs and sweeps from before those keys keep their identity."""
+    method the run does not use: a method's section counts only when ``addrop.method`` names it, and the default
+    method is left out, so runs and sweeps from before those keys (or from before a plugin was installed) keep
+    their identity."""
     train = {key: value for key, value in values.get("train", {}).items() if key not in PLACE_KEYS}
     addrop = dict(values.get("addrop", {}))
-    method = addrop.get("method", ADDROP)
-    if method == ADDROP:
+    method = addrop.get("method", DEFAULT_METHOD)
+    if method == DEFAULT_METHOD:
         addrop.pop("method", None)
-    kept = {key: value for key, value in values.items() if key not in METHOD_SECTIONS or key == method}
+    spec = methods().get(method)
+    used = spec.recipe_section if spec is not None else method
+    kept = {key: value for key, value in values.items() if key not in method_sections() or key == used}
     return {**kept, "train": train, **({"addrop": addrop} if "addrop" in values else {})}
 
 
@@ -182,22 +188,59 @@ class LoraConfig:
         return self.r is not None
 
 
+def _default_method_settings() -> dict[str, Any]:
+    return {section: config() for section, config in method_sections().items()}
+
+
 @dataclass
 class Recipe:
-    """A whole run: task, model, data, training and AD-DROP settings (``addrop.method`` picks the regularizer;
-    ``rdrop`` and ``hiddencut`` hold the baselines' own settings)."""
+    """A whole run: task, model, data, training and AD-DROP settings (``addrop.method`` picks the regularizer from
+    the method table), and each other method's settings in ``methods`` by recipe section (``rdrop``,
+    ``hiddencut``, plugins'), which the YAML holds as top-level sections after ``addrop``."""
 
     task: str = "sst2"
     model: str = "minilm"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     addrop: ADDropConfig = field(default_factory=ADDropConfig)
-    rdrop: RDropConfig = field(default_factory=RDropConfig)
-    hiddencut: HiddenCutConfig = field(default_factory=HiddenCutConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    methods: dict[str, Any] = field(default_factory=_default_method_settings)
+
+    def __post_init__(self) -> None:
+        method_spec(self.addrop.method)  # an unknown method is one line, naming the known ones
+        self.methods = {**_default_method_settings(), **self.methods}
+
+    def method_settings(self) -> Any:
+        """The settings of the method ``addrop.method`` names: its section's (AD-DROP's are ``addrop`` itself)."""
+        section = method_spec(self.addrop.method).recipe_section
+        return self.addrop if section == SHARED_SECTION else self.methods[section]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The YAML form: the plain keys, then every section in :func:`recipe_sections` order."""
+        values = {name: getattr(self, name) for name in plain_keys()}
+        for name in recipe_sections():
+            values[name] = dataclasses.asdict(self.methods[name] if name in self.methods else getattr(self, name))
+        return values
+
+
+def plain_keys() -> list[str]:
+    """The recipe's top-level keys that are values, not sections (``task``, ``model``)."""
+    hints = typing.get_type_hints(Recipe)
+    return [item.name for item in dataclasses.fields(Recipe)
+            if item.name != "methods" and not dataclasses.is_dataclass(hints[item.name])]
+
+
+def recipe_sections() -> dict[str, type]:
+    """Every section of a recipe that holds settings: section -> its dataclass, in the YAML's order (the methods'
+    sections right after ``addrop``)."""
+    hints = typing.get_type_hints(Recipe)
+    sections: dict[str, type] = {}
+    for item in dataclasses.fields(Recipe):
+        if item.name != "methods" and dataclasses.is_dataclass(hints[item.name]):
+            sections[item.name] = hints[item.name]
+            if item.name == SHARED_SECTION:
+                sections.update(method_sections())
+    return sections
 
 
 # ----------------------------------------------------------------------------- building from dicts
@@ -260,10 +303,29 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")
 
 
+def _build_recipe(values: dict[str, Any]) -> Recipe:
+    """A :class:`Recipe` from its YAML form, each method section validated by its method's settings class."""
+    sections = method_sections()
+    own = {key: value for key, value in values.items() if key not in sections}
+    valid = [*plain_keys(), *recipe_sections()]
+    unknown = next((key for key in own if key not in valid), None)
+    if unknown is not None:
+        raise _unknown_key(str(unknown), valid)
+    recipe = _build_fields(Recipe, own, "")
+    recipe.methods.update({key: build(sections[key], value or {}, f"{key}.")
+                           for key, value in values.items() if key in sections})
+    return recipe
+
+
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a (possibly nested) dict, rejecting unknown keys."""
+    """Build dataclass ``cls`` from a (possibly nested) dict, rejecting unknown keys (a :class:`Recipe` takes its
+    methods' sections as top-level keys, as its YAML form holds them)."""
     if not isinstance(values, dict):
         raise UserError(f"recipe section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {values!r}")
+    return _build_recipe(values) if cls is Recipe else _build_fields(cls, values, prefix)
+
+
+def _build_fields(cls: type, values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = _field_names(cls)
     kwargs = {}
@@ -338,8 +400,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise UserError(f"recipe {path} must be a mapping of keys (task, model, data, train, addrop, rdrop, "
-                        "hiddencut, lora)")
+        raise UserError(f"recipe {path} must be a mapping of keys ({', '.join(['task', 'model', *recipe_sections()])})")
     return values
 
 

@@ -87,8 +87,8 @@ def selection_statistics(model_dir: Path, data: Path, labels: str = "pseudo") ->
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from addrop_cli import ADDrop, ADDropConfig
-    from addrop_cli.core.attention import ForwardState
     from addrop_cli.core.masking import sample_drops
+    from addrop_cli.core.routes.base import ForwardState
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from addrop_cli import ADDrop, ADDropConfig
-from addrop_cli.core.method import make_regularizer
+from addrop_cli.core.methods.registry import make_regularizer
 from addrop_cli.tasks.glue_data import make_collator, read_examples
 from addrop_cli.tasks.models import resolve_model
 from addrop_cli.tasks.registry import get_task

@@ -145,4 +145,60 @@ def test_library_entry_points_load_on_first_use() -> None:
            "epoch_phase; assert 'torch' in sys.modules; print(ADDrop.__module__, ADDropConfig.__module__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["addrop_cli.core.regularizer", "addrop_cli.core.settings"]
+    assert result.stdout.split() == ["addrop_cli.core.methods.addrop", "addrop_cli.core.settings"]
+
+
+# -- inside core: the two seams ---------------------------------------------------------------------------------
+
+SEAM_PROTOCOLS = {"base", "connect", "registry", "__init__"}  # the modules of a seam that are not implementations
+
+
+def _implementations(seam: str) -> set[str]:
+    """The modules of ``core/<seam>/`` that implement it (one route or one method each)."""
+    prefix = f"addrop_cli.core.{seam}."
+    return {module for module in MODULES if module.startswith(prefix)
+            and module.removeprefix(prefix) not in SEAM_PROTOCOLS}
+
+
+def test_each_seam_has_its_implementations_one_module_each():
+    assert _implementations("routes") == {"addrop_cli.core.routes.interface", "addrop_cli.core.routes.hooks"}
+    assert _implementations("methods") == {"addrop_cli.core.methods.addrop", "addrop_cli.core.methods.rdrop",
+                                           "addrop_cli.core.methods.hiddencut"}
+
+
+@pytest.mark.parametrize("seam", ["routes", "methods"])
+def test_no_implementation_of_a_seam_imports_another(seam):
+    implementations = _implementations(seam)
+    for module in implementations:
+        assert not GRAPH[module] & implementations, f"{module} imports {GRAPH[module] & implementations}"
+
+
+def test_only_the_registry_names_method_modules_and_nothing_in_core_imports_one():
+    methods = _implementations("methods")
+    importers = {module for module in MODULES if module.startswith("addrop_cli.core") and GRAPH[module] & methods}
+    assert importers == set(), importers  # the registry itself loads them by name, when a regularizer is built
+    from addrop_cli.core.methods.registry import BUILT_IN
+
+    assert {spec.implementation.partition(":")[0] for spec in BUILT_IN} == methods
+
+
+def test_methods_reach_a_route_only_through_its_base_and_connect():
+    allowed = {"addrop_cli.core.routes.base", "addrop_cli.core.routes.connect"}
+    for module in MODULES:
+        if module.startswith("addrop_cli.core.methods"):
+            routes = {target for target in GRAPH[module] if target.startswith("addrop_cli.core.routes")}
+            assert routes <= allowed, f"{module} imports {routes - allowed}"
+
+
+def test_routes_know_nothing_of_methods():
+    for module in MODULES:
+        if module.startswith("addrop_cli.core.routes"):
+            assert not any(target.startswith("addrop_cli.core.methods") for target in GRAPH[module]), module
+
+
+@pytest.mark.parametrize("module", ["addrop_cli.core.settings", "addrop_cli.core.methods.registry"])
+def test_the_settings_and_the_method_table_import_no_torch(module):
+    code = f"import sys, {module}; print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

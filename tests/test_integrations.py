@@ -7,8 +7,8 @@ from datasets import Dataset
 from tiny_models import tiny_classifier
 from transformers import TrainingArguments
 
-from addrop_cli.core.rdrop import RDrop
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
+from addrop_cli.core.methods.rdrop import RDrop
 from addrop_cli.core.settings import ADDropConfig, RDropConfig
 from addrop_cli.integrations import ADDropTrainer
 

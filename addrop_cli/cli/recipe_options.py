@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from addrop_cli.cli.common import option
+from addrop_cli.core.methods.registry import method_names, methods
 
 RecipeName = Annotated[str | None, option("--recipe", metavar="NAME|PATH",
                                           help="Bundled recipe name (e.g. mrpc, demo) or a YAML path.")]
@@ -37,9 +38,10 @@ Labels = Annotated[str | None, option(metavar="pseudo|gold", recipe_default=True
 CrossTuning = Annotated[bool | None, option("--cross-tuning/--no-cross-tuning", recipe_default=True,
                                          help="Alternate plain and AD-DROP epochs.")]
 NoADDrop = Annotated[bool, option("--no-addrop", help="Plain fine-tuning baseline, same loop.")]
-Method = Annotated[str | None, option(metavar="addrop|rdrop|hiddencut", recipe_default=True,
-                                      help="The regularizer of the regularized epochs: AD-DROP, or the R-Drop or "
-                                           "HiddenCut baseline (their settings: --set rdrop.alpha=..., "
+Method = Annotated[str | None, option(metavar="|".join(method_names()), recipe_default=True,
+                                      help="The regularizer of the regularized epochs: "
+                                           f"{', '.join(spec.display_name for spec in methods().values())} (a "
+                                           "method's settings are its recipe section: --set rdrop.alpha=..., "
                                            "hiddencut.ratio=...).")]
 MaxTrainSamples = Annotated[int | None, option(metavar="N", recipe_default=True,
                                                help="Use only the first N training examples.")]

@@ -15,6 +15,7 @@ from rich.table import Table
 from addrop_cli import locks
 from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
+from addrop_cli.core.methods.registry import method_names
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.sweep.backends import BackendSettings, open_backend
@@ -93,7 +94,7 @@ def sweep(
     attribution_precision: options.AttributionPrecision = None,
     labels: options.Labels = None,
     cross_tuning: options.CrossTuning = None,
-    method: Annotated[str | None, option(metavar="addrop,rdrop,hiddencut",
+    method: Annotated[str | None, option(metavar=",".join(method_names()),
                                          help="Regularizers to compare (a grid axis; each method takes only its own "
                                               "keys' axes); with --baseline, plain fine-tuning too.")] = None,
     no_addrop: options.NoADDrop = False,

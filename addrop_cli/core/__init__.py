@@ -1,8 +1,6 @@
 """The AD-DROP maths, its baselines and the attention routes: pure torch and transformers, no CLI, no file I/O.
 
-``settings`` (torch-free) < ``masking`` and ``attribution`` (pure torch) < ``attention`` (the
-``AttentionInterface`` function) and ``module_hooks`` (the eager route) < ``routes`` (the attention-route seam)
-and ``model_setup``
-< ``method`` (the regularizer seam) < ``regularizer`` (AD-DROP's two-pass step), ``rdrop`` and ``hiddencut``
-(the baselines).
+``settings`` (torch-free) < ``masking`` and ``attribution`` (pure torch) and ``model_setup`` < ``routes/`` (the
+attention-route seam: ``base``, one module per route, ``connect``) < ``methods/`` (the regularizer seam: ``base``,
+one module per method, ``registry``, the method table, torch-free until a regularizer is built).
 """

@@ -11,7 +11,7 @@ from typing import Any
 
 from addrop_cli.errors import UserError
 
-# Attention call kinds (see attention.py): encoder self-attention, decoder self-attention, cross-attention.
+# Attention call kinds (see routes/connect.py): encoder self-attention, decoder self-attention, cross-attention.
 ENCODER, DECODER, CROSS = "encoder", "decoder", "cross"
 ATTENTION_KINDS = (ENCODER, DECODER, CROSS)
 # addrop.attention's default: the encoder's self-attention, or a decoder-only model's causal self-attention.
@@ -29,10 +29,6 @@ ATTRIBUTIONS = ("ga", "iga", "aa", "rd")
 LABEL_MODES = ("pseudo", "gold")
 STRATEGIES = ("high", "low", "random")
 ATTRIBUTION_PRECISIONS = ("same", "bf16", "fp16")
-# The regularizer of the regularized epochs (core/method.py): AD-DROP, or a baseline the paper compares with.
-ADDROP, RDROP, HIDDENCUT = "addrop", "rdrop", "hiddencut"
-METHODS = (ADDROP, RDROP, HIDDENCUT)
-METHOD_NAMES = {ADDROP: "AD-DROP", RDROP: "R-Drop", HIDDENCUT: "HiddenCut"}
 FT_PHASE = "ft"  # the phase of a plain fine-tuning epoch; a regularized epoch's phase is its method
 # addrop.* keys that apply whatever the method (the rest are AD-DROP's own).
 SHARED_KEYS = ("enabled", "method", "cross_tuning")
@@ -47,10 +43,10 @@ def require(condition: bool, key: str, value: Any, valid: str) -> None:
 @dataclass
 class ADDropConfig:
     """AD-DROP settings (paper Section 2.3-2.4, Table 2), and which regularizer the regularized epochs use
-    (``method``: AD-DROP, or the R-Drop / HiddenCut baseline with its own section's settings)."""
+    (``method``: AD-DROP, or another method of the method table with its own section's settings)."""
 
     enabled: bool = True
-    method: str = ADDROP
+    method: str = "addrop"  # checked against the method table (core/methods/registry.py) where it is used
     p: float = 0.3
     q: float = 0.3
     layers: str | list[int] = "first"
@@ -64,7 +60,6 @@ class ADDropConfig:
     attribution_precision: str = "same"
 
     def __post_init__(self) -> None:
-        require(self.method in METHODS, "addrop.method", self.method, f"choose one of {', '.join(METHODS)}")
         require(0 < self.p < 1, "addrop.p", self.p, "p is the candidate share, strictly between 0 and 1")
         require(0 <= self.q <= 1, "addrop.q", self.q, "q is a dropout rate, between 0 and 1")
         require(self.attribution in ATTRIBUTIONS, "addrop.attribution", self.attribution,
@@ -124,7 +119,7 @@ class HiddenCutConfig:
     """HiddenCut (Chen et al., ACL 2021): in each of ``layers``, a span of ``ratio`` x the real length is zeroed
     in the layer's output, its start drawn among the ``select_ratio`` most-attended tokens; ``js_weight`` weighs
     the Jensen-Shannon divergence between the clean and the cut predictions (0.5: the official script's weights,
-    halved with the task loss; see core/hiddencut.py)."""
+    halved with the task loss; see core/methods/hiddencut.py)."""
 
     ratio: float = 0.1
     select_ratio: float = 0.4
@@ -143,7 +138,7 @@ class HiddenCutConfig:
 
 def epoch_phase(epoch: int, config: ADDropConfig) -> str:
     """Cross-tuning (Algorithm 1): 1-based odd epochs fine-tune ("ft"), even epochs run the regularizer, named
-    by its method ("addrop", "rdrop" or "hiddencut"); every epoch does without cross-tuning."""
+    by its method ("addrop", "rdrop", "hiddencut", ...); every epoch does without cross-tuning."""
     if not config.enabled:
         return FT_PHASE
     if not config.cross_tuning:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import typing
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
 
-from addrop_cli.core.settings import ADDROP, SHARED_KEYS
+from addrop_cli.core.methods.registry import key_owner, method_names
 from addrop_cli.errors import UserError
-from addrop_cli.recipe import METHOD_SECTIONS, Recipe
+from addrop_cli.recipe import plain_keys, recipe_sections
 
 P_KEY, Q_KEY, SEED_KEY, METHOD_KEY = "addrop.p", "addrop.q", "train.seed", "addrop.method"
 DEFAULT_STEP = Decimal("0.1")
@@ -60,27 +59,25 @@ def parse_values(spec: str, option: str) -> list[float]:
 
 
 def parse_methods(spec: str) -> list[str]:
-    """``"addrop,rdrop"`` -> the methods, each once (checked against the known ones when recipes are built)."""
+    """``"addrop,rdrop"`` -> the methods, each once (checked against the method table when recipes are built)."""
     methods = [part.strip() for part in spec.split(",") if part.strip()]
     if not methods or len(set(methods)) != len(methods):
         raise UserError(f"--method {spec!r} is invalid: give one or more different methods, e.g. "
-                        "addrop,rdrop,hiddencut")
+                        f"{','.join(method_names())}")
     return methods
 
 
 def regularizer_key(key: str) -> bool:
-    """Whether a recipe key belongs to the regularized epochs (``addrop.*``, ``rdrop.*``, ``hiddencut.*``): plain
-    fine-tuning trials leave it out."""
-    return key.split(".", 1)[0] in ("addrop", *METHOD_SECTIONS)
+    """Whether a recipe key belongs to the regularized epochs (the shared ``addrop.*`` keys and every method's
+    own): plain fine-tuning trials leave it out."""
+    return key.startswith("addrop.") or key_owner(key) is not None
 
 
 def applies_to(key: str, method: str) -> bool:
-    """Whether recipe ``key`` shapes a run whose ``addrop.method`` is ``method``: a baseline method's own section
-    only with it, AD-DROP's own keys only with AD-DROP, everything else always."""
-    section, _, name = key.partition(".")
-    if section in METHOD_SECTIONS:
-        return section == method
-    return section != "addrop" or name in SHARED_KEYS or method == ADDROP
+    """Whether recipe ``key`` shapes a run whose ``addrop.method`` is ``method``: a method's own settings only
+    with it, the keys every method shares always."""
+    owner = key_owner(key)
+    return owner is None or owner.name == method
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -101,12 +98,9 @@ def parse_seeds(spec: str) -> list[int]:
 
 def recipe_keys() -> list[str]:
     """Every dotted recipe key: ``task``, ``model``, ``data.max_length``, ``train.lr``, ``addrop.p``, ..."""
-    keys = []
-    for name, annotation in typing.get_type_hints(Recipe).items():
-        if dataclasses.is_dataclass(annotation):
-            keys.extend(f"{name}.{inner.name}" for inner in dataclasses.fields(annotation))
-        else:
-            keys.append(name)
+    keys = plain_keys()
+    for name, settings in recipe_sections().items():
+        keys.extend(f"{name}.{inner.name}" for inner in dataclasses.fields(settings))
     return keys
 
 

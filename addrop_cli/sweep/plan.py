@@ -43,7 +43,7 @@ class Trial:
 
     @property
     def method(self) -> str:
-        """``ft`` for plain fine-tuning, else the regularizer (``addrop``, ``rdrop``, ``hiddencut``)."""
+        """``ft`` for plain fine-tuning, else the regularizer's name in the method table (``addrop``, ...)."""
         return "ft" if self.baseline else self.recipe.addrop.method
 
     def row(self) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from addrop_cli import plots
-from addrop_cli.core.settings import ADDROP, METHOD_NAMES
+from addrop_cli.core.methods.registry import DEFAULT_METHOD, methods
+from addrop_cli.core.settings import FT_PHASE
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_text
-from addrop_cli.recipe import dump_yaml, merge, nest
+from addrop_cli.recipe import dump_yaml, merge, method_sections, nest
 from addrop_cli.sweep.grid import METHOD_KEY, P_KEY, Q_KEY, format_value, regularizer_key
 from addrop_cli.sweep.plan import Trial, current_results, load_manifest, plan_from_manifest, read_results
 from addrop_cli.tasks.registry import METRIC_RANGES
@@ -38,13 +39,22 @@ BEST_RUN_DIR = "best-run"
 DECIMALS = 4  # scores are shown with 4 decimals; means that show the same are a tie
 
 
+def display_name(method: str) -> str:
+    """A row's method as tables show it: the method table's display name, ``FT`` for plain fine-tuning (a method
+    whose plugin is no longer installed keeps its name)."""
+    if method == FT_PHASE:
+        return "FT"
+    spec = methods().get(method)
+    return spec.display_name if spec is not None else method
+
+
 @dataclass
 class SettingStats:
     """One row of the table: a setting (grid values, seed apart) and its scores over the finished seeds."""
 
     baseline: bool
     settings: dict[str, Any]
-    method: str = ADDROP  # the regularizer ("ft" for the baseline)
+    method: str = DEFAULT_METHOD  # the regularizer ("ft" for the baseline)
     seeds: list[int] = field(default_factory=list)
     scores: dict[str, list[float]] = field(default_factory=dict)  # "eval.accuracy" -> one value per seed
     diverged: int = 0
@@ -76,8 +86,8 @@ class SettingStats:
                               for key, value in self.settings.items() if key != METHOD_KEY)
         if self.baseline:
             return f"FT {described}".strip()
-        if self.method != ADDROP or METHOD_KEY in self.settings:
-            return f"{METHOD_NAMES[self.method]} {described}".strip()
+        if self.method != DEFAULT_METHOD or METHOD_KEY in self.settings:
+            return f"{display_name(self.method)} {described}".strip()
         return described or "the base recipe"
 
 
@@ -355,7 +365,7 @@ def _write_markdown(summary: SweepSummary, names: list[str]) -> None:
             cells[0] = f"**{cells[0]}**"
         seeds = f"{len(row.seeds)}" + (f" (+{row.diverged} diverged)" if row.diverged else "")
         extra = [_one_class_cell(row)] if marked else []
-        lines.append("| " + " | ".join([METHOD_NAMES.get(row.method, "FT"), *settings, seeds, *cells, *extra])
+        lines.append("| " + " | ".join([display_name(row.method), *settings, seeds, *cells, *extra])
                      + " |")
     lines += ["", *_findings(summary)]
     path = summary.directory / SUMMARY_MD
@@ -408,10 +418,11 @@ def _write_best_recipe(summary: SweepSummary, manifest: dict[str, Any]) -> None:
         values = merge(values, nest(key, value))
     if best.baseline:
         values = merge(values, {"addrop": {"enabled": False}})
-    sections = ("task", "model", "data", "train", "addrop", best.method)
     values["train"] = {"output_dir": str(summary.directory / BEST_RUN_DIR), "seed": manifest["seeds"][0],
                        **values["train"]}
-    values = {key: values[key] for key in sections if key in values}
+    spec = methods().get(best.method)  # None for plain fine-tuning
+    used = spec.recipe_section if spec is not None else None
+    values = {key: value for key, value in values.items() if key not in method_sections() or key == used}
     path = summary.directory / BEST_RECIPE
     header = "".join(f"# {line}\n" for line in [*_best_recipe_header(summary), f"Run: addrop train --recipe {path}"])
     write_text(path, dump_yaml(values, header=header))

@@ -31,9 +31,10 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from transformers import get_linear_schedule_with_warmup
 
 from addrop_cli import locks
-from addrop_cli.core.method import Regularizer, make_regularizer
+from addrop_cli.core.methods.base import Regularizer
+from addrop_cli.core.methods.registry import make_regularizer, method_spec
 from addrop_cli.core.model_setup import build_no_kv_cache
-from addrop_cli.core.settings import ADDROP, CLASSIFICATION, FT_PHASE, RDROP, epoch_phase
+from addrop_cli.core.settings import CLASSIFICATION, FT_PHASE, epoch_phase
 from addrop_cli.errors import UserError, first_line
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
 from addrop_cli.outputs import write_dir, write_json, write_jsonl, write_text
@@ -225,7 +226,7 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *loaders
     )
-    addrop = make_regularizer(model, recipe.addrop, pipeline.task_type, rdrop=recipe.rdrop, hiddencut=recipe.hiddencut,
+    addrop = make_regularizer(model, recipe.addrop, pipeline.task_type, settings=recipe.method_settings(),
                               special_ids=tokenizer.all_special_ids) if recipe.addrop.enabled else None
     recipe_text = dump_yaml(recipe.to_dict(), header="# Resolved by addrop; "
                             + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + "\n")
@@ -308,20 +309,6 @@ def _load_model(recipe: Recipe, pipeline: Pipeline, tokenizer, trust_remote_code
     return model, notices
 
 
-def _method_line(recipe: Recipe) -> str:
-    """The regularizer, its settings and schedule, as the header shows them."""
-    settings = recipe.addrop
-    schedule = "cross-tuning" if settings.cross_tuning else "every epoch"
-    if settings.method == ADDROP:
-        return (f"AD-DROP p {settings.p} q {settings.q} layers {settings.layers} ({settings.attribution}"
-                f"{', cross-tuning' if settings.cross_tuning else ''})")
-    if settings.method == RDROP:
-        return f"R-Drop alpha {recipe.rdrop.alpha:g} ({schedule})"
-    cut = recipe.hiddencut
-    return (f"HiddenCut ratio {cut.ratio:g}, start among the top {cut.select_ratio:g}, layers {cut.layers}, JS weight "
-            f"{cut.js_weight:g} ({schedule})")
-
-
 def _print_header(run: Run, splits: dict[str, list | None], notices: list[str]) -> None:
     """What is about to run: model, task, data, device, precision, output folder, and model notices."""
     model, accelerator, recipe = run.accelerator.unwrap_model(run.model), run.accelerator, run.recipe
@@ -329,7 +316,8 @@ def _print_header(run: Run, splits: dict[str, list | None], notices: list[str]) 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sizes = ", ".join(f"{name} {len(items)}" for name, items in splits.items() if items is not None)
     labels = run.pipeline.label_counts(splits["train"])
-    mode = "plain fine-tuning" if run.addrop is None else _method_line(recipe)
+    mode = "plain fine-tuning" if run.addrop is None else \
+        method_spec(recipe.addrop.method).header(recipe.method_settings(), recipe.addrop.cross_tuning)
     lines = [f"model {recipe.model} ({type(model).__name__}, {parameters / 1e6:.1f}M parameters"
              + (f", {trainable / 1e6:.1f}M trainable" if trainable != parameters else "") + ")",
              f"task {recipe.task}: {sizes} examples"

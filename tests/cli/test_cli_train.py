@@ -71,7 +71,7 @@ def default_rte(tmp_path_factory, tiny_checkpoint, shared_data):
 @pytest.fixture
 def built_addrop(monkeypatch):
     """The ADDropConfig every ADDrop the command builds ends up with."""
-    from addrop_cli.core.regularizer import ADDrop
+    from addrop_cli.core.methods.addrop import ADDrop
 
     configs, original = [], ADDrop.__init__
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from tiny_models import random_batch, tiny_classifier
 
-from addrop_cli.core.attention import ForwardState, visible_keys
-from addrop_cli.core.routes import install
+from addrop_cli.core.routes.base import ForwardState, visible_keys
+from addrop_cli.core.routes.connect import install
 from addrop_cli.core.settings import ENCODER
 
 FAMILIES = ["bert", "roberta", "electra", "distilbert"]
@@ -114,7 +114,7 @@ def test_a_row_never_loses_every_visible_key():
 def test_bert_padding_integrity():
     """Changing the ids under (right) padding never changes the masked forward's logits (20 draws, hard drops).
     BERT pools position 0, so left padding would pool a padding token even in the stock model."""
-    from addrop_cli.core.regularizer import ADDrop
+    from addrop_cli.core.methods.addrop import ADDrop
     from addrop_cli.core.settings import ADDropConfig
 
     model = tiny_classifier("bert")

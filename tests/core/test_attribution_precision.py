@@ -7,7 +7,7 @@ import torch
 from helpers import one_line_error
 from tiny_models import random_batch, tiny_classifier
 
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
 from addrop_cli.core.settings import ADDropConfig
 
 

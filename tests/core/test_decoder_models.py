@@ -10,10 +10,10 @@ import pytest
 import torch
 from tiny_models import DECODER_FAMILIES, WINDOW, decoder_batch, tiny_decoder
 
-from addrop_cli.core.attention import ForwardState
 from addrop_cli.core.masking import keep_counts
-from addrop_cli.core.regularizer import ADDrop
-from addrop_cli.core.routes import install
+from addrop_cli.core.methods.addrop import ADDrop
+from addrop_cli.core.routes.base import ForwardState
+from addrop_cli.core.routes.connect import install
 from addrop_cli.core.settings import DECODER, ADDropConfig
 from addrop_cli.errors import UserError
 

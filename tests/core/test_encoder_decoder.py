@@ -14,9 +14,9 @@ from transformers import (
     ElectraForTokenClassification,
 )
 
-from addrop_cli.core.attention import ForwardState
-from addrop_cli.core.regularizer import ADDrop
-from addrop_cli.core.routes import install
+from addrop_cli.core.methods.addrop import ADDrop
+from addrop_cli.core.routes.base import ForwardState
+from addrop_cli.core.routes.connect import install
 from addrop_cli.core.settings import CROSS, DECODER, ENCODER, ADDropConfig
 
 SEQ2SEQ = ["marian", "t5", "bart"]

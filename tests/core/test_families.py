@@ -31,9 +31,10 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-from addrop_cli.core.attention import ForwardState, InterfaceRoute
-from addrop_cli.core.module_hooks import HookRoute
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
+from addrop_cli.core.routes.base import ForwardState
+from addrop_cli.core.routes.hooks import HookRoute
+from addrop_cli.core.routes.interface import InterfaceRoute
 from addrop_cli.core.settings import ADDropConfig
 from addrop_cli.errors import UserError
 

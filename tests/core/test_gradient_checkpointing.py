@@ -9,7 +9,7 @@ import torch
 from tiny_models import decoder_batch, random_batch, tiny_classifier, tiny_decoder
 from transformers import AlbertConfig, AlbertForSequenceClassification
 
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
 from addrop_cli.core.settings import ADDropConfig
 from addrop_cli.errors import UserError
 

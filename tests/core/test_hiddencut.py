@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_models import tiny_classifier, tiny_decoder, tiny_eager_classifier, tiny_seq2seq
 
-from addrop_cli.core.hiddencut import HiddenCut, js_divergence, span_mask, span_starts
+from addrop_cli.core.methods.hiddencut import HiddenCut, js_divergence, span_mask, span_starts
 from addrop_cli.core.settings import HiddenCutConfig
 from addrop_cli.errors import UserError
 

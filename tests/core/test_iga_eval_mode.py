@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import random_batch, tiny_classifier, tiny_eager_classifier
 
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
 from addrop_cli.core.settings import ADDropConfig
 
 

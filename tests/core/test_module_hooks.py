@@ -11,9 +11,9 @@ import torch
 from tiny_models import EAGER_FAMILIES, random_batch, tiny_eager_classifier
 from transformers import DebertaConfig, DebertaForSequenceClassification
 
-from addrop_cli.core.attention import ForwardState
-from addrop_cli.core.module_hooks import HookRoute
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
+from addrop_cli.core.routes.base import ForwardState
+from addrop_cli.core.routes.hooks import HookRoute
 from addrop_cli.core.settings import ADDropConfig
 from addrop_cli.errors import UserError
 

@@ -9,8 +9,8 @@ import torch
 from tiny_models import VOCAB, random_batch, tiny_classifier, tiny_decoder, tiny_seq2seq
 from transformers import BertConfig, BertForTokenClassification
 
-from addrop_cli.core.method import make_regularizer
-from addrop_cli.core.rdrop import RDrop, symmetric_kl
+from addrop_cli.core.methods.rdrop import RDrop, symmetric_kl
+from addrop_cli.core.methods.registry import make_regularizer
 from addrop_cli.core.settings import ADDropConfig, RDropConfig
 
 

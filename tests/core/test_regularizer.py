@@ -9,8 +9,8 @@ import torch
 from tiny_models import random_batch, tiny_classifier
 from transformers import XLMConfig, XLMForSequenceClassification
 
-from addrop_cli.core.attention import ForwardState
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
+from addrop_cli.core.routes.base import ForwardState
 from addrop_cli.core.settings import ADDropConfig, epoch_phase
 from addrop_cli.errors import UserError
 

@@ -14,11 +14,12 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from rich.console import Console
 
 from addrop_cli.cli.sweep import _Board, _LineLog
 from addrop_cli.outputs import write_json, write_jsonl
-from addrop_cli.recipe import Recipe
+from addrop_cli.recipe import Recipe, build
 from addrop_cli.sweep.plan import RESULTS_FILE, check_manifest, load_manifest, manifest, plan_from_manifest
 from addrop_cli.sweep.runner import SweepProgress, _result_row
 from addrop_cli.sweep.summary import (
@@ -37,13 +38,13 @@ ALL_POSITIVE = {"negative": 0, "positive": 872}
 BALANCED = {"negative": 430, "positive": 442}
 
 
-def finished_sweep(directory, axes, results, *, seeds=(1,), baseline=True, task="sst2"):
+def finished_sweep(directory, axes, results, *, seeds=(1,), baseline=True, task="sst2", base=None):
     """A sweep directory as ``addrop sweep`` leaves it: sweep.json, each trial's metrics.json and history.jsonl,
     and results.jsonl rows made by the driver's own ``_result_row``.
 
     ``results`` maps a trial id to (accuracy at its best epoch, that epoch's prediction counts).
     """
-    base = Recipe(task=task)
+    base = base or Recipe(task=task)
     check_manifest(directory, manifest(base, axes, list(seeds), baseline), force=False)
     rows = []
     for trial in plan_from_manifest(directory, load_manifest(directory)):
@@ -64,6 +65,18 @@ def read_csv(path):
 
 def bold_rows(markdown: str) -> list[str]:
     return [line for line in markdown.splitlines() if line.startswith("|") and "**" in line]
+
+
+def test_the_best_recipe_keeps_every_section_but_the_methods_it_does_not_use(tmp_path):
+    base = build(Recipe, {"task": "sst2", "lora": {"r": 4}})
+    results = {"ft_seed1": (0.6, BALANCED), "addrop_p0.1_seed1": (0.7, BALANCED),
+               "rdrop_alpha0.5_seed1": (0.8, BALANCED)}
+    axes = {"addrop.method": ["addrop", "rdrop"], "addrop.p": [0.1], "rdrop.alpha": [0.5]}
+    finished_sweep(tmp_path, axes, results, base=base)
+    summarize(tmp_path)
+    best = yaml.safe_load((tmp_path / "best-recipe.yaml").read_text())
+    assert set(best) == {"task", "model", "data", "train", "addrop", "rdrop", "lora"}
+    assert best["addrop"]["method"] == "rdrop" and best["rdrop"]["alpha"] == 0.5 and best["lora"]["r"] == 4
 
 
 # ------------------------------------------------------------------------------------------------ ties

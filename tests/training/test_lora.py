@@ -7,7 +7,7 @@ import torch
 from helpers import one_line_error
 from tiny_models import decoder_batch, tiny_classifier, tiny_decoder
 
-from addrop_cli.core.regularizer import ADDrop
+from addrop_cli.core.methods.addrop import ADDrop
 from addrop_cli.core.settings import ADDropConfig
 from addrop_cli.recipe import LoraConfig
 from addrop_cli.training.lora import apply_lora

@@ -1,5 +1,5 @@
-"""AD-DROP through torch module hooks, for eager models whose attention does not go through transformers'
-``AttentionInterface`` (DeBERTa, DeBERTa-v2/v3, MPNet, RoFormer, BLOOM, ...).
+"""The module-hook route: AD-DROP through torch module hooks, for eager models whose attention does not go
+through transformers' ``AttentionInterface`` (DeBERTa, DeBERTa-v2/v3, MPNet, RoFormer, BLOOM, ...).
 
 These models compute ``probs = softmax(scores)`` and then call an ``nn.Dropout`` *module* on exactly the
 (B, H, Q, K) probabilities that multiply V. The probe finds those modules by what they receive (a 4-D tensor
@@ -16,9 +16,11 @@ What a row can see is read from the probabilities the model computed under its o
 (padding, causal, a sliding window, DeBERTa's query x key mask) has probability exactly 0 in every head, since
 its score is the dtype's minimum (or -10000) before the softmax. A key has to be visible in at least one head.
 
-The hooks act only while a :class:`~addrop_cli.core.attention.ForwardState` is armed by :meth:`HookRoute.forward`;
-it stays in force until the next forward of the whole model starts, so that gradient checkpointing, which calls
-a layer again during the backward, meets the same state. Everything else runs the stock model.
+The hooks act only while a :class:`~addrop_cli.core.routes.base.ForwardState` is armed by
+:meth:`HookRoute.forward`; it stays in force until the next forward of the whole model starts, so that gradient
+checkpointing, which calls a layer again during the backward, meets the same state. Everything else runs the
+stock model. Which families the route refuses is decided before it is built
+(:mod:`~addrop_cli.core.routes.connect`).
 """
 
 from __future__ import annotations
@@ -28,35 +30,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from addrop_cli.core.attention import ForwardState, ProbedCall
 from addrop_cli.core.masking import allowed_keys
+from addrop_cli.core.routes.base import (
+    PROBE_ENCODER_LENGTH,
+    ForwardState,
+    ProbedCall,
+    hides_every_later_key,
+    probe_inputs,
+    probing,
+    visible_from_probs,
+)
 from addrop_cli.errors import UserError
 
-PROBE_LENGTH = 5
 ROW_SUM_TOLERANCE = 1e-3  # a probe row of softmax output sums to 1 within this (float32, 5 keys)
-# Families whose dropped probabilities are not what multiplies V, or whose map is not (B, H, Q, K).
-REFUSED = {
-    "longformer": "its banded (sliding-window plus global) attention has no (B, H, Q, K) attention map",
-    "led": "its banded (sliding-window plus global) attention has no (B, H, Q, K) attention map",
-    "big_bird": "its block-sparse attention has no (B, H, Q, K) attention map (set attention_type="
-                "'original_full' in its config to use full attention)",
-    "bigbird_pegasus": "its block-sparse attention has no (B, H, Q, K) attention map",
-    "reformer": "its LSH and local attention have no (B, H, Q, K) attention map",
-    "nystromformer": "its Nystrom approximation has no (B, H, Q, K) attention map",
-    "xlnet": "it applies one dropout module to attention probabilities and hidden states alike",
-}
-
-
-def refusal_reason(model: nn.Module) -> str | None:
-    """Why the hook route cannot serve this model, from its config; None when it may."""
-    config = model.config
-    if config.model_type == "big_bird" and getattr(config, "attention_type", "") == "original_full":
-        return None
-    if config.model_type in REFUSED:
-        return REFUSED[config.model_type]
-    if getattr(config, "talking_head", False):
-        return "talking_head mixes the heads after the attention dropout, so the dropped map is not what multiplies V"
-    return None
 
 
 def _is_attention_map(tensor: Any) -> bool:
@@ -65,11 +51,6 @@ def _is_attention_map(tensor: Any) -> bool:
         return False
     sums = tensor.float().sum(-1)
     return bool(((sums - 1).abs() < ROW_SUM_TOLERANCE).all() and (tensor >= 0).all())
-
-
-def visible_from_probs(probs: torch.Tensor) -> torch.Tensor:
-    """(B, 1, Q, K) bool: keys with a non-zero probability in some head, i.e. not masked by the model."""
-    return (probs > 0).any(dim=1, keepdim=True)
 
 
 def renormalised(probs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -90,11 +71,9 @@ class HookRoute:
         model: the (unwrapped) transformers model; hooks stay on its modules for its lifetime.
     """
 
+    state_per_call = False  # armed per forward of the whole model
+
     def __init__(self, model: nn.Module):
-        reason = refusal_reason(model)
-        if reason is not None:
-            raise UserError(f"model type '{model.config.model_type}' ({type(model).__name__}) cannot take AD-DROP: "
-                            f"{reason}; train it with --no-addrop")
         self.state: ForwardState | None = None
         self._armed = False
         self.modules = self._find_sites(model)
@@ -114,16 +93,11 @@ class HookRoute:
     @staticmethod
     def _probe_forward(model: nn.Module, hook) -> None:
         """One tiny forward in eval mode, without gradients, with ``hook`` on every dropout module."""
-        device = next(model.parameters()).device
-        ids = torch.ones(1, PROBE_LENGTH, dtype=torch.long, device=device)
         handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Dropout)]
-        was_training = model.training
-        model.eval()
         try:
-            with torch.no_grad():
-                model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            with probing(model):
+                model(**probe_inputs(model))
         finally:
-            model.train(was_training)
             for handle in handles:
                 handle.remove()
 
@@ -163,10 +137,8 @@ class HookRoute:
                                 "twice in a forward; AD-DROP's module hooks need one per layer")
             seen.add(id(module))
             probs = args[0]
-            q_len, k_len = probs.shape[-2:]
-            later = torch.ones(q_len, k_len, dtype=torch.bool, device=probs.device).triu(k_len - q_len + 1)
-            causal = q_len > 1 and not bool((visible_from_probs(probs) & later).any())
-            calls.append(ProbedCall(q_len, k_len, probs.shape[1], causal, frozenset(), id(module)))
+            causal = hides_every_later_key(visible_from_probs(probs))
+            calls.append(ProbedCall(*probs.shape[-2:], probs.shape[1], causal, frozenset(), id(module)))
 
         handles = [module.register_forward_hook(describe) for module in self.modules]
         try:
@@ -174,7 +146,7 @@ class HookRoute:
         finally:
             for handle in handles:
                 handle.remove()
-        if any((call.query_length, call.key_length) != (PROBE_LENGTH, PROBE_LENGTH) for call in calls):
+        if any((call.query_length, call.key_length) != (PROBE_ENCODER_LENGTH,) * 2 for call in calls):
             raise UserError(f"model type '{model.config.model_type}' ({type(model).__name__}) attends over positions "
                             "other than its input tokens (pooled, downsampled or latent), which AD-DROP's masks are "
                             "not defined on; train it with --no-addrop")

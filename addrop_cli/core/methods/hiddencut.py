@@ -27,14 +27,13 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from torch.nn import functional as F
 
-from addrop_cli.core.attention import ForwardState
+from addrop_cli.core.methods.base import mean_over, stacked_twice, unwrapped
 from addrop_cli.core.model_setup import infer_task_type
-from addrop_cli.core.rdrop import mean_over, stacked_twice
-from addrop_cli.core.routes import connect, select_calls
+from addrop_cli.core.routes.base import ForwardState
+from addrop_cli.core.routes.connect import calls_by_module, connect, select_calls
 from addrop_cli.core.settings import ENCODER, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, HiddenCutConfig
 from addrop_cli.errors import UserError
 
@@ -135,7 +134,7 @@ class HiddenCut:
 
     Args:
         model: a transformers encoder, possibly wrapped by Accelerate/DDP; its attention is reached through the
-            attention route (:func:`~addrop_cli.core.routes.connect`) and its layers through forward hooks.
+            attention route (:func:`~addrop_cli.core.routes.connect.connect`) and its layers through forward hooks.
         config: ratio, select_ratio, layers and js_weight.
         task_type: classification, regression or token; inferred from the model when None.
         special_ids: token ids never cut (a tokenizer's ``all_special_ids``; the config's special ids when None).
@@ -144,7 +143,7 @@ class HiddenCut:
     def __init__(self, model: nn.Module, config: HiddenCutConfig, task_type: str | None = None,
                  special_ids: Collection[int] | None = None):
         self.model, self.config = model, config
-        self.base = extract_model_from_parallel(model, keep_fp32_wrapper=True)
+        self.base = unwrapped(model)
         self.task_type = task_type or infer_task_type(self.base)
         model_type = getattr(self.base.config, "model_type", type(self.base).__name__)
         if self.task_type == SEQ2SEQ or self.base.config.is_encoder_decoder:
@@ -160,8 +159,7 @@ class HiddenCut:
                             f"'{model_type}' has causal (decoder) attention; use --method addrop or rdrop")
         self.encoder_calls = [call for call, site in enumerate(sites) if site.kind == ENCODER]
         self.selected = frozenset(select_calls(sites, [ENCODER], config.layers, key="hiddencut.layers"))
-        modules = [site.module for site in sites]
-        self.call_of = None if len(set(modules)) < len(modules) else {m: call for call, m in enumerate(modules)}
+        self.call_of = calls_by_module(sites)
         layers = enclosing_layers(self.base, [sites[call].module for call in self.encoder_calls])
         for layer in {id(layer): layer for layer in layers}.values():  # a layer shared by all (ALBERT) once
             layer.register_forward_hook(self._cut_output)

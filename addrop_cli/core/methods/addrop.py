@@ -1,6 +1,6 @@
-"""The AD-DROP step (paper Fig. 3): attribute, build masks, and return the loss of the masked forward.
+"""AD-DROP, the paper's method (Fig. 3): attribute, build masks, and return the loss of the masked forward.
 
-Usage, with any transformers model whose attention goes through ``AttentionInterface``::
+Usage, with any transformers model one of the attention routes reaches (:mod:`~addrop_cli.core.routes`)::
 
     addrop = ADDrop(model, ADDropConfig(p=0.3, q=0.3, layers="all"))
     loss = addrop.loss(batch)          # instead of model(**batch).loss
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 
-from addrop_cli.core.attention import ForwardState, InterfaceRoute
 from addrop_cli.core.attribution import attribution_labels, attribution_target, integrated_gradient_scale
 from addrop_cli.core.masking import candidate_region, padding_fill, random_scores, sample_drops
+from addrop_cli.core.methods.base import unwrapped
 from addrop_cli.core.model_setup import build_no_kv_cache, infer_task_type
-from addrop_cli.core.routes import AttentionSite, connect, select_calls
+from addrop_cli.core.routes.base import AttentionSite, ForwardState
+from addrop_cli.core.routes.connect import calls_by_module, connect, select_calls
 from addrop_cli.core.settings import ENCODER, IGNORE_INDEX, TOKEN, ADDropConfig
 from addrop_cli.errors import UserError
 
@@ -116,21 +116,18 @@ class ADDrop:
     def __init__(self, model: torch.nn.Module, config: ADDropConfig, task_type: str | None = None):
         self.model = model
         self.config = config
-        self.base = extract_model_from_parallel(model, keep_fp32_wrapper=True)
+        self.base = unwrapped(model)
         self.task_type = task_type or infer_task_type(self.base)
         self.route, self.sites = connect(self.base)
         self.selected = select_calls(self.sites, config.attention, config.layers)
-        modules = [site.module for site in self.sites]
-        # Calls named by module survive gradient checkpointing's recompute; shared modules need call order.
-        shared = len(set(modules)) < len(modules)
-        self.call_of = None if shared else {module: call for call, module in enumerate(modules)}
+        self.call_of = calls_by_module(self.sites)
         if self.call_of is None and getattr(self.base, "is_activation_checkpointing", False):
             raise UserError(f"gradient checkpointing with AD-DROP needs one attention module per layer, and "
                             f"{type(self.base).__name__} shares them across layers; turn "
                             "train.gradient_checkpointing off")
-        if config.unmasked_weight > 0 and not isinstance(self.route, InterfaceRoute) and \
+        if config.unmasked_weight > 0 and not self.route.state_per_call and \
                 getattr(self.base, "is_activation_checkpointing", False):
-            # The plain forward would end the hooks' state before the backward recomputes the masked one.
+            # The plain forward would end the masked forward's state before the backward recomputes it.
             raise UserError("addrop.unmasked_weight > 0 with gradient checkpointing is not available for models on "
                             "the module-hook route; turn train.gradient_checkpointing off or set unmasked_weight 0")
         build_no_kv_cache(self.base)

@@ -13,26 +13,11 @@ does not grow with the batch size.
 from __future__ import annotations
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch.nn import functional as F
 
+from addrop_cli.core.methods.base import mean_over, stacked_twice, unwrapped
 from addrop_cli.core.model_setup import build_no_kv_cache, infer_task_type
 from addrop_cli.core.settings import IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, RDropConfig
-
-
-def stacked_twice(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch stacked on itself along the batch dimension: two passes in one forward, each copy drawing its own
-    dropout (HiddenCut cuts the second copy only)."""
-    return {key: torch.cat([value, value]) for key, value in batch.items()}
-
-
-def mean_over(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """The mean of per-example (N,) or per-position (N, T) ``values``, over the ``valid`` (N, T) positions only
-    when given."""
-    if valid is None:
-        return values.mean()
-    valid = valid.bool()
-    return (values * valid).sum() / valid.sum().clamp(min=1)
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,7 +57,7 @@ class RDrop:
 
     def __init__(self, model: torch.nn.Module, config: RDropConfig, task_type: str | None = None):
         self.model, self.config = model, config
-        base = extract_model_from_parallel(model, keep_fp32_wrapper=True)
+        base = unwrapped(model)
         self.task_type = task_type or infer_task_type(base)
         build_no_kv_cache(base)
 

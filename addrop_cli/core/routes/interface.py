@@ -1,10 +1,11 @@
-"""AD-DROP inside transformers' own attention dispatch.
+"""The interface route: AD-DROP inside transformers' own attention dispatch.
 
 We register one attention function, ``"addrop"``, with :class:`transformers.AttentionInterface` and the
 matching mask builder with ``AttentionMaskInterface`` (without the latter, padding masks arrive as None).
-A model switched to it behaves exactly like its stock attention unless a :class:`ForwardState` is passed to
-its forward as the keyword argument ``addrop_state``; transformers hands that keyword down to every
-attention call, so the state is per forward, never global and never stored on modules.
+A model switched to it behaves exactly like its stock attention unless a
+:class:`~addrop_cli.core.routes.base.ForwardState` is passed to its forward as the keyword argument
+``addrop_state``; transformers hands that keyword down to every attention call, so the state is per forward,
+never global and never stored on modules.
 
 Per attention call the state picks one of three modes:
 
@@ -27,17 +28,25 @@ the forward. ``layer_idx`` is not used: Marian's encoder leaves it None.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import sys
 
 import torch
+import transformers
 from torch.nn import functional as F
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from addrop_cli.core.masking import allowed_keys
-from addrop_cli.errors import UserError
+from addrop_cli.core.routes.base import (
+    ForwardState,
+    ProbedCall,
+    hides_every_later_key,
+    probe_inputs,
+    probing,
+    visible_keys,
+)
+from addrop_cli.errors import UserError, first_line
 
 IMPLEMENTATION = "addrop"
 
@@ -48,91 +57,27 @@ NEUTRAL_KWARGS = frozenset({"sliding_window", "position_ids", "cache_position", 
                             "is_causal", "layer_idx", "deterministic"})  # deterministic: flash-attention's backward
 
 
-@dataclass(frozen=True)
-class ProbedCall:
-    """What one attention call of a probe forward looked like."""
-
-    query_length: int
-    key_length: int
-    num_heads: int
-    causal: bool
-    variants: frozenset[str]
-    module: int  # id() of the attention module
+class NotRouted(UserError):
+    """The model's attention does not go through ``AttentionInterface`` (the module-hook route may serve it)."""
 
 
-@dataclass
-class ForwardState:
-    """What one forward should do at each attention call, passed as ``model(..., addrop_state=state)``.
+class InterfaceRoute:
+    """The interface route: the per-forward state travels as the ``addrop_state`` keyword down to every
+    attention call (see the module docstring), so each call, recomputed or not, carries its own forward's."""
 
-    Attributes:
-        record: call indices whose attention probabilities are kept (with autograd) in ``recorded``.
-        drops: call index -> (B, H, Q, K) bool, True where the position is masked out before softmax; or a
-            function of the call's (B, 1, Q, K) visible keys returning that mask (drawn inside the forward,
-            for regions that need no attribution pass).
-        context_scale: call index -> alpha: the call's output A·V is multiplied by alpha (IGA, Eq. 3).
-        probe: when True, each call is described in ``probed``.
-        call_of: id(attention module) -> call index, when each module is called once per forward; calls are
-            otherwise numbered in order.
-    """
+    state_per_call = True
 
-    record: frozenset[int] = frozenset()
-    drops: dict[int, torch.Tensor | Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
-    context_scale: dict[int, float] = field(default_factory=dict)
-    probe: bool = False
-    recorded: dict[int, torch.Tensor] = field(default_factory=dict)
-    visible: dict[int, torch.Tensor] = field(default_factory=dict)
-    probed: list[ProbedCall] = field(default_factory=list)
-    call_of: dict[int, int] | None = None
-    calls: int = 0
-    seen_masks: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = field(default_factory=dict)
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], state: ForwardState):
+        return model(**batch, addrop_state=state)
 
-    def next_call(self, module: torch.nn.Module) -> int:
-        """This call's index: its module's, or the next in order."""
-        if self.call_of is not None:
-            if id(module) not in self.call_of:
-                raise UserError(f"{type(module).__name__} was not among the attention calls ADDrop found; build "
-                                "ADDrop after wrapping the model (peft, compile), not before")
-            return self.call_of[id(module)]
-        self.calls += 1
-        return self.calls - 1
 
-    def visible_keys(self, attention_mask, query, key, causal: bool) -> torch.Tensor:
-        """:func:`visible_keys`, computed once per mask: the layers of a forward share their mask tensor, and
-        sharing the result lets :meth:`~addrop_cli.core.regularizer.ADDrop.candidates` reuse its work too."""
-        signature = (None if attention_mask is None else id(attention_mask), query.shape[0], query.shape[-2],
-                     key.shape[-2], causal)
-        seen = self.seen_masks.get(signature)
-        if seen is None or seen[0] is not attention_mask:  # holding the mask keeps its id from being reused
-            seen = self.seen_masks[signature] = (attention_mask, visible_keys(attention_mask, query, key, causal))
-        return seen[1]
+# ------------------------------------------------------------------------------------------- the attention
 
 
 def _is_causal(module: torch.nn.Module, kwargs: dict) -> bool:
     # Mirrors sdpa_attention_forward's own rule, so record/apply see the same mask sdpa would.
     flag = kwargs.get("is_causal")
     return bool(flag if flag is not None else getattr(module, "is_causal", True))
-
-
-def visible_keys(
-    attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor, causal: bool
-) -> torch.Tensor:
-    """(B, 1, Q, K) bool, True for the keys each query row can see under the model's mask.
-
-    A bool mask is taken as it is (True = attend), a float mask is additive (a large negative value hides a
-    key); None means every key, or the causal triangle when the call is causal (aligned at the end, as with
-    a cache, so query i sees keys up to K - Q + i).
-    """
-    batch, q_len, k_len = query.shape[0], query.shape[-2], key.shape[-2]
-    if attention_mask is None:
-        if causal and q_len > 1:
-            positions = torch.arange(k_len, device=query.device)
-            attention_mask = positions[None, :] <= positions[k_len - q_len :, None]
-        else:
-            attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device)
-    elif attention_mask.dtype != torch.bool:
-        attention_mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-    mask = attention_mask.reshape((1,) * (4 - attention_mask.dim()) + tuple(attention_mask.shape))
-    return mask.expand(batch, 1, q_len, k_len)
 
 
 def _variants(kwargs: dict) -> frozenset[str]:
@@ -203,7 +148,8 @@ def addrop_attention_forward(
     wanted = state.probe or call in state.record or call in state.drops
     visible = state.visible_keys(attention_mask, query, key, _is_causal(module, kwargs)) if wanted else None
     if state.probe:
-        state.probed.append(_describe(module, query, key, visible, kwargs))
+        state.probed.append(ProbedCall(query.shape[-2], key.shape[-2], query.shape[1], hides_every_later_key(visible),
+                                       _variants(kwargs), id(module)))
     if call in state.record:
         output, probs = eager_attention(module, query, key, value, visible, dropout, scaling, kwargs, True)
         state.recorded[call], state.visible[call] = probs, visible
@@ -218,22 +164,6 @@ def addrop_attention_forward(
     return output, probs
 
 
-def _describe(module, query: torch.Tensor, key: torch.Tensor, visible: torch.Tensor, kwargs: dict) -> ProbedCall:
-    """A probe call's shape, whether its mask hides every later key (causal), and its variants."""
-    q_len, k_len = query.shape[-2], key.shape[-2]
-    later = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).triu(k_len - q_len + 1)
-    causal = q_len > 1 and not bool((visible & later).any())
-    return ProbedCall(q_len, k_len, query.shape[1], causal, _variants(kwargs), id(module))
-
-
-class InterfaceRoute:
-    """The interface route: the per-forward state travels as the ``addrop_state`` keyword down to every
-    attention call (see the module docstring)."""
-
-    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], state: ForwardState):
-        return model(**batch, addrop_state=state)
-
-
 def register() -> None:
     """Make ``attn_implementation="addrop"`` known to transformers (idempotent)."""
     AttentionInterface.register(IMPLEMENTATION, addrop_attention_forward)
@@ -241,3 +171,94 @@ def register() -> None:
 
 
 register()
+
+
+# ------------------------------------------------------------------------------------------- switching a model
+
+
+def switch(model: PreTrainedModel) -> list[ProbedCall]:
+    """Switch every attention of ``model`` to the ``addrop`` implementation and describe its attention calls,
+    in call order.
+
+    Raises :class:`NotRouted` for models whose attention does not go through ``AttentionInterface`` (left as
+    they were), and UserError for attention with a variant that AD-DROP's attention cannot reproduce, or that
+    the per-forward state cannot reach (layers that drop the forward's keyword arguments).
+    """
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    refusal = NotRouted(
+        f"model type '{model_type}' ({type(model).__name__}) does not route its attention through "
+        "transformers' AttentionInterface, so AD-DROP cannot reach it; use a model such as bert, roberta, "
+        "electra, distilbert, albert, xlm-roberta, bart, t5, marian, llama, qwen2, mistral or gemma, or train "
+        "with --no-addrop"
+    )
+    # Decided by probing, not by the class's _supports_attention_backend flag, which some models that do
+    # dispatch through the interface (Marian) leave False. Eager-only models log that they cannot switch.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model.set_attn_implementation(IMPLEMENTATION)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    configs = {id(c): c for m in model.modules() if isinstance(c := getattr(m, "config", None), PreTrainedConfig)}
+    if all(config._attn_implementation != IMPLEMENTATION for config in configs.values()):
+        # transformers refused the switch everywhere (its modeling code has no AttentionInterface dispatch):
+        # forcing it would only break the mask code of eager models (MPT) before the probe could tell.
+        raise refusal
+    # EncoderDecoderModel keeps stale copies of its sub-configs: set the implementation on every config.
+    previous = {key: config._attn_implementation for key, config in configs.items()}
+    for config in configs.values():
+        config._attn_implementation = IMPLEMENTATION
+    calls = _probe_or_refuse(model, model_type)
+    if not calls:  # left as it was, for the module-hook route
+        for key, config in configs.items():
+            config._attn_implementation = previous[key]
+        if hasattr(sys.modules.get(type(model).__module__), "ALL_ATTENTION_FUNCTIONS"):
+            # Its modeling code dispatches through the interface, but a layer drops the forward's keyword
+            # arguments on the way (Falcon, StableLM, Nemotron): no per-forward state can reach the attention.
+            raise UserError(f"model type '{model_type}' ({type(model).__name__}) dispatches its attention through "
+                            "transformers' AttentionInterface, but its layers do not pass the forward's keyword "
+                            "arguments on to it, so AD-DROP's per-forward state cannot reach its attention; train it "
+                            "with --no-addrop")
+        raise refusal
+    _refuse_unknown_variants(model, model_type, calls)
+    return calls
+
+
+def _probe_or_refuse(model: PreTrainedModel, model_type: str) -> list[ProbedCall]:
+    """:func:`probe_calls`, with a forward that fails on the probe's plain input as one line (empty when the
+    forward rejects the per-forward state: it does not dispatch it)."""
+    try:
+        return probe_calls(model)
+    except TypeError as error:
+        if "addrop_state" not in str(error):
+            raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {first_line(error)}") from None
+        return []
+    except ValueError as error:
+        raise UserError(f"model type '{model_type}' failed AD-DROP's probe forward: {first_line(error)}") from None
+
+
+def _refuse_unknown_variants(model: PreTrainedModel, model_type: str, calls: list[ProbedCall]) -> None:
+    """Refuse attention calls carrying a result-changing argument that :func:`eager_attention` ignores.
+
+    A model that transformers runs with sdpa gets the same arguments there, where sdpa ignores them too;
+    a model that transformers keeps off sdpa must owe it to a variant AD-DROP reproduces.
+    """
+    honoured = {SOFTCAP, SINKS, POSITION_BIAS}
+    unknown = sorted(set().union(*(call.variants for call in calls)) - honoured)
+    uses_sdpa = getattr(model, "_supports_sdpa", True)
+    if not unknown and (uses_sdpa or any(call.variants & {SOFTCAP, SINKS} for call in calls)):
+        return
+    what = f"its attention calls carry {', '.join(unknown)}" if unknown else "transformers keeps it off sdpa"
+    raise UserError(
+        f"model type '{model_type}' ({type(model).__name__}) has an attention variant AD-DROP does not reproduce "
+        f"({what}); supported variants are sliding windows, grouped KV heads, logit soft-capping, attention "
+        "sinks and position bias; train it with --no-addrop"
+    )
+
+
+def probe_calls(model: PreTrainedModel) -> list[ProbedCall]:
+    """Run one tiny forward (no padding) and describe each attention call, in call order."""
+    state = ForwardState(probe=True)
+    with probing(model):
+        model(**probe_inputs(model), addrop_state=state)
+    return state.probed
