@@ -109,3 +109,16 @@ def live_process():
     yield process
     process.kill()
     process.wait()
+
+
+CUSTOM_METHOD = Path(__file__).resolve().parents[1] / "examples" / "custom_method"
+
+
+@pytest.fixture(scope="session")
+def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a Python in which ``examples/custom_method`` (the NEFTune method plugin) is installed:
+    ``pip install --target`` into a folder of its own, seen only by subprocesses given this environment."""
+    target = tmp_path_factory.mktemp("plugin")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(CUSTOM_METHOD)], check=True, capture_output=True, timeout=300)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
