@@ -17,7 +17,14 @@ from typing import Any
 
 import yaml
 
-from addrop_cli.core.methods.registry import DEFAULT_METHOD, SHARED_SECTION, method_spec, methods
+from addrop_cli.core.methods.registry import (
+    DEFAULT_METHOD,
+    SHARED_SECTION,
+    MethodSpec,
+    is_built_in,
+    method_spec,
+    methods,
+)
 from addrop_cli.core.settings import ADDropConfig, require
 from addrop_cli.errors import UserError
 
@@ -216,10 +223,13 @@ class Recipe:
         return self.addrop if section == SHARED_SECTION else self.methods[section]
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML form: the plain keys, then every section in :func:`recipe_sections` order."""
+        """The YAML form: the plain keys, then every section in :func:`recipe_sections` order; a plugin's section only
+        when ``addrop.method`` names its method, so that a saved recipe still reads once the plugin is gone."""
+        used = method_spec(self.addrop.method)
         values = {name: getattr(self, name) for name in plain_keys()}
-        for name in recipe_sections():
-            values[name] = dataclasses.asdict(self.methods[name] if name in self.methods else getattr(self, name))
+        for name, spec in _section_methods().items():
+            if spec is None or is_built_in(spec) or spec is used:
+                values[name] = dataclasses.asdict(self.methods[name] if name in self.methods else getattr(self, name))
         return values
 
 
@@ -241,6 +251,13 @@ def recipe_sections() -> dict[str, type]:
             if item.name == SHARED_SECTION:
                 sections.update(method_sections())
     return sections
+
+
+def _section_methods() -> dict[str, MethodSpec | None]:
+    """Each of :func:`recipe_sections`, in order, with the method whose own section it is (None for the recipe's
+    own sections, AD-DROP's included)."""
+    owners = {spec.recipe_section: spec for spec in methods().values() if spec.recipe_section != SHARED_SECTION}
+    return {name: owners.get(name) for name in recipe_sections()}
 
 
 # ----------------------------------------------------------------------------- building from dicts
@@ -400,7 +417,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise UserError(f"recipe {path} must be a mapping of keys ({', '.join(['task', 'model', *recipe_sections()])})")
+        raise UserError(f"recipe {path} must be a mapping of keys ({', '.join([*plain_keys(), *recipe_sections()])})")
     return values
 
 

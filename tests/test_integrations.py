@@ -61,3 +61,25 @@ def test_trainer_runs_a_baseline_method_on_even_epochs(tmp_path, monkeypatch):
     trainer.train()
     assert [alpha for _, alpha in seen] == [0.3, 0.3]
     assert all(1.0 <= epoch < 2.0 for epoch, _ in seen)
+
+
+def test_a_method_section_named_like_a_trainer_argument_leaves_that_argument_to_trainer(tmp_path, monkeypatch):
+    import dataclasses
+
+    from transformers import TrainerCallback
+
+    from addrop_cli import integrations
+    from addrop_cli.core.methods.registry import MethodSpec, methods
+
+    @dataclasses.dataclass
+    class Settings:
+        rate: float = 0.1
+
+    clashing = MethodSpec("clash", "Clash", Settings, "nowhere.module:Clash", section="callbacks")
+    monkeypatch.setattr(integrations, "methods", lambda: {**methods(), "clash": clashing})
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, disable_tqdm=True)
+    callback = TrainerCallback()
+    trainer = ADDropTrainer(model=tiny_classifier("bert"), args=args, callbacks=[callback],
+                            rdrop=RDropConfig(alpha=0.3))
+    assert callback in trainer.callback_handler.callbacks
+    assert trainer.method_settings == {"rdrop": RDropConfig(alpha=0.3)}

@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from addrop_cli.cli.common import option
-from addrop_cli.core.methods.registry import method_names, methods
+from addrop_cli.core.methods.registry import SHARED_SECTION, method_names, methods
+
+
+def method_keys() -> list[list[str]]:
+    """Each method's own recipe keys, AD-DROP's left out (they have options of their own): the help's examples of
+    ``--set``."""
+    return [spec.own_keys() for spec in methods().values() if spec.recipe_section != SHARED_SECTION]
+
 
 RecipeName = Annotated[str | None, option("--recipe", metavar="NAME|PATH",
                                           help="Bundled recipe name (e.g. mrpc, demo) or a YAML path.")]
@@ -36,13 +43,13 @@ AttributionPrecision = Annotated[str | None, option(metavar="same|bf16|fp16", re
 Labels = Annotated[str | None, option(metavar="pseudo|gold", recipe_default=True,
                                       help="Attribute to pseudo (default) or gold labels.")]
 CrossTuning = Annotated[bool | None, option("--cross-tuning/--no-cross-tuning", recipe_default=True,
-                                         help="Alternate plain and AD-DROP epochs.")]
+                                         help="Alternate plain and regularized epochs.")]
 NoADDrop = Annotated[bool, option("--no-addrop", help="Plain fine-tuning baseline, same loop.")]
 Method = Annotated[str | None, option(metavar="|".join(method_names()), recipe_default=True,
                                       help="The regularizer of the regularized epochs: "
                                            f"{', '.join(spec.display_name for spec in methods().values())} (a "
-                                           "method's settings are its recipe section: --set rdrop.alpha=..., "
-                                           "hiddencut.ratio=...).")]
+                                           "method's settings are its recipe section: --set "
+                                           f"{', '.join(f'{keys[0]}=...' for keys in method_keys() if keys)}).")]
 MaxTrainSamples = Annotated[int | None, option(metavar="N", recipe_default=True,
                                                help="Use only the first N training examples.")]
 MaxEvalSamples = Annotated[int | None, option(metavar="N", recipe_default=True,

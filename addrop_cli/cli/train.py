@@ -55,7 +55,7 @@ def train(
     trust_remote_code: options.TrustRemoteCode = False,
     set_: options.Overrides = None,
 ) -> None:
-    """Fine-tune a model with cross-tuned AD-DROP (R-Drop or HiddenCut with --method; plain with --no-addrop). No
+    """Fine-tune a model with cross-tuned AD-DROP (another regularizer with --method; plain with --no-addrop). No
     options: the demo."""
     quiet_libraries()
     flags = options.recipe_flags(locals(), no_addrop)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import one_line_error
 
+from addrop_cli.recipe import Recipe, build
 from addrop_cli.sweep.plan import read_results
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_method"
@@ -88,3 +90,14 @@ def test_the_help_names_it_and_imports_no_torch(plugin_env):
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=plugin_env,
                              timeout=120)
     assert process.stdout.split() == ["True", "True", "False"], process.stderr
+
+
+def test_a_plugin_section_is_saved_only_by_its_own_runs_so_other_recipes_read_without_it(plugin_env):
+    code = ("import sys, yaml; from addrop_cli.recipe import Recipe, build; "
+            "print(yaml.safe_dump([build(Recipe, {'addrop': {'method': m}}).to_dict() for m in sys.argv[1:]]))")
+    process = subprocess.run([sys.executable, "-c", code, "addrop", "neftune"], capture_output=True, text=True,
+                             env=plugin_env, timeout=120)
+    other, own = yaml.safe_load(process.stdout)
+    assert "neftune" not in other and own["neftune"] == {"alpha": 5.0}
+    build(Recipe, other)  # here, without the plugin: the other run's saved recipe still reads
+    one_line_error(lambda: build(Recipe, own), "unknown recipe key 'neftune'")

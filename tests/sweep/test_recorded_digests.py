@@ -10,6 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from addrop_cli.recipe import Recipe, build
+from addrop_cli.sweep.plan import recipe_digest
+
 RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "evidence-runs"
 REPRODUCE = """
 import json, sys
@@ -42,3 +47,19 @@ def test_installing_a_method_plugin_changes_no_recorded_digest(tmp_path, plugin_
     shutil.copytree(RECORDED, tmp_path / "runs")
     rows = reproduced(tmp_path / "runs", plugin_env)
     assert len(rows) >= 66 and [row for row in rows if row[1] != row[2]] == []
+
+
+# Digests computed at e2228a3, before the method table, for what the evidence study never ran (HiddenCut, LoRA,
+# settings of unused methods, plain fine-tuning). A changed default changes them on purpose; a refactor must not.
+RECIPES_BEFORE_THE_TABLE = {
+    "1851949a44c9bf3c": {},
+    "9f0f3682ab7097e8": {"addrop": {"method": "hiddencut"}, "hiddencut": {"ratio": 0.2, "layers": [0, 1]}},
+    "e890a6dd3f3ec15a": {"addrop": {"method": "rdrop"}, "rdrop": {"alpha": 0.5}, "lora": {"r": 8}},
+    "012b0dfd9b04eca8": {"addrop": {"p": 0.1}, "rdrop": {"alpha": 4.0}, "hiddencut": {"ratio": 0.3}},
+    "5a5947f416ae3847": {"addrop": {"enabled": False}, "train": {"lr": 1e-5}},
+}
+
+
+@pytest.mark.parametrize(("digest", "values"), RECIPES_BEFORE_THE_TABLE.items())
+def test_a_recipe_keeps_the_digest_it_had_before_the_method_table(digest, values):
+    assert recipe_digest(build(Recipe, values)) == digest

@@ -129,7 +129,8 @@ class ADDrop:
                 getattr(self.base, "is_activation_checkpointing", False):
             # The plain forward would end the masked forward's state before the backward recomputes it.
             raise UserError("addrop.unmasked_weight > 0 with gradient checkpointing is not available for models on "
-                            "the module-hook route; turn train.gradient_checkpointing off or set unmasked_weight 0")
+                            "the module-hook route (its state ends with the next forward); turn "
+                            "train.gradient_checkpointing off or set unmasked_weight 0")
         build_no_kv_cache(self.base)
         self.attribution_dtype = attribution_dtype(config.attribution_precision, self.base)
         self._drop_tally: torch.Tensor | None = None  # (dropped, seen) positions since take_drop_counts()

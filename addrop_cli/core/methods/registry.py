@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from addrop_cli.core.settings import SHARED_KEYS, ADDropConfig, HiddenCutConfig, RDropConfig
+from addrop_cli.core.settings import FT_PHASE, SHARED_KEYS, ADDropConfig, HiddenCutConfig, RDropConfig
 from addrop_cli.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -135,31 +135,43 @@ DEFAULT_METHOD = ADDropConfig().method
 
 
 @functools.cache
-def methods() -> dict[str, MethodSpec]:
-    """Name -> spec: the built-in methods, then the plugins' in name order."""
-    table = {spec.name: spec for spec in BUILT_IN}
+def _table() -> tuple[dict[str, MethodSpec], dict[str, str]]:
+    """(name -> spec: the built-in methods, then the plugins' in name order; skipped plugin -> why)."""
+    table, skipped = {spec.name: spec for spec in BUILT_IN}, {}
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name):
         try:
             spec = _checked_plugin(entry.name, entry.load(), table)
-        except Exception as error:  # a broken plugin must not break the built-in methods
-            logger.warning("addrop: method plugin '%s' (%s) is skipped: %s: %s", entry.name, entry.value,
-                           type(error).__name__, first_line(error))
+        except (Exception, SystemExit) as error:  # a broken plugin must not break the built-in methods or --help
+            skipped[entry.name] = f"{type(error).__name__}: {first_line(error)}"
+            logger.warning("addrop: method plugin '%s' (%s) is skipped: %s", entry.name, entry.value,
+                           skipped[entry.name])
             continue
         table[spec.name] = spec
-    return table
+    return table, skipped
+
+
+def methods() -> dict[str, MethodSpec]:
+    """Name -> spec: the built-in methods, then the plugins' in name order."""
+    return _table()[0]
 
 
 def _checked_plugin(name: str, spec: Any, table: dict[str, MethodSpec]) -> MethodSpec:
-    """``spec`` if it can join ``table`` under entry-point ``name``; else an error saying why."""
+    """``spec`` if it can join ``table`` under entry-point ``name``; else an error saying why. A method's name and
+    section may be neither another method's name or section, nor one of the recipe's own sections, nor ``ft``."""
     if not isinstance(spec, MethodSpec):
         raise TypeError(f"the entry point gives a {type(spec).__name__}, not an addrop MethodSpec")
     if spec.name != name:
         raise ValueError(f"the entry point is named '{name}' but its MethodSpec '{spec.name}'")
-    sections = {other.recipe_section for other in table.values()} | set(RESERVED_SECTIONS)
-    if spec.name in table or spec.recipe_section in sections:
-        raise ValueError(f"its name or recipe section '{spec.recipe_section}' is taken")
+    taken = {word for other in table.values() for word in (other.name, other.recipe_section)}
+    taken |= {*RESERVED_SECTIONS, FT_PHASE}
+    if {spec.name, spec.recipe_section} & taken:
+        raise ValueError(f"its name '{spec.name}' or recipe section '{spec.recipe_section}' is taken")
     spec.config()  # its defaults must be valid settings
     return spec
+
+
+def is_built_in(spec: MethodSpec) -> bool:
+    return spec.name in {built_in.name for built_in in BUILT_IN}
 
 
 def method_names() -> list[str]:
@@ -167,10 +179,12 @@ def method_names() -> list[str]:
 
 
 def method_spec(name: str, key: str = "addrop.method") -> MethodSpec:
-    """The spec of method ``name``; a one-line UserError naming ``key`` and the known methods otherwise."""
-    table = methods()
+    """The spec of method ``name``; a one-line UserError naming ``key`` and the known methods otherwise (and why,
+    when a plugin of that name was skipped)."""
+    table, skipped = _table()
     if name not in table:
-        raise UserError(f"{key}={name!r} is invalid: choose one of {', '.join(table)}")
+        why = f" (its plugin was skipped: {skipped[name]})" if name in skipped else ""
+        raise UserError(f"{key}={name!r} is invalid: choose one of {', '.join(table)}{why}")
     return table[name]
 
 

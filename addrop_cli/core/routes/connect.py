@@ -54,12 +54,8 @@ def refusal_reason(model: PreTrainedModel) -> str | None:
 def connect(model: PreTrainedModel) -> tuple[AttentionRoute, list[AttentionSite]]:
     """The route to ``model``'s attention and its sites: ``AttentionInterface`` when the model dispatches through
     it, else module hooks on its attention-probability dropout modules (eager encoders such as DeBERTa and MPNet).
-    Raises UserError when the model is refused or neither route reaches it, naming why."""
-    reason = refusal_reason(model)
-    if reason is not None:
-        model_type = getattr(model.config, "model_type", type(model).__name__)
-        raise UserError(f"model type '{model_type}' ({type(model).__name__}) cannot take AD-DROP: {reason}; train it "
-                        "with --no-addrop")
+    Raises UserError when the model is refused (before either route touches it) or neither route reaches it,
+    naming why."""
     try:
         return InterfaceRoute(), install(model)
     except NotRouted:
@@ -70,8 +66,13 @@ def connect(model: PreTrainedModel) -> tuple[AttentionRoute, list[AttentionSite]
 
 
 def install(model: PreTrainedModel) -> list[AttentionSite]:
-    """Switch every attention of ``model`` to the interface route (:func:`~addrop_cli.core.routes.interface.switch`)
-    and name its attention calls, in call order."""
+    """Refuse the families of the refusal table, then switch every attention of ``model`` to the interface route
+    (:func:`~addrop_cli.core.routes.interface.switch`) and name its attention calls, in call order."""
+    reason = refusal_reason(model)
+    if reason is not None:
+        model_type = getattr(model.config, "model_type", type(model).__name__)
+        raise UserError(f"model type '{model_type}' ({type(model).__name__}) cannot take AD-DROP: {reason}; train it "
+                        "with --no-addrop")
     return classify_sites(switch(model), model.config.is_encoder_decoder)
 
 

@@ -65,7 +65,8 @@ def renormalised(probs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 
 
 class HookRoute:
-    """The module-hook route for one model: probe, then hooks on each attention-probability dropout module.
+    """The module-hook route for one model: probe, then hooks on each attention-probability dropout module. Built
+    by :func:`~addrop_cli.core.routes.connect.connect`, which refuses the families it cannot serve first.
 
     Args:
         model: the (unwrapped) transformers model; hooks stay on its modules for its lifetime.

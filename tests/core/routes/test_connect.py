@@ -3,10 +3,12 @@ family gets its own reason (LED's banded attention, which before reached only th
 
 from __future__ import annotations
 
+import pytest
 from helpers import one_line_error
 from transformers import LEDConfig, LEDForConditionalGeneration
 
-from addrop_cli.core.routes.connect import REFUSED, connect
+from addrop_cli.core.routes import connect as connect_module
+from addrop_cli.core.routes.connect import REFUSED, connect, install
 
 
 def tiny_led() -> LEDForConditionalGeneration:
@@ -16,10 +18,13 @@ def tiny_led() -> LEDForConditionalGeneration:
     return LEDForConditionalGeneration(config)
 
 
-def test_a_refused_seq2seq_family_gets_its_reason_before_any_route_is_tried():
+@pytest.mark.parametrize("entry", [connect, install])
+def test_a_refused_seq2seq_family_gets_its_reason_before_any_route_is_tried(entry, monkeypatch):
+    def untouchable(*args, **kwargs):
+        raise AssertionError("a route was tried on a refused family")
+
+    monkeypatch.setattr(connect_module, "switch", untouchable)
+    monkeypatch.setattr(connect_module, "HookRoute", untouchable)
     model = tiny_led()
-    before = model.config._attn_implementation
-    one_line_error(lambda: connect(model), "model type 'led' (LEDForConditionalGeneration) cannot take AD-DROP: ",
+    one_line_error(lambda: entry(model), "model type 'led' (LEDForConditionalGeneration) cannot take AD-DROP: ",
                    REFUSED["led"], "train it with --no-addrop")
-    assert model.config._attn_implementation == before  # nothing was switched or hooked
-    assert not model._forward_pre_hooks

@@ -1,4 +1,4 @@
-"""HiddenCut (core/hiddencut.py): one contiguous span per example at the stated layers, never padding or special
+"""HiddenCut (core/methods/hiddencut.py): one contiguous span per example at the stated layers, never padding or special
 tokens, nothing outside its own forward; on both attention routes; refused where it does not apply."""
 
 from __future__ import annotations

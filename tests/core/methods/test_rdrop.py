@@ -1,4 +1,4 @@
-"""R-Drop (core/rdrop.py) against hand computations on tiny models with fixed dropout seeds."""
+"""R-Drop (core/methods/rdrop.py) against hand computations on tiny models with fixed dropout seeds."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from addrop_cli.core.methods.addrop import ADDrop
 from addrop_cli.core.methods.hiddencut import HiddenCut
 from addrop_cli.core.methods.rdrop import RDrop
 from addrop_cli.core.methods.registry import (
+    BUILT_IN,
     RESERVED_SECTIONS,
     MethodSpec,
     key_owner,
@@ -28,8 +29,8 @@ from addrop_cli.recipe import Recipe, plain_keys, recipe_sections
 
 
 def test_each_built_in_method_is_registered_once_with_its_section_and_settings():
-    table = {name: (spec.display_name, spec.recipe_section, spec.config, spec.load())
-             for name, spec in methods().items()}
+    assert list(methods())[: len(BUILT_IN)] == [spec.name for spec in BUILT_IN]  # then installed plugins, if any
+    table = {spec.name: (spec.display_name, spec.recipe_section, spec.config, spec.load()) for spec in BUILT_IN}
     assert table == {"addrop": ("AD-DROP", "addrop", ADDropConfig, ADDrop),
                      "rdrop": ("R-Drop", "rdrop", RDropConfig, RDrop),
                      "hiddencut": ("HiddenCut", "hiddencut", HiddenCutConfig, HiddenCut)}
@@ -38,7 +39,6 @@ def test_each_built_in_method_is_registered_once_with_its_section_and_settings()
 def test_the_reserved_sections_are_the_recipes_own():
     own = [name for name in [*plain_keys(), *recipe_sections()] if name not in ("rdrop", "hiddencut")]
     assert sorted(RESERVED_SECTIONS) == sorted(own)
-    assert [field.name for field in dataclasses.fields(Recipe)][-1] == "methods"
 
 
 def test_make_regularizer_builds_the_named_method_with_its_settings():
@@ -125,6 +125,9 @@ RENAMED = MethodSpec("other", "Other", Fine, "broken_specs:Nothing")
 CLASH = MethodSpec("clash", "Clash", Fine, "broken_specs:Nothing", section="train")
 BAD_CONFIG = MethodSpec("badconfig", "Bad", Strict, "broken_specs:Nothing")
 BROKEN_IMPL = MethodSpec("brokenimpl", "Broken", Fine, "no_such_addrop_impl:Thing")
+PLAIN = MethodSpec("ft", "Plain", Fine, "broken_specs:Nothing")
+NOISE = MethodSpec("noise", "Noise", Fine, "broken_specs:Nothing", section="noise_cfg")
+NOISE_CFG = MethodSpec("noise_cfg", "Noise config", Fine, "broken_specs:Nothing")  # a name another's section holds
 '''
 ENTRY_POINTS = """[addrop.methods]
 missing = no_such_addrop_plugin:METHOD
@@ -133,13 +136,16 @@ renamed = broken_specs:RENAMED
 clash = broken_specs:CLASH
 badconfig = broken_specs:BAD_CONFIG
 brokenimpl = broken_specs:BROKEN_IMPL
+ft = broken_specs:PLAIN
+noise = broken_specs:NOISE
+noise_cfg = broken_specs:NOISE_CFG
 """
 
 
 @pytest.fixture(scope="module")
 def broken_env(tmp_path_factory) -> dict[str, str]:
-    """An environment where a distribution declares six plugins: five broken when loaded, one whose implementation
-    cannot be imported."""
+    """An environment where a distribution declares nine plugins: seven broken when loaded, one whose implementation
+    cannot be imported, and ``noise`` (settings in section ``noise_cfg``), which is sound."""
     root = tmp_path_factory.mktemp("broken_plugins")
     write(root / "broken_specs.py", BROKEN_SPECS)
     info = root / "broken_plugins-0.1.dist-info"
@@ -156,10 +162,13 @@ def run(env, *args: str) -> subprocess.CompletedProcess:
 def test_broken_plugins_are_named_in_one_line_each_and_skipped(broken_env):
     process = run(broken_env, "-c", "from addrop_cli.core.methods.registry import method_names; print(method_names())")
     assert process.returncode == 0, process.stderr
-    assert process.stdout.strip() == "['addrop', 'rdrop', 'hiddencut', 'brokenimpl']"
+    assert process.stdout.strip() == "['addrop', 'rdrop', 'hiddencut', 'brokenimpl', 'noise']"
     lines = process.stderr.strip().splitlines()
     expected = {"badconfig": "ValueError: rate must be >= 0", "clash": "recipe section 'train' is taken",
-                "missing": "ModuleNotFoundError", "notaspec": "gives a function, not an addrop MethodSpec",
+                "ft": "its name 'ft' or recipe section 'ft' is taken",
+                "missing": "ModuleNotFoundError",
+                "noise_cfg": "its name 'noise_cfg' or recipe section 'noise_cfg' is taken",
+                "notaspec": "gives a function, not an addrop MethodSpec",
                 "renamed": "is named 'renamed' but its MethodSpec 'other'"}
     assert len(lines) == len(expected), process.stderr
     for line, (name, reason) in zip(lines, sorted(expected.items()), strict=True):
@@ -169,7 +178,14 @@ def test_broken_plugins_are_named_in_one_line_each_and_skipped(broken_env):
 def test_the_help_works_beside_broken_plugins(broken_env):
     process = run({**broken_env, "COLUMNS": "200"}, "-m", "addrop_cli", "train", "--help")
     assert process.returncode == 0 and "Usage" in process.stdout, process.stderr
-    assert "addrop|rdrop|hiddencut|brokenimpl" in process.stdout
+    assert "addrop|rdrop|hiddencut|brokenimpl|noise" in process.stdout
+
+
+def test_asking_for_a_skipped_plugin_says_why_it_was_skipped(broken_env):
+    code = "from addrop_cli.core.methods.registry import method_spec; method_spec('missing')"
+    process = run(broken_env, "-c", code)
+    assert "addrop.method='missing' is invalid: choose one of addrop, rdrop, hiddencut, brokenimpl, noise (its " \
+           "plugin was skipped: ModuleNotFoundError: No module named 'no_such_addrop_plugin')" in process.stderr
 
 
 def test_built_in_methods_train_beside_broken_plugins_and_a_broken_implementation_is_one_line(
