@@ -192,7 +192,8 @@ def test_built_in_methods_train_beside_broken_plugins_and_a_broken_implementatio
         broken_env, tmp_path, tiny_checkpoint, shared_data):
     sample = str(shared_data / "RTE-sample/dev-sample.tsv")
     args = ["-m", "addrop_cli", "train", "--task", "rte", "--model", str(tiny_checkpoint), "--train-file", sample,
-            "--validation-file", sample, "--epochs", "2", "--batch-size", "8", "--max-length", "32"]
+            "--validation-file", sample, "--epochs", "1", "--no-cross-tuning", "--batch-size", "8",
+            "--max-length", "32"]
     built_in = run(broken_env, *args, "--method", "rdrop", "--output-dir", str(tmp_path / "rdrop"))
     assert built_in.returncode == 0, built_in.stderr
     broken = run(broken_env, *args, "--method", "brokenimpl", "--output-dir", str(tmp_path / "broken"))
