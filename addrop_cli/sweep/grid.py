@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from addrop_cli.core.methods.registry import key_owner, method_names
+from addrop_cli.core.methods.registry import SHARED_SECTION, key_owner, method_names
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import plain_keys, recipe_sections
 
@@ -70,7 +70,7 @@ def parse_methods(spec: str) -> list[str]:
 def regularizer_key(key: str) -> bool:
     """Whether a recipe key belongs to the regularized epochs (the shared ``addrop.*`` keys and every method's
     own): plain fine-tuning trials leave it out."""
-    return key.startswith("addrop.") or key_owner(key) is not None
+    return key.partition(".")[0] == SHARED_SECTION or key_owner(key) is not None
 
 
 def applies_to(key: str, method: str) -> bool:
