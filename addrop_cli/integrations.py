@@ -13,8 +13,9 @@ import inspect
 from transformers import Trainer
 
 from addrop_cli.core.methods.base import Regularizer
-from addrop_cli.core.methods.registry import SHARED_SECTION, make_regularizer, method_spec, methods
+from addrop_cli.core.methods.registry import make_regularizer, method_spec
 from addrop_cli.core.settings import FT_PHASE, ADDropConfig, epoch_phase
+from addrop_cli.recipe import method_sections
 
 TRAINER_ARGUMENTS = frozenset(inspect.signature(Trainer.__init__).parameters)
 
@@ -31,7 +32,7 @@ class ADDropTrainer(Trainer):
 
     def __init__(self, *args, addrop: ADDropConfig | None = None, **kwargs):
         # A section named like one of Trainer's own arguments stays Trainer's (its method runs at its defaults).
-        sections = {spec.recipe_section for spec in methods().values()} - {SHARED_SECTION} - TRAINER_ARGUMENTS
+        sections = set(method_sections()) - TRAINER_ARGUMENTS
         self.method_settings = {name: kwargs.pop(name) for name in sections if name in kwargs}
         super().__init__(*args, **kwargs)
         self.addrop_config = addrop or ADDropConfig()

@@ -129,10 +129,15 @@ class TrainConfig:
 PLACE_KEYS = ("output_dir", "report_to", "push_to_hub", "hub_private")
 
 
-def method_sections() -> dict[str, type]:
+def _section_owners() -> dict[str, MethodSpec]:
     """The recipe sections of the methods other than AD-DROP (``rdrop``, ``hiddencut``, plugins'), each acting only
-    when ``addrop.method`` names its method: section -> its settings class, in the method table's order."""
-    return {spec.recipe_section: spec.config for spec in methods().values() if spec.recipe_section != SHARED_SECTION}
+    when ``addrop.method`` names its method: section -> that method, in the method table's order."""
+    return {spec.recipe_section: spec for spec in methods().values() if spec.recipe_section != SHARED_SECTION}
+
+
+def method_sections() -> dict[str, type]:
+    """:func:`_section_owners`' sections -> each one's settings class."""
+    return {section: spec.config for section, spec in _section_owners().items()}
 
 
 def run_identity(values: dict[str, Any]) -> dict[str, Any]:
@@ -225,11 +230,14 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The YAML form: the plain keys, then every section in :func:`recipe_sections` order; a plugin's section only
         when ``addrop.method`` names its method, so that a saved recipe still reads once the plugin is gone."""
-        used = method_spec(self.addrop.method)
+        used, owners = method_spec(self.addrop.method), _section_owners()
         values = {name: getattr(self, name) for name in plain_keys()}
-        for name, spec in _section_methods().items():
-            if spec is None or is_built_in(spec) or spec is used:
-                values[name] = dataclasses.asdict(self.methods[name] if name in self.methods else getattr(self, name))
+        for name in recipe_sections():
+            owner = owners.get(name)
+            if owner is None:
+                values[name] = dataclasses.asdict(getattr(self, name))
+            elif is_built_in(owner) or owner is used:
+                values[name] = dataclasses.asdict(self.methods[name])
         return values
 
 
@@ -251,13 +259,6 @@ def recipe_sections() -> dict[str, type]:
             if item.name == SHARED_SECTION:
                 sections.update(method_sections())
     return sections
-
-
-def _section_methods() -> dict[str, MethodSpec | None]:
-    """Each of :func:`recipe_sections`, in order, with the method whose own section it is (None for the recipe's
-    own sections, AD-DROP's included)."""
-    owners = {spec.recipe_section: spec for spec in methods().values() if spec.recipe_section != SHARED_SECTION}
-    return {name: owners.get(name) for name in recipe_sections()}
 
 
 # ----------------------------------------------------------------------------- building from dicts

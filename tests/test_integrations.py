@@ -69,14 +69,14 @@ def test_a_method_section_named_like_a_trainer_argument_leaves_that_argument_to_
     from transformers import TrainerCallback
 
     from addrop_cli import integrations
-    from addrop_cli.core.methods.registry import MethodSpec, methods
+    from addrop_cli.recipe import method_sections
 
     @dataclasses.dataclass
     class Settings:
         rate: float = 0.1
 
-    clashing = MethodSpec("clash", "Clash", Settings, "nowhere.module:Clash", section="callbacks")
-    monkeypatch.setattr(integrations, "methods", lambda: {**methods(), "clash": clashing})
+    # As if a plugin's method kept its settings in a section named "callbacks".
+    monkeypatch.setattr(integrations, "method_sections", lambda: {**method_sections(), "callbacks": Settings})
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, disable_tqdm=True)
     callback = TrainerCallback()
     trainer = ADDropTrainer(model=tiny_classifier("bert"), args=args, callbacks=[callback],

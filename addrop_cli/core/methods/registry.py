@@ -171,7 +171,7 @@ def _checked_plugin(name: str, spec: Any, table: dict[str, MethodSpec]) -> Metho
 
 
 def is_built_in(spec: MethodSpec) -> bool:
-    return spec.name in {built_in.name for built_in in BUILT_IN}
+    return spec in BUILT_IN
 
 
 def method_names() -> list[str]:
