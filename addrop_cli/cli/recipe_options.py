@@ -22,7 +22,7 @@ Task = Annotated[str | None, option(metavar="NAME",
                                          "wmt16-en-ro / wmt16-tr-en (translation); alone it selects the task's "
                                          "bundled recipe.")]
 Model = Annotated[str | None, option(metavar="NAME|PATH", recipe_default=True,
-                                     help="Model alias (minilm, mpnet-base), local directory or hub id.")]
+                                     help="Model alias (minilm, mpnet-base, smollm2-135m), local directory or hub id.")]
 TrainFile = Annotated[str | None, option(metavar="FILE", recipe_default=True,
                                          help="Training data: TSV, CSV, JSON or JSONL.")]
 ValidationFile = Annotated[str | None, option(metavar="FILE", recipe_default=True,

@@ -19,7 +19,7 @@ from transformers.utils import CONFIG_NAME
 
 from addrop_cli.errors import UserError, first_line
 from addrop_cli.tasks.files import hub_unreachable
-from addrop_cli.tasks.offline_models import MPNET_BASE, assembled_path
+from addrop_cli.tasks.offline_models import MPNET_BASE, SMOLLM2_135M, assembled_path
 from addrop_cli.tasks.registry import TaskSpec
 
 
@@ -37,7 +37,12 @@ def _mpnet_base_path() -> str:
     return assembled_path(MPNET_BASE)  # assembled once by `addrop assemble mpnet-base`; says so when it is not
 
 
-MODEL_ALIASES = {"minilm": _minilm_path, "minilm2minilm": _minilm_path, "mpnet-base": _mpnet_base_path}
+def _smollm2_path() -> str:
+    return assembled_path(SMOLLM2_135M)  # assembled once by `addrop assemble smollm2-135m`
+
+
+MODEL_ALIASES = {"minilm": _minilm_path, "minilm2minilm": _minilm_path, "mpnet-base": _mpnet_base_path,
+                 "smollm2-135m": _smollm2_path}
 # Aliases for encoder-decoder models tied together from one encoder checkpoint (random cross-attention).
 TIED_ENCODER_DECODERS = {"minilm2minilm"}
 

