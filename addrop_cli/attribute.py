@@ -20,7 +20,15 @@ from safetensors.torch import save_file
 from addrop_cli import plots
 from addrop_cli.core.masking import sample_drops
 from addrop_cli.core.methods.addrop import ADDrop
-from addrop_cli.core.settings import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, ADDropConfig
+from addrop_cli.core.settings import (
+    CLASSIFICATION,
+    GENERATION,
+    IGNORE_INDEX,
+    REGRESSION,
+    SEQ2SEQ,
+    TOKEN,
+    ADDropConfig,
+)
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_dir, write_json, write_text
 from addrop_cli.recipe import Recipe
@@ -100,6 +108,8 @@ def describe_prediction(prediction: dict[str, Any]) -> str:
         return f"score {prediction['score']:.3f}"
     if "labels" in prediction:
         return " ".join(prediction["labels"])
+    if "first_token" in prediction:
+        return f"{prediction['text']} (first token {prediction['first_token']!r}, p {prediction['probability']:.2f})"
     return f"{prediction['text']} (mean p {prediction['probability']:.2f})"
 
 
@@ -127,7 +137,8 @@ def attribute_checkpoint(
     """Attribute ``text`` (and ``text_pair``), or else the recipe's test split, with the checkpoint's model.
 
     ``recipe.addrop`` sets the method, labels, layers, p and q; ``recipe.data.test_file`` and
-    ``max_eval_samples`` the examples when no text is given.
+    ``max_eval_samples`` the examples when no text is given. A generation checkpoint is attributed on each
+    prompt alone, to the first token of the answer it generates.
     """
     pipeline = pipeline_for(recipe)
     tokenizer = load_tokenizer(checkpoint)
@@ -135,10 +146,13 @@ def attribute_checkpoint(
         features = [pipeline.encode_text(text, text_pair, tokenizer, recipe)]
     else:
         features = pipeline.encode(pipeline.read(recipe, "test"), tokenizer, recipe)
+        if pipeline.task_type == GENERATION:
+            features = [pipeline.inputs_only(feature) for feature in features]
     model = pipeline.load_model(checkpoint)
     return attribute_examples(model, tokenizer, features, pipeline.collator(tokenizer), recipe.addrop,
                               pipeline.task_type, heads=heads, seed=seed,
-                              max_target_length=recipe.data.max_target_length)
+                              max_target_length=recipe.data.max_target_length,
+                              max_new_tokens=recipe.generation.max_new_tokens)
 
 
 def attribute_examples(
@@ -152,13 +166,18 @@ def attribute_examples(
     heads: list[int] | None = None,
     seed: int = 42,
     max_target_length: int = 128,
+    max_new_tokens: int = 16,
 ) -> list[ExampleAttribution]:
     """Attribute each feature (one at a time, so tensors cover real tokens only) on the selected layers.
 
     ``config`` sets the method, labels, layers, p and q; drop masks come from one generator seeded with ``seed``.
-    A seq2seq example without a target is attributed on the translation the model generates for it.
+    A seq2seq example without a target is attributed on the translation the model generates for it; a
+    generation prompt on the first token of its greedy answer (up to ``max_new_tokens`` are shown).
     Raises UserError for gold labels without labelled input, and for head indices out of range.
     """
+    if task_type == GENERATION and config.labels == "gold":
+        raise UserError("--labels gold: a generation checkpoint is attributed to the first token of the answer it "
+                        "generates for each prompt, its pseudo label; use --labels pseudo")
     labelled = bool(features) and "labels" in features[0]
     if config.labels == "gold" and not labelled:
         raise UserError("--labels gold needs labelled input: give an --input-file with labels "
@@ -183,6 +202,8 @@ def attribute_examples(
             prediction, generated = _translate(model, tokenizer, batch, max_target_length)
             if batch.get("labels") is None:  # the seq2seq collator gives None for examples without a target
                 batch["labels"] = generated
+        elif task_type == GENERATION:
+            prediction, batch = _first_answer_token(model, tokenizer, batch, max_new_tokens)
         result = addrop.attribute(batch)
         regions = addrop.candidates(batch, result)
         layers = []
@@ -240,6 +261,25 @@ def _translate(model, tokenizer, batch, max_length: int) -> tuple[dict[str, Any]
     generated = out.sequences[:, 1:]  # without the decoder start token, which the model prepends itself
     text = tokenizer.decode(generated[0], skip_special_tokens=True)
     return {"text": text, "probability": log_probs.exp().mean().item()}, generated
+
+
+def _first_answer_token(model, tokenizer, batch, max_new_tokens: int) -> tuple[dict[str, Any], dict]:
+    """Greedy answer to a one-prompt batch: its text, first token and that token's probability; and the batch
+    to attribute, the prompt followed by that token, labelled there alone (so F is its log-probability)."""
+    prompt = batch["input_ids"][0][batch["attention_mask"][0].bool()][None]
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                             do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                             output_scores=True, return_dict_in_generate=True)
+    answer = out.sequences[0, prompt.shape[1]:]
+    first = int(answer[0])
+    ids = torch.cat([prompt, answer[None, :1]], dim=1)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, -1] = first
+    prediction = {"text": tokenizer.decode(answer, skip_special_tokens=True).strip(),
+                  "first_token": tokenizer.convert_ids_to_tokens(first),
+                  "probability": out.scores[0][0].float().softmax(-1)[first].item()}
+    return prediction, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 # ------------------------------------------------------------------------------------------- the report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from addrop_cli.core.settings import ADDropConfig, require
 from addrop_cli.errors import UserError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# train.lr when none is given: HF Trainer's fine-tuning rate, or for LoRA 2e-4, the rate of peft's and axolotl's
+# LoRA examples: adapters start at zero and train few parameters, and at 2e-5 a LoRA run barely moves.
+FULL_LR, LORA_LR = 2e-5, 2e-4
 # How the model's weights are loaded: float32 (the default, as HF Trainer users expect), the checkpoint's own
 # dtype (auto), or half precision (usually with LoRA, whose adapters peft keeps in float32).
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -84,7 +88,7 @@ class TrainConfig:
     output_dir: str = "runs/addrop"
     seed: int = 42
     epochs: int = 3
-    lr: float = 2e-5
+    lr: float | None = None  # FULL_LR, or LORA_LR for a LoRA run (see Recipe)
     batch_size: int = 16
     eval_batch_size: int = 64
     weight_decay: float = 0.01
@@ -109,7 +113,7 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
             value = getattr(self, key)
             require(value >= 1, f"train.{key}", value, "use a positive integer")
-        require(self.lr > 0, "train.lr", self.lr, "the learning rate must be positive")
+        require(self.lr is None or self.lr > 0, "train.lr", self.lr, "the learning rate must be positive")
         require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
         require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "use a value >= 0")
         require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "use a value >= 0")
@@ -155,6 +159,8 @@ def run_identity(values: dict[str, Any]) -> dict[str, Any]:
     spec = methods().get(method)
     used = spec.recipe_section if spec is not None else method
     kept = {key: value for key, value in values.items() if key not in method_sections() or key == used}
+    if kept.get(GENERATION_SECTION) == dataclasses.asdict(GenerationConfig()):
+        del kept[GENERATION_SECTION]  # runs from before the section keep their identity while it is unused
     return {**kept, "train": train, **({"addrop": addrop} if "addrop" in values else {})}
 
 
@@ -200,6 +206,42 @@ class LoraConfig:
         return self.r is not None
 
 
+GENERATION_SECTION = "generation"
+TEMPLATE_FIELDS = ("text", "text_pair")
+
+
+@dataclass
+class GenerationConfig:
+    """Generative fine-tuning of a decoder-only model (``task: generation``, or a classification task given a
+    ``template``): how a classification row becomes a prompt and its label an answer word, whether prompts go
+    through the tokenizer's chat template, and how long evaluation's greedy answers may be."""
+
+    template: str | None = None  # e.g. "Review: {text}\nSentiment:"; fields {text} and {text_pair}
+    answers: list[str] | None = None  # the completion of each class, in label order (default: the label names)
+    chat: bool = False  # prompt as the user's turn, completion as the assistant's (messages rows always are)
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        require(self.max_new_tokens >= 1, "generation.max_new_tokens", self.max_new_tokens,
+                "use a positive number of tokens")
+        if self.template is not None:
+            try:
+                fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
+            except ValueError as error:
+                fields = {f"({error})"}
+            require("text" in fields and fields <= set(TEMPLATE_FIELDS), "generation.template", self.template,
+                    "a prompt with the field {text} (and {text_pair} for sentence pairs); write { and } as {{ "
+                    "and }}")
+        require(self.answers is None or (len(self.answers) >= 2 and all(a.strip() for a in self.answers)
+                                         and len({a.strip().lower() for a in self.answers}) == len(self.answers)),
+                "generation.answers", self.answers, "one distinct, non-empty answer per class, in label order")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a classification task is trained generatively (through the template)."""
+        return self.template is not None
+
+
 def _default_method_settings() -> dict[str, Any]:
     return {section: config() for section, config in method_sections().items()}
 
@@ -216,11 +258,14 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     addrop: ADDropConfig = field(default_factory=ADDropConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     methods: dict[str, Any] = field(default_factory=_default_method_settings)
 
     def __post_init__(self) -> None:
         method_spec(self.addrop.method)  # an unknown method is one line, naming the known ones
         self.methods = {**_default_method_settings(), **self.methods}
+        if self.train.lr is None:
+            self.train.lr = LORA_LR if self.lora.enabled else FULL_LR
 
     def method_settings(self) -> Any:
         """The settings of the method ``addrop.method`` names: its section's (AD-DROP's are ``addrop`` itself)."""

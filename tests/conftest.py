@@ -122,3 +122,14 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(CUSTOM_METHOD)], check=True, capture_output=True, timeout=300)
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved 2-layer random Llama language model with the word-level chat tokenizer (tests/tiny_models.py)."""
+    from tiny_models import causal_tokenizer, tiny_causal_lm
+
+    directory = tmp_path_factory.mktemp("tiny_causal_lm")
+    tiny_causal_lm().save_pretrained(directory)
+    causal_tokenizer().save_pretrained(directory)
+    return directory

@@ -63,3 +63,35 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 def test_recipe_round_trips_through_dict():
     recipe = build(Recipe, {"task": "cola", "addrop": {"p": 0.7, "layers": "all"}})
     assert build(Recipe, recipe.to_dict()) == recipe
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"template": "Review:"}, r"generation.template='Review:' is invalid: a prompt with the field \{text\}"),
+        ({"template": "{text} {label}"}, r"generation.template=.* is invalid"),
+        ({"template": "{text"}, r"generation.template=.* is invalid: .*write \{ and \} as \{\{ and \}\}"),
+        ({"answers": ["yes", "Yes"]}, r"generation.answers=.* one distinct, non-empty answer per class"),
+        ({"answers": ["yes"]}, r"generation.answers=\['yes'\] is invalid"),
+        ({"max_new_tokens": 0}, r"generation.max_new_tokens=0 is invalid: use a positive number of tokens"),
+    ],
+)
+def test_generation_settings_reject_bad_values(values, message):
+    with pytest.raises(UserError, match=message):
+        build(Recipe, {"generation": values})
+
+
+def test_a_lora_run_without_an_lr_trains_at_the_lora_rate_and_a_given_lr_is_kept():
+    assert build(Recipe, {}).train.lr == 2e-5
+    assert build(Recipe, {"lora": {"r": 8}}).train.lr == 2e-4
+    assert build(Recipe, {"lora": {"r": 8}, "train": {"lr": 1e-5}}).train.lr == 1e-5
+    assert build(Recipe, {"lora": {"r": 8}}).to_dict()["train"]["lr"] == 2e-4  # recorded as run
+
+
+def test_a_generation_section_at_its_defaults_is_not_part_of_a_runs_identity():
+    from addrop_cli.recipe import run_identity
+
+    values = build(Recipe, {}).to_dict()
+    assert "generation" in values and "generation" not in run_identity(values)
+    templated = build(Recipe, {"generation": {"template": "{text} ?"}}).to_dict()
+    assert run_identity(templated)["generation"]["template"] == "{text} ?"

@@ -148,3 +148,57 @@ def tiny_eager_classifier(family: str = "deberta-v2", num_labels: int = 2, seed:
     config = getattr(transformers, f"{names[family]}Config")(**COMMON, **extra, num_labels=num_labels)
     head = "ForTokenClassification" if token else "ForSequenceClassification"
     return getattr(transformers, f"{names[family]}{head}")(config).eval()
+
+
+# ------------------------------------------------------------------------------- decoder-only language models
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                 "{% if add_generation_prompt %}<s> assistant : {% endif %}")
+CAUSAL_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
+CAUSAL_WORDS = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree", "reverse", "copy", ":", "system", "user",
+                "assistant", "good", "bad", "movie", "film", "sentiment", "positive", "negative", "?", "."]
+
+
+def causal_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
+    """A whitespace word-level tokenizer over CAUSAL_WORDS (ids 4...), pad 0, bos <s> 1, eos </s> 2, no special
+    tokens added around a text, and a one-line chat template (``<s> role : content </s>`` per turn)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(CAUSAL_SPECIAL + CAUSAL_WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def tiny_causal_lm(seed: int = 0) -> torch.nn.Module:
+    """A 2-layer Llama language model (hidden 64, 4 heads over 2 KV heads, tied embeddings), pad id 0, eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def completion_batch(padding_side: str, batch_size: int = 3, length: int = 12, seed: int = 0) -> dict:
+    """Token ids 3..99, pad id 0 on the given side (row i padded by 2 i), labels: the ids of each row's last
+    3 + i real tokens (its completion), IGNORE_INDEX on its prompt and padding."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch_size, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for row in range(batch_size):
+        real = length - 2 * row
+        if padding_side == "left":
+            attention_mask[row, : length - real] = 0
+            labels[row, length - 3 - row:] = input_ids[row, length - 3 - row:]
+        else:
+            attention_mask[row, real:] = 0
+            labels[row, real - 3 - row: real] = input_ids[row, real - 3 - row: real]
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,7 +1,9 @@
 """Attribution targets and scores (paper Eq. 2-5), pure torch.
 
 The target F is what the attribution differentiates: the logit of the pseudo label (Eq. 4-5) for
-classification, and the negative loss for regression and token-level tasks (paper footnote 3).
+classification, and the negative loss for regression and token-level tasks (paper footnote 3). Generation (a
+decoder-only model trained on completions) is a token-level task whose position t predicts token t + 1: its
+target is minus the cross-entropy of the pseudo-label next tokens over the completion positions.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from addrop_cli.core.settings import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ
+from addrop_cli.core.settings import CLASSIFICATION, GENERATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ
 
 
 def attribution_labels(
@@ -20,13 +22,21 @@ def attribution_labels(
     Regression always uses the gold score (there is no pseudo label for a score). For seq2seq, target
     positions whose gold label is ``IGNORE_INDEX`` (padding) keep it, so they stay out of the target; token
     tasks attribute pseudo labels on every real token (their ``valid`` mask in :func:`attribution_target`).
+    For generation the labels are next tokens, one per position but the last, and only the completion positions
+    (those whose next gold token is labelled) carry one: prompt and padding stay out of the target.
 
     Args:
-        logits: (B, C) for sequence tasks, (B, T, C) for token and seq2seq tasks.
-        gold: (B,) or (B, T) gold labels, or None when unlabelled.
+        logits: (B, C) for sequence tasks, (B, T, C) for token, seq2seq and generation tasks.
+        gold: (B,) or (B, T) gold labels, or None when unlabelled (generation needs them: they mark the
+            completion).
     Returns:
-        (B,) or (B, T) labels, detached.
+        (B,) or (B, T) labels, (B, T - 1) for generation, detached.
     """
+    if task_type == GENERATION:
+        if gold is None:
+            raise ValueError("generation attribution needs labels: they mark the completion positions")
+        logits, gold = logits[:, :-1], gold[:, 1:]
+        task_type = SEQ2SEQ  # from here on, next tokens are targets as a decoder's are
     if task_type == REGRESSION or use_gold:
         if gold is None:
             raise ValueError("gold labels are needed for regression or labels=gold attribution")
@@ -46,12 +56,15 @@ def attribution_target(
     regression: minus the MSE against the gold score.
     token / seq2seq: minus the mean cross-entropy against the labels over ``valid`` positions
     (real tokens; labels equal to ``IGNORE_INDEX`` are excluded too).
+    generation: the same over next tokens: position t's logits against label t (the token at t + 1).
 
     Args:
         logits: (B, C), (B, 1) or (B, T, C).
-        labels: from :func:`attribution_labels`.
+        labels: from :func:`attribution_labels` ((B, T - 1) for generation).
         valid: (B, T) bool, real positions for token / seq2seq tasks.
     """
+    if task_type == GENERATION:
+        logits = logits[:, :-1]
     if task_type == CLASSIFICATION:
         return logits.gather(-1, labels[:, None]).sum()
     if task_type == REGRESSION:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from addrop_cli.core.settings import CLASSIFICATION, REGRESSION, SEQ2SEQ, TOKEN
+from addrop_cli.core.settings import CLASSIFICATION, GENERATION, REGRESSION, SEQ2SEQ, TOKEN
 
 
 def infer_task_type(model: PreTrainedModel) -> str:
-    """classification, regression, token or seq2seq, from the model's head and config."""
+    """classification, regression, token, seq2seq or generation, from the model's head and config."""
     name = type(model).__name__
     if model.config.is_encoder_decoder:
         return SEQ2SEQ
     if name.endswith("ForTokenClassification"):
         return TOKEN
+    if name.endswith("ForCausalLM"):
+        return GENERATION
     if model.config.problem_type == "regression" or getattr(model.config, "num_labels", 2) == 1:
         return REGRESSION
     return CLASSIFICATION
-
-
 
 
 def build_no_kv_cache(model: torch.nn.Module) -> None:

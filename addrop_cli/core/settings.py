@@ -17,9 +17,11 @@ ATTENTION_KINDS = (ENCODER, DECODER, CROSS)
 # addrop.attention's default: the encoder's self-attention, or a decoder-only model's causal self-attention.
 AUTO = "auto"
 
-# Task kinds: what the attribution target F is built from (attribution.py) and what a pipeline scores.
+# Task kinds: what the attribution target F is built from (attribution.py) and what a pipeline scores. GENERATION
+# is a decoder-only model trained on completions (next-token prediction, the loss on completion tokens only).
 CLASSIFICATION, REGRESSION, TOKEN, SEQ2SEQ = "classification", "regression", "token", "seq2seq"
-TASK_KINDS = (CLASSIFICATION, REGRESSION, TOKEN, SEQ2SEQ)
+GENERATION = "generation"
+TASK_KINDS = (CLASSIFICATION, REGRESSION, TOKEN, SEQ2SEQ, GENERATION)
 
 # The label id that losses, metrics and attribution targets ignore: special tokens, padding, and (by
 # default) the continuation sub-words of a word. The value transformers' losses use.

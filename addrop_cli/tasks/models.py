@@ -9,6 +9,7 @@ import transformers
 from huggingface_hub import try_to_load_from_cache
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -78,6 +79,36 @@ def load_seq2seq(name: str, trust_remote_code: bool = False, dtype: str = "float
         config.pad_token_id = tokenizer.pad_token_id
         config.eos_token_id = tokenizer.sep_token_id
     return model
+
+
+def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: str = "float32") -> PreTrainedModel:
+    """A decoder-only language model (``AutoModelForCausalLM``) for generative fine-tuning; a one-line UserError for
+    a model whose attention sees later tokens (an encoder given a language-model head, an encoder-decoder), which
+    would train on the answers it is meant to predict."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # an encoder's "use is_decoder=True" advice: refused below instead
+    try:
+        model = load_pretrained(AutoModelForCausalLM.from_pretrained, name, "model",
+                                trust_remote_code=trust_remote_code, dtype=weights_dtype(dtype))
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if model.config.is_encoder_decoder or not sees_only_earlier_tokens(model):
+        raise UserError(f"model '{name}' ({model.config.model_type}) is not a decoder-only language model: its "
+                        "attention sees later tokens, so generative fine-tuning would read the answers it predicts; "
+                        "use a decoder LLM (e.g. --model smollm2-135m)")
+    return model
+
+
+def sees_only_earlier_tokens(model: PreTrainedModel) -> bool:
+    """Whether the first position's logits have no gradient w.r.t. the later positions' input embeddings: exactly
+    zero for a causal model whatever its weights, non-zero (if tiny) for one whose attention looks ahead."""
+    vocab = model.config.get_text_config().vocab_size
+    ids = (torch.arange(1, 5) % vocab)[None].to(next(model.parameters()).device)
+    with torch.enable_grad():
+        embeddings = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=embeddings).logits
+        (gradient,) = torch.autograd.grad(logits[0, 0].float().sum(), embeddings)
+    return not gradient[0, 1:].any()
 
 
 def load_pretrained(loader, name: str, what: str, **kwargs):

@@ -9,9 +9,7 @@ model on an evaluation loader. :class:`SequencePipeline` covers GLUE-style class
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import transformers
@@ -23,11 +21,20 @@ from transformers import AutoConfig, AutoModelForTokenClassification, PreTrained
 from addrop_cli.core.settings import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import Recipe
+from addrop_cli.tasks.generation_pipeline import GenerationPipeline
 from addrop_cli.tasks.glue_data import Example, encode_examples, make_collator
 from addrop_cli.tasks.metrics import bleu_metrics, compute_metrics, seqeval_metrics
 from addrop_cli.tasks.models import load_classifier, load_pretrained, load_seq2seq, weights_dtype
 from addrop_cli.tasks.ner_data import TaggedSentence, encode_tagged, load_hub_tagged, read_tagged, token_collator
-from addrop_cli.tasks.registry import AnyTaskSpec, Seq2SeqTaskSpec, TaskSpec, TokenTaskSpec, get_task
+from addrop_cli.tasks.pipeline_base import EvalResult, Pipeline, refuse_pair, without_labels
+from addrop_cli.tasks.registry import (
+    GenerationTaskSpec,
+    Seq2SeqTaskSpec,
+    TaskSpec,
+    TokenTaskSpec,
+    answered,
+    get_task,
+)
 from addrop_cli.tasks.splits import load_split, read_split
 from addrop_cli.tasks.translation_data import (
     encode_translation,
@@ -35,52 +42,6 @@ from addrop_cli.tasks.translation_data import (
     read_translation,
     seq2seq_collator,
 )
-
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, float]
-    loss: float
-    prediction_counts: dict[str, int]
-    count: int  # examples scored (sentences for token tasks, sentence pairs for translation)
-
-
-class Pipeline(Protocol):
-    """What the loop, ``addrop eval`` and ``addrop attribute`` need of a task kind."""
-
-    task: AnyTaskSpec
-    task_type: str  # classification, regression, token or seq2seq (core.settings)
-    metrics: tuple[str, ...]
-    default_metric: str
-
-    def read(self, recipe: Recipe, split: str) -> list | None:
-        """The items of ``split`` (train, validation, test); None for a test split that is not configured."""
-
-    def labelled(self, items: list) -> bool:
-        """Whether the items carry what the task scores against (labels, tags, target texts)."""
-
-    def label_counts(self, items: list) -> dict[str, int]:
-        """Examples per class name, for classification; empty for other task kinds."""
-
-    def load_model(self, name: str, trust_remote_code: bool = False, dtype: str = "float32") -> PreTrainedModel:
-        """The model with the task's head (and label names in its config), its weights in ``dtype``
-        (``train.model_dtype``)."""
-
-    def encode(self, items: list, tokenizer, recipe: Recipe) -> list[dict[str, Any]]:
-        """Tokenized features, with ``labels`` when the items are labelled."""
-
-    def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
-        """One unlabelled input typed by a user."""
-
-    def collator(self, tokenizer) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
-        """Pads a list of features into a batch of tensors."""
-
-    def evaluate(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer) -> EvalResult:
-        """Metrics, mean loss and predicted-label counts over a (possibly sharded) evaluation split."""
-
-    def predict(self, model, loader: DataLoader, accelerator: Accelerator, tokenizer, items: list,
-                recipe: Recipe) -> list[dict[str, Any]]:
-        """One row per item, in order (the loader must not reorder): the input and the model's prediction."""
 
 
 class SequencePipeline:
@@ -112,6 +73,9 @@ class SequencePipeline:
     def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
         """One unlabelled input typed by a user: a sentence, or a sentence pair."""
         return self.encode([Example(text, text_pair, None)], tokenizer, recipe)[0]
+
+    def inputs_only(self, feature: dict[str, Any]) -> dict[str, Any]:
+        return without_labels(feature)
 
     def collator(self, tokenizer):
         return make_collator(tokenizer)
@@ -190,8 +154,11 @@ class TokenPipeline:
 
     def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
         """One unlabelled sentence typed by a user, split into words at whitespace."""
-        _refuse_pair(text_pair, self.task.name)
+        refuse_pair(text_pair, self.task.name)
         return self.encode([TaggedSentence(text.split(), None)], tokenizer, recipe)[0]
+
+    def inputs_only(self, feature: dict[str, Any]) -> dict[str, Any]:
+        return without_labels(feature)
 
     def collator(self, tokenizer):
         return token_collator(tokenizer)
@@ -263,8 +230,11 @@ class Seq2SeqPipeline:
 
     def encode_text(self, text: str, text_pair: str | None, tokenizer, recipe: Recipe) -> dict[str, Any]:
         """One source sentence typed by a user, without a target (features without labels)."""
-        _refuse_pair(text_pair, self.task.name)
+        refuse_pair(text_pair, self.task.name)
         return dict(tokenizer(recipe.data.source_prefix + text, truncation=True, max_length=recipe.data.max_length))
+
+    def inputs_only(self, feature: dict[str, Any]) -> dict[str, Any]:
+        return without_labels(feature)
 
     def collator(self, tokenizer):
         return seq2seq_collator(tokenizer)
@@ -307,11 +277,6 @@ class Seq2SeqPipeline:
                 for item, text in zip(items, translations, strict=True)]
 
 
-def _refuse_pair(text_pair: str | None, task: str) -> None:
-    if text_pair is not None:
-        raise UserError(f"--text-pair is for sentence-pair tasks (e.g. mrpc, rte); {task} takes one --text")
-
-
 def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator,
                     pad_dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits and labels (None when the batches carry none) of a whole split in loader order, gathered from every
@@ -340,10 +305,27 @@ def _gather_outputs(model, loader: DataLoader, accelerator: Accelerator,
 
 
 def pipeline_for(recipe: Recipe) -> Pipeline:
-    """The pipeline of the recipe's task: GLUE (sequence), conll2003 (token) or WMT16 (translation)."""
+    """The pipeline of the recipe's task: GLUE (sequence), conll2003 (token), WMT16 (translation), or generation
+    (``task: generation``, or a classification task with ``generation.template``)."""
     task = get_task(recipe.task)
+    if recipe.generation.enabled:
+        return GenerationPipeline(_answered_task(task, recipe), recipe)
+    if isinstance(task, GenerationTaskSpec):
+        return GenerationPipeline(task, recipe)
     if isinstance(task, TokenTaskSpec):
         return TokenPipeline(task)
     if isinstance(task, Seq2SeqTaskSpec):
         return Seq2SeqPipeline(task, recipe)
     return SequencePipeline(task)
+
+
+def _answered_task(task, recipe: Recipe) -> GenerationTaskSpec:
+    """A classification task trained generatively: its rows through ``generation.template``, one answer per class."""
+    if not isinstance(task, TaskSpec) or task.is_regression:
+        raise UserError(f"generation.template renders the rows of a classification task, and {task.name} is not "
+                        "one; for free-form completions use --task generation with prompt/completion rows")
+    answers = recipe.generation.answers or list(task.label_names)
+    if len(answers) != task.num_labels:
+        raise UserError(f"generation.answers={answers} is invalid: {task.name} has {task.num_labels} classes "
+                        f"({', '.join(task.label_names)}), so give one answer for each, in that order")
+    return answered(task, answers)

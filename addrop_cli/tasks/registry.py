@@ -1,4 +1,5 @@
-"""Every task addrop knows, by name: the GLUE tasks, CoNLL-2003 NER and WMT16 translation.
+"""Every task addrop knows, by name: the GLUE tasks, CoNLL-2003 NER, WMT16 translation, and generation
+(prompt → completion fine-tuning of decoder-only models).
 
 A :class:`TaskSpec` says where a GLUE task's text and label live (in GLUE's TSV layout and in the
 ``nyu-mll/glue`` hub layout), how raw labels map to class ids, and which metrics the paper reports for it;
@@ -12,7 +13,7 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from addrop_cli.core.settings import CLASSIFICATION, REGRESSION, SEQ2SEQ, TOKEN
+from addrop_cli.core.settings import CLASSIFICATION, GENERATION, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import name_key
 
@@ -22,6 +23,7 @@ _DEFAULT_HUB_SPLITS = {"train": "train", "validation": "validation", "test": "te
 METRIC_RANGES: dict[str, tuple[float, float]] = {
     "accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "precision": (0.0, 1.0), "recall": (0.0, 1.0),
     "mcc": (-1.0, 1.0), "pearson": (-1.0, 1.0), "spearman": (-1.0, 1.0), "bleu": (0.0, 100.0),
+    "exact_match": (0.0, 1.0),
 }
 
 
@@ -173,14 +175,38 @@ class Seq2SeqTaskSpec:
     kind: str = SEQ2SEQ
 
 
+@dataclass(frozen=True)
+class GenerationTaskSpec:
+    """Generative fine-tuning: free-form completions scored by exact match of the greedy answer, or a
+    classification task's rows rendered as prompts (``source``) whose answer words (``answers``, in label order)
+    are scored by accuracy. Completion perplexity is reported beside either."""
+
+    name: str
+    metrics: tuple[str, ...] = ("exact_match",)
+    default_metric: str = "exact_match"
+    answers: tuple[str, ...] | None = None
+    source: TaskSpec | None = None
+    kind: str = GENERATION
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        return None if self.source is None else self.source.label_names
+
+
+def answered(task: TaskSpec, answers: Sequence[str]) -> GenerationTaskSpec:
+    """``task`` as generation: its rows prompt for one of ``answers`` (one per class), scored by accuracy."""
+    return GenerationTaskSpec(task.name, ("accuracy",), "accuracy", tuple(answers), task)
+
+
 CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 TOKEN_TASKS = {"conll2003": TokenTaskSpec("conll2003", CONLL_TAGS, ("eriktks/conll2003", None))}
 SEQ2SEQ_TASKS = {
     "wmt16enro": Seq2SeqTaskSpec("wmt16-en-ro", "en", "ro", ("wmt16", "ro-en")),
     "wmt16tren": Seq2SeqTaskSpec("wmt16-tr-en", "tr", "en", ("wmt16", "tr-en")),
 }
-AnyTaskSpec = TaskSpec | TokenTaskSpec | Seq2SeqTaskSpec
-ALL_TASKS: dict[str, AnyTaskSpec] = {**TASKS, **TOKEN_TASKS, **SEQ2SEQ_TASKS}
+GENERATION_TASKS = {"generation": GenerationTaskSpec("generation")}
+AnyTaskSpec = TaskSpec | TokenTaskSpec | Seq2SeqTaskSpec | GenerationTaskSpec
+ALL_TASKS: dict[str, AnyTaskSpec] = {**TASKS, **TOKEN_TASKS, **SEQ2SEQ_TASKS, **GENERATION_TASKS}
 TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in ALL_TASKS.values())
 
 

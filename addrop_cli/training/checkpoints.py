@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -47,6 +49,22 @@ class TrainingState:
         return cls(**values)
 
 
+# Accelerate warns at every save that a model with tied input and output embeddings (SmolLM2, Llama 3.2) has its
+# shared tensor stored once; load_state ties it again, which the resume tests check.
+TIED_WEIGHTS_LOGGER = "accelerate.utils.other"
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainingState, keep: int | None) -> Path:
     """Save model, optimizer, scheduler, RNG states and ``state``; keep the newest ``keep`` checkpoints.
 
@@ -60,7 +78,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainingS
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging), safe_serialization=True)
+    with _quiet(TIED_WEIGHTS_LOGGER):
+        accelerator.save_state(str(staging), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / STATE_FILE).write_text(state.to_json(), encoding="utf-8")

@@ -76,8 +76,7 @@ def predict_items(checkpoint: str, recipe: Recipe, items: list, model=None) -> l
     checkpoint loaded with the task's head (see ``Pipeline.predict`` for the rows)."""
     pipeline = pipeline_for(recipe)
     tokenizer = load_tokenizer(checkpoint)
-    features = [{key: value for key, value in feature.items() if key != "labels"}
-                for feature in pipeline.encode(items, tokenizer, recipe)]
+    features = [pipeline.inputs_only(feature) for feature in pipeline.encode(items, tokenizer, recipe)]
     accelerator = build_accelerator(recipe.train)
     # File order (no sampler): predictions line up with the input rows.
     loader = DataLoader(EncodedDataset(features), batch_size=recipe.train.eval_batch_size * accelerator.num_processes,

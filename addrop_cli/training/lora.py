@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from addrop_cli.core.settings import CLASSIFICATION, REGRESSION, SEQ2SEQ, TOKEN
+from addrop_cli.core.settings import CLASSIFICATION, GENERATION, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.errors import UserError, first_line
 from addrop_cli.recipe import LoraConfig
 
 # The adapter (peft's adapter_config.json and weights) sits in this folder of best/, the merged model beside it.
 ADAPTER_DIR = "adapter"
-PEFT_TASK_TYPES = {CLASSIFICATION: "SEQ_CLS", REGRESSION: "SEQ_CLS", TOKEN: "TOKEN_CLS", SEQ2SEQ: "SEQ_2_SEQ_LM"}
+PEFT_TASK_TYPES = {CLASSIFICATION: "SEQ_CLS", REGRESSION: "SEQ_CLS", TOKEN: "TOKEN_CLS", SEQ2SEQ: "SEQ_2_SEQ_LM",
+                   GENERATION: "CAUSAL_LM"}
 
 
 def apply_lora(model: torch.nn.Module, settings: LoraConfig, task_type: str) -> torch.nn.Module:

@@ -8,14 +8,14 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token, is_offline_mode
 
-from addrop_cli.core.settings import CLASSIFICATION, REGRESSION, SEQ2SEQ, TOKEN
+from addrop_cli.core.settings import CLASSIFICATION, GENERATION, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.errors import UserError, first_line
 from addrop_cli.recipe import Recipe
 from addrop_cli.training.run_dir import RECIPE_FILE, package_versions
 
 CARD_FILE = "README.md"
 PIPELINE_TAGS = {CLASSIFICATION: "text-classification", REGRESSION: "text-classification",
-                 TOKEN: "token-classification", SEQ2SEQ: "translation"}
+                 TOKEN: "token-classification", SEQ2SEQ: "translation", GENERATION: "text-generation"}
 
 
 def _eval_results(task_name: str, hub: tuple[str, str | None] | None, pipeline_tag: str, scores: dict[str, float],

@@ -9,10 +9,11 @@ from addrop_cli.tasks.metrics import METRIC_NAMES
 from addrop_cli.tasks.registry import TASK_NAMES, TASKS, get_task
 
 
-def test_registry_holds_the_eight_glue_tasks_ner_and_translation() -> None:
+def test_registry_holds_the_eight_glue_tasks_ner_translation_and_generation() -> None:
     assert set(TASKS) == {"sst2", "mnli", "qnli", "qqp", "cola", "stsb", "mrpc", "rte"}
-    assert set(TASK_NAMES) == {*TASKS, "conll2003", "wmt16-en-ro", "wmt16-tr-en"}
-    assert {get_task(name).kind for name in TASK_NAMES} == {"classification", "regression", "token", "seq2seq"}
+    assert set(TASK_NAMES) == {*TASKS, "conll2003", "wmt16-en-ro", "wmt16-tr-en", "generation"}
+    assert {get_task(name).kind for name in TASK_NAMES} == {"classification", "regression", "token", "seq2seq",
+                                                                "generation"}
 
 
 @pytest.mark.parametrize(

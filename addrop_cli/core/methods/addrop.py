@@ -110,7 +110,7 @@ class ADDrop:
         model: a transformers model, possibly wrapped by Accelerate/DDP. The attribution pass runs on
             the unwrapped module, so it never triggers a gradient all-reduce.
         config: the AD-DROP settings.
-        task_type: classification, regression, token or seq2seq; inferred from the model when None.
+        task_type: classification, regression, token, seq2seq or generation; inferred from the model when None.
     """
 
     def __init__(self, model: torch.nn.Module, config: ADDropConfig, task_type: str | None = None):

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from addrop_cli.core.methods.base import mean_over, stacked_twice, unwrapped
 from addrop_cli.core.model_setup import build_no_kv_cache, infer_task_type
-from addrop_cli.core.settings import IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, RDropConfig
+from addrop_cli.core.settings import GENERATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN, RDropConfig
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,9 +39,12 @@ def consistency(first: torch.Tensor, second: torch.Tensor, task_type: str, label
                 ) -> torch.Tensor:
     """R-Drop's consistency term between two passes' logits: the MSE between the predicted scores for
     regression (as the official STS-B code), else :func:`symmetric_kl`, per token for token and seq2seq tasks over
-    the positions with a label (padding and ignored sub-words left out)."""
+    the positions with a label (padding and ignored sub-words left out), and per completion token for generation
+    (position t's next-token distribution where token t + 1 is labelled)."""
     if task_type == REGRESSION:
         return F.mse_loss(first.squeeze(-1).float(), second.squeeze(-1).float())
+    if task_type == GENERATION:
+        return symmetric_kl(first[:, :-1], second[:, :-1], labels[:, 1:] != IGNORE_INDEX)
     valid = labels != IGNORE_INDEX if task_type in (TOKEN, SEQ2SEQ) and labels is not None else None
     return symmetric_kl(first, second, valid)
 
@@ -52,7 +55,7 @@ class RDrop:
     Args:
         model: a transformers model, possibly wrapped by Accelerate/DDP.
         config: ``alpha``, the weight of the consistency term.
-        task_type: classification, regression, token or seq2seq; inferred from the model when None.
+        task_type: classification, regression, token, seq2seq or generation; inferred from the model when None.
     """
 
     def __init__(self, model: torch.nn.Module, config: RDropConfig, task_type: str | None = None):
