@@ -12,6 +12,12 @@ forward, backward, clip-free fused AdamW update. Peak memory per variant is meas
     python benchmarks/step_cost.py --model deberta-v3-base-random --device cuda   # the module-hook route
     python benchmarks/step_cost.py --agreement 8     # + bf16-vs-fp32 candidate agreement on 8 batches
     python benchmarks/step_cost.py --model mpnet-base --variants ga_all,ga_first,aa_all,rd_all,rdrop,hiddencut
+    python benchmarks/step_cost.py --model smollm2-135m --batch-size 8 --lora-r 8 \
+        --variants ga_first,ga_all,ga_first_bf16attr,ga_all_bf16attr,rdrop     # + --gradient-checkpointing
+
+A decoder-only language model (``architectures`` ending in ForCausalLM, e.g. smollm2-135m) is measured as
+generative fine-tuning: SST-2 sentences of the bundled subset through recipes/llm/sst2_smollm2_generate.yaml's
+chat prompt, the answer word as completion, the loss and AD-DROP's target on the answer tokens only.
 
 ``*_bf16attr`` run the attribution pass under bf16 autocast (``addrop.attribution_precision: bf16``) and the
 masked pass in fp32; ``plain_bf16`` is a plain step under bf16 autocast. Every ratio is to the plain fp32 step.
@@ -34,11 +40,18 @@ import torch
 
 from addrop_cli import ADDrop, ADDropConfig
 from addrop_cli.core.methods.registry import make_regularizer
+from addrop_cli.core.settings import CLASSIFICATION, GENERATION
+from addrop_cli.errors import UserError
+from addrop_cli.recipe import LoraConfig, find_recipe, load_yaml
+from addrop_cli.tasks.generation_data import completion_collator, encode_completions, render_examples
 from addrop_cli.tasks.glue_data import make_collator, read_examples
 from addrop_cli.tasks.models import resolve_model
 from addrop_cli.tasks.registry import get_task
+from addrop_cli.training.lora import apply_lora
 
 SHARED_MRPC = Path(__file__).resolve().parents[2] / "shared" / "data" / "MRPC" / "train.tsv"
+BUNDLED_SST2 = Path(__file__).resolve().parents[1] / "addrop_cli" / "demo_data" / "sst2" / "train.tsv"
+GENERATE_RECIPE = "sst2_smollm2_generate"
 VARIANTS = {
     "ga_all": {"attribution": "ga", "layers": "all"},
     "ga_first": {"attribution": "ga", "layers": "first"},
@@ -70,21 +83,54 @@ def random_base_model(name: str):
 RANDOM_MODELS = ("bert-base-random", "deberta-v3-base-random", "mpnet-base-random")
 
 
-def load_model_and_tokenizer(name: str, device: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def is_language_model(name: str) -> bool:
+    """Whether ``name`` is a decoder-only language model checkpoint (measured as generative fine-tuning)."""
+    if name in RANDOM_MODELS:
+        return False
+    config = json.loads((Path(resolve_model(name)) / "config.json").read_text())
+    return any(arch.endswith("ForCausalLM") for arch in config.get("architectures") or [])
+
+
+def load_model_and_tokenizer(name: str, device: str, lora_r: int | None = None, checkpointing: bool = False):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     minilm = resolve_model("minilm")
     if name in RANDOM_MODELS:  # base shapes, random weights, MiniLM's (BERT uncased) vocabulary
         tokenizer = AutoTokenizer.from_pretrained(minilm)
         model = random_base_model(name)
+    elif is_language_model(name):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(name))
+        model.config.use_cache = False
     else:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name), num_labels=2)
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    if lora_r:
+        task = GENERATION if is_language_model(name) else CLASSIFICATION
+        model = apply_lora(model, LoraConfig(r=lora_r, alpha=2 * lora_r, dropout=0.05,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), task)
     return model.to(device).train(), tokenizer
 
 
+def make_generation_batches(tokenizer, batch_size: int, count: int, max_length: int, seed: int):
+    """SST-2 sentences of the bundled subset as the generative recipe's chat prompts, answer word as completion."""
+    settings = load_yaml(find_recipe(GENERATE_RECIPE))["generation"]
+    examples = read_examples(BUNDLED_SST2, get_task("sst2"))
+    random.Random(seed).shuffle(examples)
+    rows = render_examples(examples[: batch_size * count], settings["template"], settings["answers"])
+    features = encode_completions(rows, tokenizer, max_length=max_length, chat=settings["chat"])
+    collate = completion_collator(tokenizer)
+    batches = [collate(features[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
+    return batches, f"SST-2 sentences as {GENERATE_RECIPE} prompts"
+
+
 def make_batches(tokenizer, batch_size: int, count: int, max_length: int, seed: int) -> list[dict]:
-    """Real MRPC pairs when ../shared/data is there, random word pairs of MRPC-like length otherwise."""
+    """Real MRPC pairs when ../shared/data is there, random word pairs of MRPC-like length otherwise; for a
+    language model, generation batches (:func:`make_generation_batches`)."""
+    if tokenizer.chat_template and is_language_model(tokenizer.name_or_path):
+        return make_generation_batches(tokenizer, batch_size, count, max_length, seed)
     rng = random.Random(seed)
     if SHARED_MRPC.is_file():
         examples = read_examples(SHARED_MRPC, get_task("mrpc"))
@@ -118,11 +164,15 @@ class Stepper:
 
     def __init__(self, model, device: str, iga_steps: int, special_ids: list[int]):
         self.model, self.device = model, device
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=True)
         self.addrop = {name: ADDrop(model, ADDropConfig(iga_steps=iga_steps, **settings))
                        for name, settings in VARIANTS.items()}
         for method in BASELINES:
-            self.addrop[method] = make_regularizer(model, ADDropConfig(method=method), special_ids=special_ids)
+            try:
+                self.addrop[method] = make_regularizer(model, ADDropConfig(method=method), special_ids=special_ids)
+            except UserError:  # HiddenCut refuses decoder-only models
+                continue
 
     def step(self, variant: str, batch: dict) -> None:
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -138,10 +188,11 @@ class Stepper:
 
 def time_steps(args) -> dict:
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model_and_tokenizer(args.model, args.device)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.lora_r, args.gradient_checkpointing)
     batches, source = make_batches(tokenizer, args.batch_size, args.steps + args.warmup, args.max_length, args.seed)
     stepper = Stepper(model, args.device, args.iga_steps, tokenizer.all_special_ids)
-    names = ["plain", *[v for v in [PLAIN_BF16, *VARIANTS, *BASELINES] if v != "iga_all" and v in args.variants]]
+    names = ["plain", *[v for v in [PLAIN_BF16, *VARIANTS, *BASELINES] if v != "iga_all" and v in args.variants
+                        and (v in VARIANTS or v == PLAIN_BF16 or v in stepper.addrop)]]
     times: dict[str, list[float]] = {name: [] for name in [*names, "iga_all"]}  # iga_all stays empty unless asked
     for index, batch in enumerate(batches):
         order = names[index % len(names):] + names[: index % len(names)]  # rotate who goes first
@@ -206,7 +257,8 @@ import resource, sys, torch
 sys.argv = ['x']
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import step_cost as sc
-model, tok = sc.load_model_and_tokenizer({args.model!r}, {args.device!r})
+model, tok = sc.load_model_and_tokenizer({args.model!r}, {args.device!r}, {args.lora_r!r},
+                                         {args.gradient_checkpointing!r})
 batches, _ = sc.make_batches(tok, {args.batch_size}, 3, {args.max_length}, {args.seed})
 stepper = sc.Stepper(model, {args.device!r}, {args.iga_steps}, tok.all_special_ids)
 stepper.step('plain', batches[0])  # optimizer state now exists
@@ -243,6 +295,8 @@ def main() -> None:
     parser.add_argument("--agreement", type=int, default=0, metavar="N",
                         help="also measure bf16-vs-fp32 candidate agreement on N batches")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--lora-r", type=int, help="LoRA adapters of this rank on q, k, v, o (alpha 2r)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="activation checkpointing on")
     every = [PLAIN_BF16, *VARIANTS, *BASELINES]
     parser.add_argument("--variants", default=",".join(every),
                         help="comma-separated variants timed against plain (default all): " + ", ".join(every))
@@ -260,11 +314,13 @@ def main() -> None:
     if not args.no_memory:
         plain_peak = peak_memory(args, "plain")
         memory_ratios = {name: peak_memory(args, name) / plain_peak
-                         for name in ("ga_all", "ga_first", *BASELINES) if name in args.variants}
+                         for name in ("ga_all", "ga_first", *BASELINES) if name in args.variants and name in times}
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU {cpu_model()} (native bf16: {native_bf16()}), {torch.get_num_threads()} threads"
-    print(f"model {args.model}, batch {args.batch_size}, {result['source']}, mean real length "
+    extras = "".join([f", LoRA r {args.lora_r}" if args.lora_r else "",
+                      ", gradient checkpointing" if args.gradient_checkpointing else ""])
+    print(f"model {args.model}{extras}, batch {args.batch_size}, {result['source']}, mean real length "
           f"{result['mean_tokens']:.1f}, mean padded length {result['padded_length']:.1f}, device {device}")
     print(f"{'variant':<10} {'relative time':>14} {'median s':>10} {'spread (min-max) s':>20} {'steps':>6}")
     for name in ["plain", *ratios]:
@@ -280,6 +336,7 @@ def main() -> None:
               + " ".join(f"{value:.4f}" for value in layers))
     if args.json:
         payload = {"plain_step_s": plain, "ratios": ratios, "memory_ratios": memory_ratios, "model": args.model,
+                   "lora_r": args.lora_r, "gradient_checkpointing": args.gradient_checkpointing,
                    "agreement": agreement,
                    "batch_size": args.batch_size, "device": device, "data": result["source"],
                    "steps": args.steps, "times_s": times}

@@ -83,3 +83,30 @@ def test_a_method_section_named_like_a_trainer_argument_leaves_that_argument_to_
                             rdrop=RDropConfig(alpha=0.3))
     assert callback in trainer.callback_handler.callbacks
     assert trainer.method_settings == {"rdrop": RDropConfig(alpha=0.3)}
+
+
+def test_trainer_runs_addrop_on_a_causal_lm_batch_with_completion_labels(tmp_path, monkeypatch):
+    """A language model trained on completions (labels IGNORE_INDEX on the prompt), as TRL's SFT data is: the
+    attribution target is the completion's, inferred from the model's head."""
+    from tiny_models import completion_batch, tiny_causal_lm
+
+    batch = completion_batch("right", batch_size=8, seed=1)
+    data = Dataset.from_dict({key: value.tolist() for key, value in batch.items()})
+    losses = []
+    original = ADDrop.loss
+
+    def spy(self, inputs):
+        assert self.task_type == "generation"
+        losses.append(original(self, inputs))
+        return losses[-1]
+
+    monkeypatch.setattr(ADDrop, "loss", spy)
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=4,
+                             report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True,
+                             logging_strategy="no")
+    model = tiny_causal_lm().train()
+    trainer = ADDropTrainer(model=model, args=args, train_dataset=data, addrop=ADDropConfig(layers="all", p=0.5))
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()
+    assert len(losses) == 2 and all(torch.isfinite(loss) for loss in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -39,7 +39,7 @@ ENTRY_POINT_GROUP = "addrop.methods"
 # AD-DROP's own section.
 SHARED_SECTION = "addrop"
 # The recipe's own sections (recipe.Recipe): no method's section may take one of these names.
-RESERVED_SECTIONS = ("task", "model", "data", "train", "addrop", "lora")
+RESERVED_SECTIONS = ("task", "model", "data", "train", "addrop", "lora", "generation")
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 logger = logging.getLogger(__name__)
 
