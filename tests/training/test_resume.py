@@ -148,3 +148,40 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny_checkpoint, s
     assert result.returncode == 3, result.stderr
     assert "loss became non-finite" in result.stderr and "last good checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_generation_run_with_tied_embeddings_resumes_bit_exact_from_a_mid_addrop_epoch_checkpoint(
+        tmp_path, tiny_causal_lm_dir):
+    """The tiny Llama language model ties its input and output embeddings, which a checkpoint stores once: a run
+    restarted from a checkpoint in the middle of its AD-DROP epoch ends exactly where the uninterrupted one did."""
+    import shutil
+
+    from tiny_models import CAUSAL_WORDS
+
+    words = CAUSAL_WORDS[:8]
+    rows = [{"prompt": f"copy : {a} {b} :", "completion": f"{a} {b}"} for a in words for b in words]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def run(out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "addrop_cli", "train", "--task", "generation", "--model",
+                               str(tiny_causal_lm_dir), "--train-file", str(data), "--validation-file", str(data),
+                               "--max-length", "16", "--batch-size", "16", "--epochs", "2", "--save-steps", "2",
+                               "--layers", "all", "--output-dir", str(out), "--set", "train.save_total_limit=null"],
+                              capture_output=True, text=True, timeout=300)
+
+    reference = tmp_path / "reference"
+    assert run(reference).returncode == 0
+    states = {checkpoint: json.loads((checkpoint / STATE_FILE).read_text()) for checkpoint in checkpoint_dirs(reference)}
+    middle = [checkpoint for checkpoint, state in states.items() if (state["epoch"], state["step_in_epoch"]) == (2, 2)]
+    assert len(middle) == 1
+    restarted = tmp_path / "restarted"
+    shutil.copytree(middle[0], restarted / "checkpoints" / middle[0].name)
+    shutil.copy(reference / "recipe.yaml", restarted / "recipe.yaml")
+    result = run(restarted)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stderr
+    assert metrics_of(restarted) == metrics_of(reference)
+    expected, actual = final_weights(reference), final_weights(restarted)
+    assert "lm_head.weight" not in expected and expected.keys() == actual.keys()
+    assert all((expected[name] == actual[name]).all() for name in expected)
