@@ -172,7 +172,7 @@ def test_a_generation_run_with_tied_embeddings_resumes_bit_exact_from_a_mid_addr
 
     reference = tmp_path / "reference"
     assert run(reference).returncode == 0
-    states = {checkpoint: json.loads((checkpoint / STATE_FILE).read_text()) for checkpoint in checkpoint_dirs(reference)}
+    states = {path: json.loads((path / STATE_FILE).read_text()) for path in checkpoint_dirs(reference)}
     middle = [checkpoint for checkpoint, state in states.items() if (state["epoch"], state["step_in_epoch"]) == (2, 2)]
     assert len(middle) == 1
     restarted = tmp_path / "restarted"
