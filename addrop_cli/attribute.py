@@ -293,7 +293,8 @@ def write_report(
     """Write ``attributions.safetensors``, ``summary.json``, ``images/`` and ``index.html`` into ``directory``.
 
     The directory is filled beside its final place and swapped in whole, so it is never left half-written.
-    Figures show the first ``max_tokens`` tokens (with a note when cropped); the tensors keep all of them.
+    Figures show the first ``max_tokens`` tokens (the last ones for generation, ``settings["task_type"]``), with a
+    note when cropped; the tensors keep all of them.
     ``settings`` (checkpoint, method, p, q, ...) go into the summary as they are. Returns the summary.
     Raises UserError when ``directory`` exists, is not empty and does not hold an earlier report.
     """
@@ -338,8 +339,11 @@ def _draw_example(
     directory: Path, index: int, example: ExampleAttribution, entry: dict, settings: dict, max_tokens: int
 ) -> None:
     n = min(len(example.tokens), max_tokens)
-    tokens = example.tokens[:n]
-    note = f"first {n} of {len(example.tokens)} tokens shown" if n < len(example.tokens) else ""
+    # A generation prompt's answer is at its end (after a chat template's system prompt): show the last tokens.
+    start = len(example.tokens) - n if settings.get("task_type") == GENERATION else 0
+    tokens = example.tokens[start:start + n]
+    which = "last" if start else "first"
+    note = f"{which} {n} of {len(example.tokens)} tokens shown" if n < len(example.tokens) else ""
     heads = settings["heads"]
     heads_label = "all heads" if heads == "mean" else ("head " if len(heads) == 1 else "heads ") + \
         ",".join(map(str, heads))
@@ -348,7 +352,7 @@ def _draw_example(
               f"red dotted outline: candidates (p={settings['p']}) · orange ×: dropped (q={settings['q']}, "
               f"seed {settings['seed']}) · grey: no attribution")
     for layer in example.layers:
-        crop = (slice(None), slice(0, n), slice(0, n))
+        crop = (slice(None), slice(start, start + n), slice(start, start + n))
         attention, attribution = layer.attention[crop].mean(0), layer.attribution[crop].mean(0)
         candidate_share, drop_share = layer.candidates[crop].float().mean(0), layer.dropped[crop].float().mean(0)
         figure = plots.attention_map(tokens, attention.numpy(), row_ranks(attribution).numpy(),
@@ -357,7 +361,7 @@ def _draw_example(
                                      "\n".join(filter(None, [legend, note])), "attribution rank within the query row",
                                      blank_rows=rows_without_attribution(layer.attribution[crop]).numpy())
         plots.save_figure(figure, directory / entry["images"]["layers"][str(layer.layer)])
-    totals = sum(token_attribution(layer.attribution) for layer in example.layers)[:n]
+    totals = sum(token_attribution(layer.attribution) for layer in example.layers)[start:start + n]
     layers = ",".join(str(layer.layer) for layer in example.layers)
     figure = plots.token_bars(tokens, totals.numpy(),
                               f"example {index}: attribution per token, summed over layers {layers}, "

@@ -221,3 +221,22 @@ def test_the_report_reads_like_a_page_and_greys_rows_without_attribution(classif
     layers = summary["examples"][0]["layers"]
     assert layers["1"]["rows_without_attribution"] == list(range(1, n))
     assert layers["0"]["rows_without_attribution"] == []
+
+
+@pytest.mark.parametrize(("task_type", "shown"), [("classification", ["t0", "t1", "t2"]),
+                                                  ("generation", ["t7", "t8", "t9"])])
+def test_figures_crop_to_the_first_tokens_or_for_generation_the_last(tmp_path, monkeypatch, task_type, shown):
+    """A generation prompt's answer comes last, after the chat template's system prompt."""
+    from addrop_cli import attribute, plots
+
+    drawn = []
+    original = plots.token_bars
+    monkeypatch.setattr(plots, "token_bars", lambda tokens, *rest: drawn.append(tokens) or original(tokens, *rest))
+    grid = torch.rand(1, 10, 10)
+    layer = attribute.LayerAttribution(0, grid, grid.clone(), grid > 0.5, grid > 0.9)
+    example = attribute.ExampleAttribution([f"t{i}" for i in range(10)], "text", {"text": "a", "first_token": "a",
+                                                                                  "probability": 0.5}, None, [layer])
+    settings = {"task_type": task_type, "method": "ga", "labels": "pseudo", "heads": "mean", "p": 0.3, "q": 0.3,
+                "seed": 0}
+    attribute.write_report(tmp_path / "report", [example], settings, max_tokens=3)
+    assert drawn == [shown]

@@ -12,7 +12,7 @@ from addrop_cli.cli import recipe_options as options
 from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import resolve_recipe
-from addrop_cli.tasks.registry import get_task
+from addrop_cli.tasks.registry import task_kind
 from addrop_cli.training.run_dir import model_dir, recipe_path
 
 METHODS = ("ga", "iga", "aa")
@@ -53,7 +53,8 @@ def attribute(
     q: Annotated[float | None, option("--q", metavar="Q",
                                       help="Drop rate q (default: the checkpoint recipe's).")] = None,
     seed: Annotated[int, option(metavar="N", help="Seed of the sampled drop mask.")] = 42,
-    max_tokens: Annotated[int, option(metavar="N", help="Figures show at most the first N tokens.")] = 40,
+    max_tokens: Annotated[int, option(metavar="N", help="Figures show at most the first N tokens (generation: the last "
+                                        "N, where the answer is).")] = 40,
     output_dir: Annotated[Path, option(metavar="DIR",
                                        help="Where the report goes (replaced if it holds an earlier one).")]
     = Path("outputs/attribute"),
@@ -86,7 +87,7 @@ def attribute(
 
     examples = attribute_checkpoint(checkpoint, resolved, text=text, text_pair=text_pair, heads=head_indices,
                                     seed=seed)
-    settings = {"checkpoint": checkpoint, "task": resolved.task, "task_type": get_task(resolved.task).kind,
+    settings = {"checkpoint": checkpoint, "task": resolved.task, "task_type": task_kind(resolved),
                 "method": method, "labels": labels, "layers": [layer.layer for layer in examples[0].layers],
                 "heads": "mean" if head_indices is None else head_indices, "p": resolved.addrop.p,
                 "q": resolved.addrop.q, "seed": seed}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from addrop_cli.core.settings import CLASSIFICATION, GENERATION, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.errors import UserError
-from addrop_cli.recipe import name_key
+from addrop_cli.recipe import Recipe, name_key
 
 _DEFAULT_HUB_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 # The values each metric a task reports can take (gen_len, a length, has no upper bound and is left out):
@@ -220,3 +220,8 @@ def get_task(name: str) -> AnyTaskSpec:
     if close:
         message += f" (did you mean {ALL_TASKS[close[0]].name!r}?)"
     raise UserError(message)
+
+
+def task_kind(recipe: Recipe) -> str:
+    """What the recipe trains: its task's kind, or generation for a classification task given a template."""
+    return GENERATION if recipe.generation.enabled else get_task(recipe.task).kind
