@@ -1,9 +1,10 @@
-"""What differs between task kinds, behind one interface (:class:`Pipeline`) the loop, ``eval`` and
-``attribute`` share.
+"""What differs between task kinds, behind one interface (:class:`~addrop_cli.tasks.pipeline_base.Pipeline`) the
+loop, ``eval`` and ``attribute`` share, and :func:`pipeline_for`, which picks a recipe's.
 
 A pipeline reads a split, loads the model with the task's head, encodes and collates examples, and scores a
 model on an evaluation loader. :class:`SequencePipeline` covers GLUE-style classification and regression,
-:class:`TokenPipeline` named-entity recognition (CoNLL-2003 tags), :class:`Seq2SeqPipeline` translation.
+:class:`TokenPipeline` named-entity recognition (CoNLL-2003 tags), :class:`Seq2SeqPipeline` translation, and
+:class:`~addrop_cli.tasks.generation_pipeline.GenerationPipeline` generative fine-tuning of decoder LLMs.
 """
 
 from __future__ import annotations
