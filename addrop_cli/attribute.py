@@ -40,13 +40,16 @@ KEY_TOKENS = 5
 
 @dataclass
 class LayerAttribution:
-    """One encoder self-attention layer of one example; tensors are (heads, n, n), heads as selected."""
+    """One self-attention layer of one example; tensors are (heads, n, n), heads as selected, and ``visible``
+    (n, n), the keys each query row can see (all of them in an encoder, the earlier ones in a causal model). The
+    attribution is zero where a row cannot see the key: AD-DROP never ranks those positions."""
 
     layer: int
     attention: torch.Tensor
     attribution: torch.Tensor
     candidates: torch.Tensor
     dropped: torch.Tensor
+    visible: torch.Tensor
 
 
 @dataclass
@@ -71,20 +74,24 @@ def token_attribution(attribution: torch.Tensor) -> torch.Tensor:
     return attribution.sum(dim=(0, 1))
 
 
-def row_ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Each score's rank within its row, scaled to [0, 1]: the share of the row's other scores it is >= to.
+def row_ranks(scores: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Each score's rank within its row, scaled to [0, 1]: the share of the row's other visible scores it is >= to
+    (0 where the row cannot see the key).
 
-    Eq. 6 only compares scores within a query row, so figures shade by this rank: the darkest cells of a row
-    are its candidates whatever the row's scale (gradients of different rows differ by orders of magnitude).
-    Tied scores share the highest of their ranks, as ties share candidacy in Eq. 6.
+    Eq. 6 only compares scores within a query row, over the keys it can see, so figures shade by this rank: the
+    darkest cells of a row are its candidates whatever the row's scale (gradients of different rows differ by
+    orders of magnitude). Tied scores share the highest of their ranks, as ties share candidacy in Eq. 6.
 
     Args:
         scores: (n, n).
+        visible: (n, n) bool, the keys each row can see; every key when None.
     Returns:
         (n, n) float.
     """
-    at_or_below = (scores[..., None, :] <= scores[..., :, None]).sum(-1) - 1
-    return at_or_below.float() / max(scores.shape[-1] - 1, 1)
+    visible = torch.ones_like(scores, dtype=torch.bool) if visible is None else visible
+    at_or_below = ((scores[..., None, :] <= scores[..., :, None]) & visible[..., None, :]).sum(-1) - 1
+    others = (visible.sum(-1, keepdim=True) - 1).clamp(min=1)
+    return (at_or_below.float() / others).masked_fill(~visible, 0.0)
 
 
 def rows_without_attribution(attribution: torch.Tensor) -> torch.Tensor:
@@ -208,12 +215,12 @@ def attribute_examples(
         regions = addrop.candidates(batch, result)
         layers = []
         for call in addrop.selected:
-            candidates = regions[call]
+            candidates, visible = regions[call], result.visible[call][0, 0]
             dropped = sample_drops(candidates, config.q, generator)
             layers.append(LayerAttribution(
-                addrop.sites[call].layer,
-                *(select_heads(tensor[0], heads).float() for tensor in (result.attention[call], result.scores[call])),
-                *(select_heads(tensor[0], heads) for tensor in (candidates, dropped)),
+                addrop.sites[call].layer, select_heads(result.attention[call][0], heads).float(),
+                select_heads(result.scores[call][0] * visible, heads).float(),
+                *(select_heads(tensor[0], heads) for tensor in (candidates, dropped)), visible,
             ))
         input_ids = batch["input_ids"][0].tolist()
         examples.append(ExampleAttribution(
@@ -355,11 +362,13 @@ def _draw_example(
         crop = (slice(None), slice(start, start + n), slice(start, start + n))
         attention, attribution = layer.attention[crop].mean(0), layer.attribution[crop].mean(0)
         candidate_share, drop_share = layer.candidates[crop].float().mean(0), layer.dropped[crop].float().mean(0)
-        figure = plots.attention_map(tokens, attention.numpy(), row_ranks(attribution).numpy(),
+        visible = layer.visible[crop[1:]]
+        figure = plots.attention_map(tokens, attention.numpy(), row_ranks(attribution, visible).numpy(),
                                      candidate_share.numpy(), drop_share.numpy(),
                                      f"example {index}, layer {layer.layer}, {shown}",
                                      "\n".join(filter(None, [legend, note])), "attribution rank within the query row",
-                                     blank_rows=rows_without_attribution(layer.attribution[crop]).numpy())
+                                     blank_rows=rows_without_attribution(layer.attribution[crop]).numpy(),
+                                     hidden=(~visible).numpy())
         plots.save_figure(figure, directory / entry["images"]["layers"][str(layer.layer)])
     totals = sum(token_attribution(layer.attribution) for layer in example.layers)[start:start + n]
     layers = ",".join(str(layer.layer) for layer in example.layers)

@@ -69,11 +69,13 @@ def attention_map(
     note: str = "",
     shade_label: str = "attribution",
     blank_rows: np.ndarray | None = None,
+    hidden: np.ndarray | None = None,
 ) -> Figure:
     """Fig. 1: one circle per attention position (query row, key column), its area the attention probability
     and its shade the attribution (darker is higher); the candidate region outlined with a red dotted line and
     dropped positions crossed out. ``blank_rows`` ((n,) bool) are query rows without attribution: greyed out
-    and labelled, with no outline or crosses.
+    and labelled, with no outline or crosses. ``hidden`` ((n, n) bool) are positions the row cannot see (a causal
+    model's later keys): left empty.
 
     Args:
         tokens: the n tokens, on both axes.
@@ -93,7 +95,8 @@ def attention_map(
     cell_points = 72 * CELL_INCHES
     # Area proportional to attention, with a floor so that every position stays visible.
     sizes = (0.9 * cell_points) ** 2 * (0.06 + 0.94 * attention / largest)
-    dots = axes.scatter(cols.ravel(), rows.ravel(), s=sizes.ravel(), c=shade.ravel(), cmap=ATTRIBUTION_COLORS,
+    shown = np.ones((n, n), dtype=bool) if hidden is None else ~hidden
+    dots = axes.scatter(cols[shown], rows[shown], s=sizes[shown], c=shade[shown], cmap=ATTRIBUTION_COLORS,
                         edgecolors="0.5", linewidths=0.4)
     figure.colorbar(dots, ax=axes, fraction=0.04, pad=0.02, label=shade_label)
     blank = np.zeros(n, dtype=bool) if blank_rows is None else blank_rows

@@ -180,6 +180,12 @@ def test_report_replaces_an_earlier_one_but_never_a_foreign_directory(classifier
     assert sorted(p.name for p in foreign.iterdir()) == ["mine.txt"]
 
 
+def test_row_ranks_count_only_the_keys_a_row_sees():
+    scores = torch.tensor([[0.2, 9.0, 9.0], [0.5, 0.1, 9.0], [0.3, 0.1, 0.2]])
+    causal = torch.ones(3, 3).tril().bool()
+    assert torch.equal(row_ranks(scores, causal), torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.5]]))
+
+
 def test_row_ranks_shade_candidates_darkest_and_ties_alike():
     scores = torch.tensor([[3.0, 1.0, 2.0], [0.0, 0.0, 0.0], [1.0, 5.0, 1.0]])
     assert torch.equal(row_ranks(scores), torch.tensor([[1.0, 0.0, 0.5], [1.0, 1.0, 1.0], [0.5, 1.0, 0.5]]))
@@ -233,7 +239,7 @@ def test_figures_crop_to_the_first_tokens_or_for_generation_the_last(tmp_path, m
     original = plots.token_bars
     monkeypatch.setattr(plots, "token_bars", lambda tokens, *rest: drawn.append(tokens) or original(tokens, *rest))
     grid = torch.rand(1, 10, 10)
-    layer = attribute.LayerAttribution(0, grid, grid.clone(), grid > 0.5, grid > 0.9)
+    layer = attribute.LayerAttribution(0, grid, grid.clone(), grid > 0.5, grid > 0.9, torch.ones(10, 10).bool())
     example = attribute.ExampleAttribution([f"t{i}" for i in range(10)], "text", {"text": "a", "first_token": "a",
                                                                                   "probability": 0.5}, None, [layer])
     settings = {"task_type": task_type, "method": "ga", "labels": "pseudo", "heads": "mean", "p": 0.3, "q": 0.3,

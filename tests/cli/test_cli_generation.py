@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import write
+from safetensors.torch import load_file
 from tiny_models import CAUSAL_WORDS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
@@ -120,6 +121,11 @@ def test_attribute_draws_where_the_first_answer_tokens_attribution_falls(trained
     assert example["layers"]["0"]["rows_without_attribution"] == [6]
     assert example["layers"]["1"]["rows_without_attribution"] == [0, 1, 2, 3, 4, 6]
     assert (out / "images" / "ex0_layer0.png").is_file()
+    # A row has attribution only on the keys it sees: none above the diagonal, so no later key gathers any.
+    tensors = load_file(out / "attributions.safetensors")
+    for layer in (0, 1):
+        attribution = tensors[f"ex0.layer{layer}.attribution"]
+        assert attribution.tril().abs().sum() > 0 and not attribution.triu(1).any()
 
 
 def test_lora_bf16_and_checkpointing_save_a_merged_causal_lm(tiny_causal_lm_dir, reversal, tmp_path):
