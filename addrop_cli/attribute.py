@@ -32,7 +32,8 @@ from addrop_cli.core.settings import (
 from addrop_cli.errors import UserError
 from addrop_cli.outputs import write_dir, write_json, write_text
 from addrop_cli.recipe import Recipe
-from addrop_cli.tasks.models import load_tokenizer
+from addrop_cli.tasks.generation_pipeline import generate
+from addrop_cli.tasks.models import ensure_pad_token, load_tokenizer
 from addrop_cli.tasks.pipelines import pipeline_for
 
 KEY_TOKENS = 5
@@ -156,6 +157,7 @@ def attribute_checkpoint(
         if pipeline.task_type == GENERATION:
             features = [pipeline.inputs_only(feature) for feature in features]
     model = pipeline.load_model(checkpoint)
+    ensure_pad_token(model, tokenizer)
     return attribute_examples(model, tokenizer, features, pipeline.collator(tokenizer), recipe.addrop,
                               pipeline.task_type, heads=heads, seed=seed,
                               max_target_length=recipe.data.max_target_length,
@@ -275,10 +277,9 @@ def _first_answer_token(model, tokenizer, batch, max_new_tokens: int) -> tuple[d
     to attribute, the prompt followed by that token, labelled there alone (so F is its log-probability)."""
     prompt = batch["input_ids"][0][batch["attention_mask"][0].bool()][None]
     with torch.no_grad():
-        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                             do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                             output_scores=True, return_dict_in_generate=True)
-    answer = out.sequences[0, prompt.shape[1]:]
+        out = generate(model, tokenizer, prompt.tolist(), max_new_tokens, output_scores=True,
+                       return_dict_in_generate=True)
+    answer = out.sequences[0]
     first = int(answer[0])
     ids = torch.cat([prompt, answer[None, :1]], dim=1)
     labels = torch.full_like(ids, IGNORE_INDEX)

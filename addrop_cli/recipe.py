@@ -360,6 +360,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         except (TypeError, ValueError):
             raise UserError(f"{key}={value!r} is invalid: expected a number") from None
     if annotation is str:
+        if isinstance(value, bool):  # YAML reads unquoted yes/no/true/false/on/off as booleans
+            raise UserError(f"{key}={value!r} is invalid: expected a string; YAML reads yes, no, true, false, on and "
+                            "off as booleans, so quote the word (e.g. \"no\")")
         if isinstance(value, (dict, list)) or value is None:
             raise UserError(f"{key}={value!r} is invalid: expected a string")
         return str(value)

@@ -74,6 +74,7 @@ def test_recipe_round_trips_through_dict():
         ({"answers": ["yes", "Yes"]}, r"generation.answers=.* one distinct, non-empty answer per class"),
         ({"answers": ["yes"]}, r"generation.answers=\['yes'\] is invalid"),
         ({"max_new_tokens": 0}, r"generation.max_new_tokens=0 is invalid: use a positive number of tokens"),
+        ({"answers": [False, True]}, r"generation.answers\[0\]=False is invalid: expected a string; YAML reads yes"),
     ],
 )
 def test_generation_settings_reject_bad_values(values, message):

@@ -174,11 +174,16 @@ def causal_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     return tokenizer
 
 
-def tiny_causal_lm(seed: int = 0) -> torch.nn.Module:
-    """A 2-layer Llama language model (hidden 64, 4 heads over 2 KV heads, tied embeddings), pad id 0, eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_causal_lm(seed: int = 0, family: str = "llama") -> torch.nn.Module:
+    """A 2-layer Llama language model (hidden 64, 4 heads over 2 KV heads, tied embeddings), pad id 0, eval mode;
+    or GPT-2 (absolute position embeddings) of the same width."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, pad_token_id=0,
+                            bos_token_id=1, eos_token_id=2)
+        return GPT2LMHeadModel(config).eval()
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
                          bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)

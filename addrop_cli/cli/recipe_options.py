@@ -18,9 +18,9 @@ def method_keys() -> list[list[str]]:
 RecipeName = Annotated[str | None, option("--recipe", metavar="NAME|PATH",
                                           help="Bundled recipe name (e.g. mrpc, demo) or a YAML path.")]
 Task = Annotated[str | None, option(metavar="NAME",
-                                    help="Task: a GLUE task (sst2, mrpc, cola, stsb, ...), conll2003 (NER) or "
-                                         "wmt16-en-ro / wmt16-tr-en (translation); alone it selects the task's "
-                                         "bundled recipe.")]
+                                    help="Task: a GLUE task (sst2, mrpc, cola, stsb, ...), conll2003 (NER), "
+                                         "wmt16-en-ro / wmt16-tr-en (translation) or generation (prompt -> "
+                                         "completion); alone it selects the task's bundled recipe.")]
 Model = Annotated[str | None, option(metavar="NAME|PATH", recipe_default=True,
                                      help="Model alias (minilm, mpnet-base, smollm2-135m), local directory or hub id.")]
 TrainFile = Annotated[str | None, option(metavar="FILE", recipe_default=True,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch
 from transformers import PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from addrop_cli.core.settings import CLASSIFICATION, GENERATION, REGRESSION, SEQ2SEQ, TOKEN
+
+# The decoder-only language-model heads transformers knows, whatever their class names end with.
+LANGUAGE_MODEL_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def infer_task_type(model: PreTrainedModel) -> str:
@@ -15,7 +19,7 @@ def infer_task_type(model: PreTrainedModel) -> str:
         return SEQ2SEQ
     if name.endswith("ForTokenClassification"):
         return TOKEN
-    if name.endswith("ForCausalLM"):
+    if name.endswith("ForCausalLM") or name in LANGUAGE_MODEL_CLASSES:  # GPT2LMHeadModel is one too
         return GENERATION
     if model.config.problem_type == "regression" or getattr(model.config, "num_labels", 2) == 1:
         return REGRESSION

@@ -52,17 +52,21 @@ def read_completions(path: str | Path, *, require_completion: bool = True) -> li
     if path.suffix.lower() not in (".json", ".jsonl"):
         raise UserError(f"{path}: generation data is JSON Lines (.jsonl) or JSON (.json) rows: {ROW_FORMAT}")
     unit, items = read_json_items(path, "rows")
-    rows = [_row(f"{path} {unit} {number}", item, require_completion) for number, item in items]
-    if len({row.completion is None for row in rows}) > 1:
-        raise UserError(f"{path}: some rows have a completion and some do not; give it in all rows or none")
-    return rows
+    return _all_or_none([_row(f"{path} {unit} {number}", item, require_completion) for number, item in items], path)
 
 
 def load_hub_completions(dataset: str, config: str | None, split: str, *, require_completion: bool = True
                          ) -> list[Completion]:
     """One split of a hub dataset with ``prompt``/``completion`` or ``messages`` columns."""
     loaded, source = load_hub_split(dataset, config, split, "rows")
-    return [_row(f"{source} row {index}", row, require_completion) for index, row in enumerate(loaded)]
+    return _all_or_none([_row(f"{source} row {index}", row, require_completion) for index, row in enumerate(loaded)],
+                        source)
+
+
+def _all_or_none(rows: list[Completion], source) -> list[Completion]:
+    if len({row.completion is None for row in rows}) > 1:
+        raise UserError(f"{source}: some rows have a completion and some do not; give it in all rows or none")
+    return rows
 
 
 def _row(where: str, row: Any, require_completion: bool) -> Completion:
@@ -193,9 +197,10 @@ def _chat_labels(tokenizer, turns: list[dict[str, str]], where: str) -> tuple[li
 
 def _truncated(encoded: tuple[list[int], list[int] | None], max_length: int, where: str) -> dict[str, Any]:
     ids, labels = encoded
-    # A labelled row needs room for at least one answer token; a prompt to generate from only has to fit.
+    # A labelled row needs room for at least one token of its answer (a chat's last assistant turn, the one that
+    # evaluation generates); a prompt to generate from only has to fit.
     room = max_length if labels is None else max_length - 1
-    prompt_length = len(ids) if labels is None else next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    prompt_length = len(ids) if labels is None else last_answer_start(labels)
     if prompt_length > room:
         raise UserError(f"{where}: the prompt is {prompt_length} tokens and data.max_length is {max_length}, which "
                         "leaves no room for the answer; raise --max-length or shorten the prompt")
@@ -203,6 +208,17 @@ def _truncated(encoded: tuple[list[int], list[int] | None], max_length: int, whe
     if labels is not None:
         feature["labels"] = labels[:max_length]
     return feature
+
+
+def last_answer_start(labels: Sequence[int]) -> int:
+    """The first position of the last labelled run of ``labels``: where the answer (the completion, or a chat's last
+    assistant turn) begins."""
+    start = len(labels)
+    while start > 0 and labels[start - 1] == IGNORE_INDEX:
+        start -= 1
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return start
 
 
 def _require_chat_template(tokenizer) -> None:
@@ -213,10 +229,19 @@ def _require_chat_template(tokenizer) -> None:
                         "a chat model")
 
 
-def completion_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
-    """Pads inputs, and labels with ``IGNORE_INDEX``, on the tokenizer's padding side (either works: the loss
-    and attribution read positions through the labels and the attention mask)."""
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+def completion_collator(tokenizer: PreTrainedTokenizerBase):
+    """Pads inputs, and labels with ``IGNORE_INDEX``, on the tokenizer's padding side, and numbers each row's
+    positions from its first real token (``position_ids``, as generation does), so that either side gives the
+    same forward: the loss and attribution read positions through the labels and the attention mask, and a model
+    with absolute positions sees none shifted by left padding."""
+    pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = pad(features)
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        return batch
+
+    return collate
 
 
 # ---------------------------------------------------------------------------------------------- answers

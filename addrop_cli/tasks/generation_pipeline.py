@@ -25,6 +25,7 @@ from addrop_cli.tasks.generation_data import (
     closed_answer,
     completion_collator,
     encode_completions,
+    last_answer_start,
     load_hub_completions,
     normalized,
     read_completions,
@@ -40,12 +41,8 @@ OTHER_ANSWER = "(other)"  # a generated text that gives none of the answers
 
 
 def answer_starts(labels: torch.Tensor) -> list[int]:
-    """Per row of (B, T) ``labels``, the first position of the last labelled run: where the answer (the last
-    completion, or a chat's last assistant turn) begins."""
-    labelled = labels != IGNORE_INDEX
-    starts = labelled.clone()
-    starts[:, 1:] &= ~labelled[:, :-1]
-    return [int(row.nonzero()[-1]) for row in starts]
+    """Per row of (B, T) ``labels``, where its answer begins (:func:`last_answer_start`)."""
+    return [last_answer_start(row) for row in labels.tolist()]
 
 
 def completion_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,14 +81,27 @@ def prompts_of(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[li
     return prompts, answers
 
 
-def generate(model, prompts: list[list[int]], pad_id: int, max_new_tokens: int) -> list[list[int]]:
+def stop_tokens(model, tokenizer) -> list[int]:
+    """The ids that end an answer: the model's generation eos tokens and the tokenizer's eos, which training
+    appends to plain completions (a base model's generation config may know only its own)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({token for token in [*ids, tokenizer.eos_token_id] if token is not None})
+
+
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, **options) -> Any:
     """Greedy continuations of ``prompts``, generated together from a left-padded batch (the KV cache on, whatever
-    training set)."""
+    training set), each stopping at a :func:`stop_tokens` id: a (B, new) tensor, padded with the pad id, or
+    ``generate``'s own output (without the prompts) when ``options`` ask for scores."""
     device = next(model.parameters()).device
-    ids, mask = left_padded(prompts, pad_id, device)
+    ids, mask = left_padded(prompts, tokenizer.pad_token_id, device)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                         num_beams=1, pad_token_id=pad_id, use_cache=True)
-    return out[:, ids.shape[1]:].tolist()
+                         num_beams=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_tokens(model, tokenizer),
+                         use_cache=True, **options)
+    if options.get("return_dict_in_generate"):
+        out.sequences = out.sequences[:, ids.shape[1]:]
+        return out
+    return out[:, ids.shape[1]:]
 
 
 class GenerationPipeline:
@@ -152,14 +162,14 @@ class GenerationPipeline:
         """Completion loss (mean over completion tokens) and perplexity, and the greedy answers scored: accuracy
         over the answer words, or exact match (case, spacing and surrounding punctuation aside)."""
         model.eval()
-        generator, pad = accelerator.unwrap_model(model), tokenizer.pad_token_id
+        generator = accelerator.unwrap_model(model)
         nll, counts, scores, predicted = [], [], [], []
         with torch.no_grad():
             for batch in loader:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits
                 row_nll, row_count = completion_nll(logits, batch["labels"])
                 prompts, answers = prompts_of(batch)
-                texts = tokenizer.batch_decode(generate(generator, prompts, pad, self.settings.max_new_tokens),
+                texts = tokenizer.batch_decode(generate(generator, tokenizer, prompts, self.settings.max_new_tokens),
                                                skip_special_tokens=True)
                 references = tokenizer.batch_decode(answers, skip_special_tokens=True)
                 row_score, row_prediction = self._score(texts, references, row_nll.device)
@@ -200,8 +210,7 @@ class GenerationPipeline:
         with torch.no_grad():
             for batch in loader:
                 prompts, _ = prompts_of(batch)
-                generated = torch.tensor(_padded(generate(generator, prompts, pad, self.settings.max_new_tokens),
-                                                 pad), device=batch["input_ids"].device)
+                generated = generate(generator, tokenizer, prompts, self.settings.max_new_tokens)
                 generated = accelerator.pad_across_processes(generated, dim=1, pad_index=pad)
                 texts += tokenizer.batch_decode(accelerator.gather_for_metrics(generated), skip_special_tokens=True)
         rows = []
@@ -213,8 +222,3 @@ class GenerationPipeline:
                 row["label"] = self.task.answers[given] if given >= 0 else None
             rows.append(row)
         return rows
-
-
-def _padded(rows: list[list[int]], pad_id: int) -> list[list[int]]:
-    width = max(len(row) for row in rows)
-    return [row + [pad_id] * (width - len(row)) for row in rows]

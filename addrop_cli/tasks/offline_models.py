@@ -345,11 +345,12 @@ def _convert_gguf(model: GgufModel, gguf: Path, dest: Path, progress: Callable[[
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        del loaded.config.quantization_config
+        if hasattr(loaded.config, "quantization_config"):
+            del loaded.config.quantization_config
         loaded.hf_quantizer, loaded.is_quantized = None, False
         loaded.save_pretrained(dest, safe_serialization=True)
         tokenizer.save_pretrained(dest)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except Exception as error:  # the gguf reader and transformers raise many types for a file they cannot read
         raise UserError(f"cannot convert {model.gguf_name} of {model.folder}: {first_line(error)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)

@@ -21,7 +21,8 @@ from transformers import AutoConfig, AutoModelForTokenClassification, PreTrained
 
 from addrop_cli.core.settings import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.errors import UserError
-from addrop_cli.recipe import Recipe
+from addrop_cli.recipe import GenerationConfig, Recipe
+from addrop_cli.tasks.generation_data import template_fields
 from addrop_cli.tasks.generation_pipeline import GenerationPipeline
 from addrop_cli.tasks.glue_data import Example, encode_examples, make_collator
 from addrop_cli.tasks.metrics import bleu_metrics, compute_metrics, seqeval_metrics
@@ -312,7 +313,13 @@ def pipeline_for(recipe: Recipe) -> Pipeline:
     if recipe.generation.enabled:
         return GenerationPipeline(_answered_task(task, recipe), recipe)
     if isinstance(task, GenerationTaskSpec):
+        if recipe.generation.answers is not None:
+            raise UserError("generation.answers names a classification task's answer words and goes with "
+                            "generation.template; free-form completions (--task generation) are scored by exact match")
         return GenerationPipeline(task, recipe)
+    if recipe.generation != GenerationConfig():
+        raise UserError(f"the generation settings apply to generative fine-tuning, and task {task.name} is trained "
+                        "with a head: set generation.template to train it as answer words, or use --task generation")
     if isinstance(task, TokenTaskSpec):
         return TokenPipeline(task)
     if isinstance(task, Seq2SeqTaskSpec):
@@ -322,9 +329,17 @@ def pipeline_for(recipe: Recipe) -> Pipeline:
 
 def _answered_task(task, recipe: Recipe) -> GenerationTaskSpec:
     """A classification task trained generatively: its rows through ``generation.template``, one answer per class."""
+    if isinstance(task, GenerationTaskSpec):
+        raise UserError("generation.template renders the rows of a classification task; --task generation reads "
+                        "prompt/completion rows as they are: drop generation.template")
     if not isinstance(task, TaskSpec) or task.is_regression:
         raise UserError(f"generation.template renders the rows of a classification task, and {task.name} is not "
                         "one; for free-form completions use --task generation with prompt/completion rows")
+    pair, fields = len(task.text_columns) == 2, template_fields(recipe.generation.template)
+    if pair != ("text_pair" in fields):
+        raise UserError(f"generation.template={recipe.generation.template!r} is invalid for {task.name}: "
+                        + ("a sentence-pair task needs both {text} and {text_pair}" if pair else
+                           "a single-sentence task has no {text_pair}"))
     answers = recipe.generation.answers or list(task.label_names)
     if len(answers) != task.num_labels:
         raise UserError(f"generation.answers={answers} is invalid: {task.name} has {task.num_labels} classes "

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from addrop_cli.errors import UserError
 from addrop_cli.recipe import Recipe, TrainConfig
-from addrop_cli.tasks.models import load_tokenizer
+from addrop_cli.tasks.models import ensure_pad_token, load_tokenizer
 from addrop_cli.tasks.pipelines import EvalResult, Pipeline, pipeline_for
 from addrop_cli.training.batching import EncodedDataset, longest_first
 from addrop_cli.training.run_dir import LOGS_DIR
@@ -67,7 +67,8 @@ def evaluate_checkpoint(checkpoint: str, recipe: Recipe, split: str = "validatio
     accelerator = build_accelerator(recipe.train)
     loader = eval_loader(pipeline.encode(items, tokenizer, recipe),
                          recipe.train.eval_batch_size * accelerator.num_processes, pipeline.collator(tokenizer))
-    model, loader = _prepare_for_inference(accelerator, pipeline.load_model(checkpoint), loader)
+    model, loader = _prepare_for_inference(accelerator, _with_pad_token(pipeline.load_model(checkpoint), tokenizer),
+                                           loader)
     return pipeline.evaluate(model, loader, accelerator, tokenizer)
 
 
@@ -81,8 +82,16 @@ def predict_items(checkpoint: str, recipe: Recipe, items: list, model=None) -> l
     # File order (no sampler): predictions line up with the input rows.
     loader = DataLoader(EncodedDataset(features), batch_size=recipe.train.eval_batch_size * accelerator.num_processes,
                         collate_fn=pipeline.collator(tokenizer), generator=torch.Generator())
-    model, loader = _prepare_for_inference(accelerator, model or pipeline.load_model(checkpoint), loader)
+    model = _with_pad_token(model or pipeline.load_model(checkpoint), tokenizer)
+    model, loader = _prepare_for_inference(accelerator, model, loader)
     return pipeline.predict(model, loader, accelerator, tokenizer, items, recipe)
+
+
+def _with_pad_token(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
+    """The model, its tokenizer given a pad token by training's rule (a checkpoint that never went through
+    ``addrop train``, such as a base LLM scored zero-shot, may have none)."""
+    ensure_pad_token(model, tokenizer)
+    return model
 
 
 def _prepare_for_inference(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader):

@@ -83,12 +83,21 @@ def best(trained):
     return (AutoModelForCausalLM.from_pretrained(trained / "best"), AutoTokenizer.from_pretrained(trained / "best"))
 
 
-def test_best_loads_as_a_causal_lm_whose_own_answers_score_what_the_run_reported(trained, reversal, best):
-    """The run's batched, left-padded generation agrees with stock one-prompt-at-a-time generation."""
-    model, tokenizer = best
-    rows = [json.loads(line) for line in reversal[1].read_text().splitlines()]
-    right = sum(greedy(model, tokenizer, row["prompt"]) == row["completion"] for row in rows)
-    assert right / len(rows) == json.loads((trained / "metrics.json").read_text())["eval"]["exact_match"]
+def test_batched_left_padded_answers_are_stock_one_prompt_answers(trained, best, tmp_path):
+    """``addrop eval`` on prompts of 2 to 5 words (so its batches are padded) scores exactly the answers that
+    stock, unbatched generation of the merged ``best/`` gives."""
+    rng = random.Random(2)
+    rows = []
+    for index in range(24):
+        words = [rng.choice(WORDS) for _ in range(2 + index % 4)]
+        rows.append({"prompt": "reverse : " + " ".join(words) + " :", "completion": " ".join(reversed(words))})
+    mixed = jsonl(tmp_path / "mixed.jsonl", rows)
+    result = runner.invoke(app, ["eval", "--checkpoint", str(trained / "best"), "--validation-file", str(mixed),
+                                 "--output", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    right = sum(greedy(*best, row["prompt"]) == row["completion"] for row in rows)
+    assert 0 < right < len(rows)  # a mix of right and wrong answers: the comparison can tell them apart
+    assert json.loads((tmp_path / "e.json").read_text())["eval"]["exact_match"] == right / len(rows)
 
 
 def test_predict_generates_completions_and_eval_scores_the_checkpoint(trained, best, tmp_path):
@@ -146,7 +155,7 @@ def test_lora_bf16_and_checkpointing_save_a_merged_causal_lm(tiny_causal_lm_dir,
     assert merged.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0).shape == (1, 8)
 
 
-def test_a_classification_task_trains_as_answer_words(tiny_causal_lm_dir, tmp_path):
+def test_a_classification_task_trains_as_answer_words_scored_by_accuracy(tiny_causal_lm_dir, tmp_path):
     rows = "sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in
                                          [("good movie", 1), ("bad film", 0), ("good film", 1), ("bad movie", 0)] * 4)
     train = write(tmp_path / "train.tsv", rows)
@@ -160,6 +169,17 @@ def test_a_classification_task_trains_as_answer_words(tiny_causal_lm_dir, tmp_pa
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert set(history[-1]["eval"]) == {"accuracy", "perplexity"}
     assert sum(history[-1]["eval_predictions"].values()) == 16
+    assert history[-1]["eval"]["perplexity"] < history[0]["eval"]["perplexity"] < 100  # the answer words are learnt
+
+
+def test_a_sentence_pair_template_needs_both_sentences(tiny_causal_lm_dir, tmp_path):
+    pairs = write(tmp_path / "rte.tsv", "sentence1\tsentence2\tlabel\ngood film\tgood movie\tentailment\n")
+    result = runner.invoke(app, ["train", "--task", "rte", "--model", str(tiny_causal_lm_dir), "--train-file",
+                                 str(pairs), "--validation-file", str(pairs), "--output-dir", str(tmp_path / "run"),
+                                 "--set", 'generation.template="{text} ?"'])
+    assert result.exit_code == 2
+    assert "is invalid for rte: a sentence-pair task needs both {text} and {text_pair}" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(("rows", "message"), [

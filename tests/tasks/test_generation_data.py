@@ -62,6 +62,8 @@ def test_padding_is_ignored_on_either_side(tokenizer, side):
     real_labels = batch["labels"][0][batch["attention_mask"][0].bool()]
     assert real_labels.tolist() == [X] * 5 + ids(tokenizer, "cat red </s>")
     assert batch["labels"][1].tolist() == [X] * 7 + ids(tokenizer, "sun dog cat red </s>")
+    assert batch["position_ids"][0][batch["attention_mask"][0].bool()].tolist() == list(range(short))
+    assert batch["position_ids"][1].tolist() == list(range(12))
 
 
 def test_a_plain_prompt_and_completion_end_with_eos_and_a_chat_prompt_with_the_generation_prompt(tokenizer):
@@ -79,6 +81,17 @@ def test_a_long_completion_loses_its_end_and_a_prompt_without_room_is_one_line(t
     row = Completion("copy : red cat dog", "red", where="train.jsonl line 7")
     one_line_error(lambda: encode_completions([row], tokenizer, max_length=5, chat=False),
                    "train.jsonl line 7: the prompt is 5 tokens and data.max_length is 5", "raise --max-length")
+
+
+def test_a_chat_whose_last_answer_does_not_fit_is_one_line(tokenizer):
+    chat = [{"role": "user", "content": "red"}, {"role": "assistant", "content": "red"},
+            {"role": "user", "content": "blue dog cat"}, {"role": "assistant", "content": "blue"}]
+    row = Completion(None, "blue", chat, where="chat.jsonl line 2")
+    # The first answer starts at 8, the last at 20: a limit between them would score the first as the answer.
+    one_line_error(lambda: encode_completions([row], tokenizer, max_length=16, chat=False),
+                   "chat.jsonl line 2: the prompt is 20 tokens and data.max_length is 16")
+    [fits] = encode_completions([row], tokenizer, max_length=22, chat=False)
+    assert fits["labels"][-2:] == ids(tokenizer, "blue </s>")
 
 
 def test_messages_without_a_chat_template_are_one_line(tokenizer):

@@ -39,14 +39,17 @@ def stock_gradients(model, batch: dict, gold: bool = False) -> tuple[torch.Tenso
     return torch.autograd.grad(target, out.attentions)
 
 
-def test_a_causal_language_model_is_a_generation_task():
-    assert infer_task_type(tiny_causal_lm()) == GENERATION
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_causal_language_model_is_a_generation_task(family):
+    """LlamaForCausalLM and GPT2LMHeadModel alike: transformers' causal-LM heads, whatever their class name."""
+    assert infer_task_type(tiny_causal_lm(family=family)) == GENERATION
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("labels", ["pseudo", "gold"])
-def test_attribution_equals_autograd_of_the_completion_target_on_stock_attention(side, labels):
-    model = tiny_causal_lm()
+def test_attribution_equals_autograd_of_the_completion_target_on_stock_attention(family, side, labels):
+    model = tiny_causal_lm(family=family)
     batch = completion_batch(side)
     scores = ADDrop(model, ADDropConfig(layers="all", labels=labels)).scores(batch)
     expected = stock_gradients(model, batch, gold=labels == "gold")
@@ -56,19 +59,42 @@ def test_attribution_equals_autograd_of_the_completion_target_on_stock_attention
         torch.testing.assert_close(score, expected[layer], atol=1e-7, rtol=1e-4)
 
 
-def test_prompt_positions_do_not_enter_the_target():
-    """Relabelling a prompt token as completion changes the attribution; changing the gold id under a prompt
-    position (where the target reads none) does not."""
+def test_only_the_completion_positions_enter_the_target():
+    """Position 0's label is never a target (nothing predicts the first token): giving it a real id changes
+    nothing. Labelling one more prompt token as completion changes the attribution."""
     model = tiny_causal_lm()
     batch = completion_batch("right")
     addrop = ADDrop(model, ADDropConfig(layers="all", labels="gold"))
     base = addrop.scores(batch)[0]
-    prompt = batch["labels"] == IGNORE_INDEX
-    unchanged = {**batch, "labels": batch["labels"].masked_fill(prompt, IGNORE_INDEX)}
-    torch.testing.assert_close(addrop.scores(unchanged)[0], base)
+    first = batch["labels"].clone()
+    first[:, 0] = batch["input_ids"][:, 0]
+    torch.testing.assert_close(addrop.scores({**batch, "labels": first})[0], base, atol=0, rtol=0)
     widened = batch["labels"].clone()
     widened[0, 3] = batch["input_ids"][0, 3]
     assert not torch.allclose(addrop.scores({**batch, "labels": widened})[0], base)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_left_and_right_padding_give_the_same_loss_and_attribution(family):
+    """The collator numbers positions from each row's first real token, so padding side changes nothing, with
+    rotary positions and with GPT-2's absolute ones alike."""
+    from tiny_models import causal_tokenizer
+
+    from addrop_cli.tasks.generation_data import Completion, completion_collator, encode_completions
+
+    model = tiny_causal_lm(family=family)
+    rows = [Completion("reverse : red cat :", "cat red"), Completion("reverse : red cat dog sun :", "sun dog cat red")]
+    results = []
+    for side in SIDES:
+        tokenizer = causal_tokenizer()
+        tokenizer.padding_side = side
+        batch = completion_collator(tokenizer)(encode_completions(rows, tokenizer, max_length=32, chat=False))
+        real = batch["attention_mask"].bool()
+        scores = ADDrop(model, ADDropConfig(layers=[0])).scores(batch)[0]
+        rows_kept = scores[0][:, real[0]][:, :, real[0]]  # the short row's real queries and keys
+        results.append((model(**batch).loss, rows_kept))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
 
 
 def drops_keeping_the_diagonal(batch: dict, heads: int = 4, seed: int = 0) -> torch.Tensor:
