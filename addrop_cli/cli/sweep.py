@@ -40,7 +40,7 @@ SHOWN_ROWS = 15  # the live table shows the latest finished trials
 Workers = Annotated[int, option(metavar="N", help="Local backend: trials run at once, each in its own process (one "
                                 "GPU each, round robin).")]
 BackendName = Annotated[str, option("--backend", metavar="local|ray", help="Where trials run: this machine, or a "
-                                    "Ray cluster (pip install 'addrop[ray]').")]
+                                    "Ray cluster (pip install 'addrop\\[ray]').")]
 Address = Annotated[str | None, option(metavar="auto|HOST:PORT", help="Ray: join this cluster (auto: the one 'ray "
                                        "start' made here); without it Ray starts on this machine.")]
 GpusPerTrial = Annotated[float | None, option(metavar="N", help="Ray: GPUs per trial (default 1 when the cluster "

@@ -299,8 +299,9 @@ def test_help_has_defaults_no_type_tags_and_every_task_kind():
     assert not any(tag in line for line in options for tag in ("<str>", "<int>", "<float>", "<bool>", "<path>"))
     assert "[default: (the recipe's)]" in result.output
     text = " ".join(result.output.split())
-    assert "conll2003" in text and "wmt16-en-ro" in text
+    assert "conll2003" in text and "wmt16-en-ro" in text and "generation" in text
     assert ok(["--version"]).output.strip() == "addrop 0.1.0"
+    assert "'addrop[ray]'" in " ".join(ok(["sweep", "--help"]).output.split())  # not eaten as rich markup
     assert "predict" in ok(["--help"]).output
 
 

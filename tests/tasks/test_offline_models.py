@@ -332,3 +332,9 @@ def test_the_real_assembled_smollm2_is_a_plain_causal_lm_that_answers_offline(mo
     assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
     classifier = AutoModelForSequenceClassification.from_pretrained(real, num_labels=2)
     assert type(classifier).__name__ == "LlamaForSequenceClassification"
+
+
+def test_the_help_names_the_extra_that_brings_gguf():
+    """Rich reads [llm] as markup unless escaped: the help must show the extra's name."""
+    result = runner.invoke(app, ["assemble", "--help"])
+    assert "'addrop[llm]'" in " ".join(result.output.split())
