@@ -9,6 +9,7 @@ Usage, with any transformers model one of the attention routes reaches (:mod:`~a
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +22,7 @@ from addrop_cli.core.methods.base import unwrapped
 from addrop_cli.core.model_setup import build_no_kv_cache, infer_task_type
 from addrop_cli.core.routes.base import AttentionSite, ForwardState
 from addrop_cli.core.routes.connect import calls_by_module, connect, select_calls
-from addrop_cli.core.settings import ENCODER, IGNORE_INDEX, TOKEN, ADDropConfig
+from addrop_cli.core.settings import ENCODER, GENERATION, IGNORE_INDEX, SEQ2SEQ, TOKEN, ADDropConfig
 from addrop_cli.errors import UserError
 
 
@@ -56,6 +57,12 @@ def attribution_dtype(precision: str, model: torch.nn.Module) -> torch.dtype | N
         raise UserError(f"addrop.attribution_precision={precision!r} cannot run on this {device} device: use "
                         f"{valid}")
     return dtype
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the language model (inside a peft wrapper, if any) takes ``logits_to_keep``."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 @contextmanager
@@ -93,7 +100,8 @@ class Attribution:
         attention: call -> (B, H, Q, K) attention probabilities (those that multiply V).
         scores: call -> (B, H, Q, K) attribution scores of the configured method.
         visible: call -> (B, 1, Q, K) bool, the keys each query row can see under the model's own mask.
-        logits: the model's logits, (B, C) or (B, T, C).
+        logits: the model's logits, (B, C) or (B, T, C); for a language model trained on completions, those of the
+            positions predicting a completion token, (B, K, V) (see ADDrop._attribution_inputs).
     All detached.
     """
 
@@ -133,6 +141,10 @@ class ADDrop:
                             "train.gradient_checkpointing off or set unmasked_weight 0")
         build_no_kv_cache(self.base)
         self.attribution_dtype = attribution_dtype(config.attribution_precision, self.base)
+        # A language model that can restrict its logits to given positions is attributed on those alone, whose
+        # labels line up with its logits as a decoder's do (see _attribution_inputs).
+        self._keeps_logits = self.task_type == GENERATION and accepts_logits_to_keep(self.base)
+        self._target_task = SEQ2SEQ if self._keeps_logits else self.task_type
         self._drop_tally: torch.Tensor | None = None  # (dropped, seen) positions since take_drop_counts()
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -248,34 +260,51 @@ class ADDrop:
         """AA, IGA and RD: one recording forward without a graph, then the method's scores."""
         if method == "iga":  # as the official code: its m steps in eval mode, so deterministic
             with dropout_off(self.base):
-                attention, visible, logits = self._record(batch, grad=False)
+                attention, visible, logits, _ = self._record(batch, grad=False)
                 scores = self._integrated_gradients(batch, attention)
             return Attribution(attention, scores, visible, logits)
-        attention, visible, logits = self._record(batch, grad=False)
+        attention, visible, logits, _ = self._record(batch, grad=False)
         scores = attention if method == "aa" else self._random_scores(visible)
         return Attribution(attention, scores, visible, logits)
 
     def _record(self, batch, grad: bool, context_scale: dict[int, float] | None = None, calls=None):
         """Forward recording the attention probabilities and visible keys of ``calls`` (default: the selected
-        layers), with each call in ``context_scale`` scaling its A·V; returns them and the logits."""
+        layers), with each call in ``context_scale`` scaling its A·V; returns them, the logits and the gold labels
+        those line up with (see :meth:`_attribution_inputs`)."""
         state = ForwardState(record=frozenset(self.selected if calls is None else calls),
                              context_scale=context_scale or {}, call_of=self.call_of)
+        inputs, gold = self._attribution_inputs(batch)
         with torch.set_grad_enabled(grad):
-            logits = self.route.forward(self.base, batch, state).logits
-        return state.recorded, state.visible, logits
+            logits = self.route.forward(self.base, inputs, state).logits
+        return state.recorded, state.visible, logits, gold
+
+    def _attribution_inputs(self, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The batch the attribution forward runs on, and the gold labels its logits line up with.
+
+        A language model trained on completions gets no labels (F is computed here, not its loss) and projects
+        onto its vocabulary only the K positions that predict a completion token in some row (``logits_to_keep``;
+        the projection is about a fifth of a small LLM's forward, and a completion a few of its positions): logits
+        (B, K, V), gold (B, K) the tokens they predict, ``IGNORE_INDEX`` where a row has none there. F is then the
+        same as over every position, as the target ignores the others."""
+        if self.task_type != GENERATION or not self._keeps_logits:
+            return batch, batch.get("labels")
+        labels = batch["labels"]
+        positions = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().flatten()
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        return {**inputs, "logits_to_keep": positions}, labels[:, positions + 1]
 
     def _target(self, logits: torch.Tensor, labels: torch.Tensor, batch) -> torch.Tensor:
         valid = batch.get("attention_mask") if self.task_type == TOKEN else None
-        return attribution_target(logits, labels, self.task_type, valid)
+        return attribution_target(logits, labels, self._target_task, valid)
 
-    def _labels(self, logits: torch.Tensor, batch) -> torch.Tensor:
-        return attribution_labels(logits, batch.get("labels"), self.task_type, self.config.labels == "gold")
+    def _labels(self, logits: torch.Tensor, gold: torch.Tensor | None) -> torch.Tensor:
+        return attribution_labels(logits, gold, self._target_task, self.config.labels == "gold")
 
     def _gradients(self, batch) -> Attribution:
         """GA, Eq. 5: one joint autograd.grad over all selected layers; no parameter .grad is written."""
         with parameters_frozen(self.base):  # through the backward too: checkpointing recomputes in it
-            recorded, visible, logits = self._record(batch, grad=True)
-            target = self._target(logits, self._labels(logits, batch), batch)
+            recorded, visible, logits, gold = self._record(batch, grad=True)
+            target = self._target(logits, self._labels(logits, gold), batch)
             calls = list(recorded)
             # No retain_graph: the pass-1 graph is freed here, before the masked forward.
             grads = torch.autograd.grad(target, [recorded[c] for c in calls], allow_unused=True)
@@ -293,9 +322,9 @@ class ADDrop:
             total = torch.zeros_like(probs)
             for k in range(1, steps + 1):
                 with parameters_frozen(self.base):
-                    recorded, _, step_logits = self._record(batch, grad=True, context_scale={call: k / steps},
+                    recorded, _, step_logits, gold = self._record(batch, grad=True, context_scale={call: k / steps},
                                                             calls=[call])
-                    target = self._target(step_logits, self._labels(step_logits, batch), batch)
+                    target = self._target(step_logits, self._labels(step_logits, gold), batch)
                     (grad,) = torch.autograd.grad(target, [recorded[call]], allow_unused=True)
                 if grad is not None:
                     total += grad

@@ -182,3 +182,15 @@ def test_rdrop_compares_the_next_token_distributions_of_completion_positions_onl
 def test_hiddencut_is_refused_in_one_line_for_a_language_model():
     with pytest.raises(UserError, match=r"cuts encoder self-attention models only.*use --method addrop or rdrop"):
         HiddenCut(tiny_causal_lm(), HiddenCutConfig())
+
+
+def test_the_attribution_forward_projects_only_the_positions_that_predict_a_completion_token():
+    """The vocabulary projection of the other positions cannot reach F: it is not computed (logits_to_keep)."""
+    model = tiny_causal_lm()
+    batch = completion_batch("right")
+    predicting = (batch["labels"][:, 1:] != IGNORE_INDEX).any(0)
+    logits = ADDrop(model, ADDropConfig(layers="all")).attribute(batch).logits
+    assert logits.shape == (3, int(predicting.sum()), model.config.vocab_size)
+    assert predicting.sum() < batch["input_ids"].shape[1] - 1
+    full = model(**inputs(batch)).logits[:, :-1][:, predicting]
+    torch.testing.assert_close(logits, full)
