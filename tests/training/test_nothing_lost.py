@@ -88,7 +88,12 @@ def test_ctrl_c_during_setup_leaves_the_finished_run_byte_identical(run_copy, ti
     process = subprocess.Popen([sys.executable, "-m", "addrop_cli",
                                 *map(str, train_args(tiny_checkpoint, out, "--overwrite"))],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    time.sleep(1.5)  # importing torch and transformers: well before the first training step
+    # The moment torch's library is mapped the process is importing it, seconds before transformers is imported and
+    # the model loaded, let alone a step trained (a fixed sleep raced a fast machine that finished the run in it).
+    deadline = time.monotonic() + 60
+    while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text() and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before importing torch"
+        time.sleep(0.005)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0, stderr
