@@ -85,9 +85,12 @@ def test_a_failed_overwrite_leaves_the_finished_run_byte_identical(failure, run_
 
 def test_ctrl_c_during_setup_leaves_the_finished_run_byte_identical(run_copy, tiny_checkpoint):
     out, before = run_copy
+    # SIGINT back to its default in the child: a shell that runs the tests in the background ignores it, and
+    # Python started with it ignored would never see the Ctrl-C.
     process = subprocess.Popen([sys.executable, "-m", "addrop_cli",
                                 *map(str, train_args(tiny_checkpoint, out, "--overwrite"))],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # The moment torch's library is mapped the process is importing it, seconds before transformers is imported and
     # the model loaded, let alone a step trained (a fixed sleep raced a fast machine that finished the run in it).
     deadline = time.monotonic() + 60
