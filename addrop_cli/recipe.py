@@ -210,6 +210,11 @@ GENERATION_SECTION = "generation"
 TEMPLATE_FIELDS = ("text", "text_pair")
 
 
+def template_fields(template: str) -> set[str]:
+    """The ``{name}`` fields of a prompt template (``str.format`` syntax); ValueError for a malformed one."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
 @dataclass
 class GenerationConfig:
     """Generative fine-tuning of a decoder-only model (``task: generation``, or a classification task given a
@@ -226,7 +231,7 @@ class GenerationConfig:
                 "use a positive number of tokens")
         if self.template is not None:
             try:
-                fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
+                fields = template_fields(self.template)
             except ValueError as error:
                 fields = {f"({error})"}
             require("text" in fields and fields <= set(TEMPLATE_FIELDS), "generation.template", self.template,

@@ -125,11 +125,6 @@ def render_prompt(template: str, text: str, text_pair: str | None = None) -> str
     return template.format(text=text.strip(), text_pair=(text_pair or "").strip())
 
 
-def template_fields(template: str) -> set[str]:
-    """The ``{name}`` fields of a template (``str.format`` syntax)."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-
-
 # ---------------------------------------------------------------------------------------------- tokenizing
 
 

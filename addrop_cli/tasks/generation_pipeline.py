@@ -40,11 +40,6 @@ from addrop_cli.tasks.splits import load_split, read_split
 OTHER_ANSWER = "(other)"  # a generated text that gives none of the answers
 
 
-def answer_starts(labels: torch.Tensor) -> list[int]:
-    """Per row of (B, T) ``labels``, where its answer begins (:func:`last_answer_start`)."""
-    return [last_answer_start(row) for row in labels.tolist()]
-
-
 def completion_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the summed negative log-likelihood of the completion tokens and their count: position t's logits
     predict token t + 1. Shapes (B, T, V) and (B, T) -> (B,), (B,)."""
@@ -71,7 +66,7 @@ def prompts_of(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[li
     prompt."""
     prompts, answers = [], []
     labels = batch.get("labels")
-    starts = answer_starts(labels) if labels is not None else None
+    starts = [last_answer_start(row) for row in labels.tolist()] if labels is not None else None
     for index, (ids, mask) in enumerate(zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(),
                                             strict=True)):
         end = starts[index] if starts is not None else len(ids)
@@ -152,7 +147,7 @@ class GenerationPipeline:
         """The prompt of a labelled feature (every token before its answer), to generate from."""
         if "labels" not in feature:
             return feature
-        end = answer_starts(torch.tensor([feature["labels"]]))[0]
+        end = last_answer_start(feature["labels"])
         return {"input_ids": feature["input_ids"][:end], "attention_mask": feature["attention_mask"][:end]}
 
     def collator(self, tokenizer):

