@@ -133,3 +133,12 @@ def tiny_causal_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_causal_lm().save_pretrained(directory)
     causal_tokenizer().save_pretrained(directory)
     return directory
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blockwise attention at test sizes: every call split into blocks of a few rows (see row_blocks)."""
+    from addrop_cli.core import blockwise_attention
+
+    monkeypatch.setattr(blockwise_attention, "WHOLE_ELEMENTS", 0)
+    monkeypatch.setattr(blockwise_attention, "BLOCK_ELEMENTS", 300)

@@ -288,8 +288,8 @@ def allowed_keys(batch: dict, causal: bool) -> torch.Tensor:
 
 
 def nothing_dropped(heads: int):
-    """A drop function for one call: an empty (B, H, Q, K) mask whatever the call's visible keys."""
-    return lambda visible: torch.zeros(visible.shape[0], heads, *visible.shape[2:], dtype=torch.bool)
+    """A drop function for one call: an empty (B, H, R, S) mask whatever the block and its visible keys."""
+    return lambda block, visible: torch.zeros(visible.shape[0], heads, *visible.shape[2:], dtype=torch.bool)
 
 
 def check_family(model_type: str, kwargs: dict, outcome: str) -> None:

@@ -44,6 +44,36 @@ def test_checkpointed_gradients_equal_plain_ones(family, attribution):
         torch.testing.assert_close(checkpointed[name], gradient, atol=1e-6, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize(("family", "attribution", "attention_dropout"),
+                         [("llama", "ga", 0.0), ("qwen2", "ga", 0.1), ("llama", "aa", 0.0), ("bert", "aa", 0.1)])
+def test_checkpointed_gradients_equal_plain_ones_block_by_block(small_blocks, family, attribution, attention_dropout):
+    """Drops asked for block by block inside the forward, again in the recompute: the fused CPU path without
+    attention dropout, the checkpointed sdpa blocks with it (nested in the layer's own checkpoint)."""
+    model, batch = (tiny_classifier("bert"), random_batch()) if family == "bert" else \
+        (tiny_decoder(family), decoder_batch("left"))
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = attention_dropout
+    plain = addrop_gradients(model, batch, checkpointing=False, attribution=attribution)
+    checkpointed = addrop_gradients(model, batch, checkpointing=True, attribution=attribution)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 0
+    for name, gradient in plain.items():
+        torch.testing.assert_close(checkpointed[name], gradient, atol=1e-6, rtol=0, msg=name)
+
+
+def test_recomputed_blocks_are_counted_once(small_blocks):
+    counts = []
+    for checkpointing in (False, True):
+        model = tiny_decoder("llama").train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        addrop = ADDrop(model, ADDropConfig(p=0.5, q=0.5, layers="all"))
+        torch.manual_seed(0)
+        addrop.loss(decoder_batch("left")).backward()
+        counts.append(addrop.take_drop_counts())
+    assert counts[0][0] > 0 and torch.equal(counts[0], counts[1])
+
+
 def test_shared_attention_modules_with_checkpointing_are_refused():
     config = AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=4, intermediate_size=37)

@@ -10,17 +10,19 @@ Usage, with any transformers model one of the attention routes reaches (:mod:`~a
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from addrop_cli.core.attribution import attribution_labels, attribution_target, integrated_gradient_scale
+from addrop_cli.core.block_drops import BlockDrops, GradientRows, ProbabilityRows, RowScores, WholeRows, call_seed
+from addrop_cli.core.blockwise_attention import RowBlock
 from addrop_cli.core.masking import candidate_region, padding_fill, random_scores, sample_drops
 from addrop_cli.core.methods.base import unwrapped
 from addrop_cli.core.model_setup import build_no_kv_cache, infer_task_type
-from addrop_cli.core.routes.base import AttentionSite, ForwardState
+from addrop_cli.core.routes.base import GRADIENT, PROBABILITY, AttentionSite, ForwardState
 from addrop_cli.core.routes.connect import calls_by_module, connect, select_calls
 from addrop_cli.core.settings import ENCODER, GENERATION, IGNORE_INDEX, SEQ2SEQ, TOKEN, ADDropConfig
 from addrop_cli.errors import UserError
@@ -145,6 +147,8 @@ class ADDrop:
         # labels line up with its logits as a decoder's do (see _attribution_inputs).
         self._keeps_logits = self.task_type == GENERATION and accepts_logits_to_keep(self.base)
         self._target_task = SEQ2SEQ if self._keeps_logits else self.task_type
+        # GA and AA on a route that keeps their factors build each layer's drops inside the masked forward.
+        self._by_block = self.route.keeps_factors and config.attribution in ("ga", "aa")
         self._drop_tally: torch.Tensor | None = None  # (dropped, seen) positions since take_drop_counts()
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -159,6 +163,8 @@ class ADDrop:
             # A random region needs no attribution pass: it is drawn inside the masked forward, where each
             # call's visible keys are known.
             drops = {call: partial(self._random_drops, batch, call) for call in self.selected}
+        elif self._by_block:
+            drops = self.block_drops(batch)
         else:
             drops = self.drop_masks(batch)
         masked = self.route.forward(self.model, batch, ForwardState(drops=drops, call_of=self.call_of)).loss
@@ -182,6 +188,44 @@ class ADDrop:
         for call, mask in masks.items():
             self._tally(mask, seen[call])
         return masks
+
+    def block_drops(self, batch: dict[str, torch.Tensor]) -> dict[int, BlockDrops]:
+        """Call index -> the call's drops (Eq. 6-7), built block by block of query rows when the masked forward
+        reaches the call, from the attribution's factors (GA: ∂F/∂O and V; AA: scaled Q and K), so that no
+        (B, H, Q, K) tensor of every selected layer exists at once.
+
+        Each block's candidates equal :meth:`candidates`' over its rows; its drops come from a generator of its
+        own seeded from the call, the block and one seed drawn per step from torch's global generator (see
+        :mod:`~addrop_cli.core.block_drops`). Only for routes that keep factors, GA and AA.
+        """
+        scores = self._factor_scores(batch)
+        step_seed = int(torch.randint(1 << 27, ()))
+        return {call: BlockDrops(rows, query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder),
+                                 self.config.p, self.config.q, self.config.strategy != "low",
+                                 call_seed(step_seed, call), self._tally)
+                for call, rows in scores.items()}
+
+    def _factor_scores(self, batch) -> dict[int, RowScores]:
+        """The selected calls' scores as factors, from one forward keeping them (GA: and one gradient)."""
+        gradient = self.config.attribution == "ga"
+        state = ForwardState(keep=dict.fromkeys(self.selected, GRADIENT if gradient else PROBABILITY),
+                             call_of=self.call_of)
+        inputs, gold = self._attribution_inputs(batch)
+        device = next(self.base.parameters()).device.type
+        precision = nullcontext() if self.attribution_dtype is None else \
+            torch.autocast(device, dtype=self.attribution_dtype)
+        if not gradient:
+            with precision, torch.no_grad():
+                self.route.forward(self.base, inputs, state)
+            return {call: WholeRows(kept.probs) if kept.probs is not None else
+                    ProbabilityRows(kept.query, kept.key, state.visible[call]) for call, kept in state.kept.items()}
+        with precision, parameters_frozen(self.base):
+            logits = self.route.forward(self.base, inputs, state).logits
+            target = self._target(logits, self._labels(logits, gold), batch)
+            calls = list(state.kept)
+            grads = torch.autograd.grad(target, [state.kept[c].output for c in calls], allow_unused=True)
+        return {c: GradientRows((torch.zeros_like(state.kept[c].output) if g is None else g).transpose(1, 2),
+                                state.kept[c].value) for c, g in zip(calls, grads, strict=True)}
 
     def _tally(self, drops: torch.Tensor, seen: torch.Tensor) -> None:
         """Count (B, H, Q, K) ``drops`` against the (B, 1|H, Q, K) positions real query rows can see, on the
@@ -331,9 +375,10 @@ class ADDrop:
             scores[call] = integrated_gradient_scale(probs, total, steps)
         return scores
 
-    def _random_drops(self, batch, call: int, visible: torch.Tensor) -> torch.Tensor:
-        """RD's drops for one call, given its (B, 1, Q, K) visible keys: Eq. 6-7 on uniform noise."""
-        seen = self._seen(batch, call, visible)
+    def _random_drops(self, batch, call: int, block: RowBlock, visible: torch.Tensor) -> torch.Tensor:
+        """RD's drops for one block of a call, given its (B, 1, R, S) visible keys: Eq. 6-7 on uniform noise."""
+        rows = query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder)
+        seen = visible & rows[:, None, block.rows, None]
         drops = sample_drops(candidate_region(self._noise(call, visible), seen, self.config.p), self.config.q)
         self._tally(drops, seen)
         return drops

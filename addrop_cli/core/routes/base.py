@@ -45,15 +45,42 @@ class AttentionSite:
     module: int = 0  # id() of the attention module
 
 
+# What a call in ForwardState.keep keeps for the attribution: GA's factors or AA's.
+GRADIENT, PROBABILITY = "gradient", "probability"
+
+
+@dataclass
+class KeptCall:
+    """What one call in :attr:`ForwardState.keep` kept, instead of its (B, H, Q, K) probabilities where it can.
+
+    Attributes:
+        output: (B, Q, H, D) the attention output as the call returned it, in the graph (GA differentiates F with
+            respect to it); value: (B, H, K, D) the values it was computed from, grouped KV heads repeated.
+        query: (B, H, Q, D) the queries times the call's scaling; key: (B, H, K, D) repeated (AA recomputes its
+            probabilities from them).
+        probs: (B, H, Q, K) the probabilities that multiply V, where Q and K cannot give them again (attention
+            dropout drew them, or a variant such as soft-capping shapes them).
+    """
+
+    output: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+    query: torch.Tensor | None = None
+    key: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+
+
 @dataclass
 class ForwardState:
     """What one forward should do at each attention call, passed to :meth:`AttentionRoute.forward`.
 
     Attributes:
         record: call indices whose attention probabilities are kept (with autograd) in ``recorded``.
+        keep: call index -> GRADIENT or PROBABILITY: what the call keeps in ``kept`` (a :class:`KeptCall`) for GA or
+            AA, computing its attention as stock does (routes that cannot leave ``keep`` unserved).
         drops: call index -> (B, H, Q, K) bool, True where the position is masked out before softmax; or a
-            function of the call's (B, 1, Q, K) visible keys returning that mask (drawn inside the forward,
-            for regions that need no attribution pass).
+            function of a block of query rows (a :class:`~addrop_cli.core.blockwise_attention.RowBlock`) and its
+            (B, 1, R, S) visible keys returning the block's (B, H, R, S) mask, asked for inside the forward (the
+            route may ask for the whole call as one block).
         context_scale: call index -> alpha: the call's output A·V is multiplied by alpha (IGA, Eq. 3).
         probe: when True, each call is described in ``probed``.
         call_of: id(attention module) -> call index, when each module is called once per forward; calls are
@@ -61,10 +88,12 @@ class ForwardState:
     """
 
     record: frozenset[int] = frozenset()
-    drops: dict[int, torch.Tensor | Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
+    keep: dict[int, str] = field(default_factory=dict)
+    drops: dict[int, torch.Tensor | Callable[[Any, torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     context_scale: dict[int, float] = field(default_factory=dict)
     probe: bool = False
     recorded: dict[int, torch.Tensor] = field(default_factory=dict)
+    kept: dict[int, KeptCall] = field(default_factory=dict)
     visible: dict[int, torch.Tensor] = field(default_factory=dict)
     probed: list[ProbedCall] = field(default_factory=list)
     call_of: dict[int, int] | None = None
@@ -97,10 +126,12 @@ class AttentionRoute(Protocol):
 
     ``state_per_call``: True when the state travels with each attention call (so a layer recomputed by gradient
     checkpointing meets its own forward's state whatever ran since); False when it stays in force only until the
-    model's next forward starts.
+    model's next forward starts. ``keeps_factors``: whether the route serves :attr:`ForwardState.keep` (attribution
+    without each layer's probabilities) and asks for drops block by block.
     """
 
     state_per_call: bool
+    keeps_factors: bool
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], state: ForwardState) -> Any:
         """``model(**batch)`` with ``state`` in force at every attention call."""

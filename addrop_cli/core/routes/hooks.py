@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from addrop_cli.core.blockwise_attention import RowBlock
 from addrop_cli.core.masking import allowed_keys
 from addrop_cli.core.routes.base import (
     PROBE_ENCODER_LENGTH,
@@ -73,6 +74,7 @@ class HookRoute:
     """
 
     state_per_call = False  # armed per forward of the whole model
+    keeps_factors = False  # its models materialise their own probabilities: it records them whole
 
     def __init__(self, model: nn.Module):
         self.state: ForwardState | None = None
@@ -175,7 +177,9 @@ class HookRoute:
             state.visible[call] = visible
             return None
         drops = state.drops[call]
-        allowed = allowed_keys(visible, drops(visible) if callable(drops) else drops)
+        if callable(drops):
+            drops = drops(RowBlock.whole(*visible.shape[-2:]), visible)
+        allowed = allowed_keys(visible, drops)
         return (renormalised(probs, allowed), *args[1:])
 
     def _after_dropout(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:

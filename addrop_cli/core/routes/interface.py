@@ -7,13 +7,17 @@ A model switched to it behaves exactly like its stock attention unless a
 ``addrop_state``; transformers hands that keyword down to every attention call, so the state is per forward,
 never global and never stored on modules.
 
-Per attention call the state picks one of three modes:
+Per attention call the state picks one of four modes:
 
 - off: the stock computation (transformers' sdpa function, or the eager formula for the variants sdpa
   cannot run: Gemma2's logit soft-capping and gpt-oss's attention sinks);
 - record: eager attention, keeping with autograd the probabilities that multiply V (after softmax and
   attention dropout, as in the reference code, so that random attention dropout cannot zero attributions);
-- apply: the model's own mask with the dropped positions removed from it.
+- keep: the stock computation, keeping what GA or AA needs in place of the probabilities (the output and V, or
+  the scaled Q and K), all linear in length; the probabilities where Q and K cannot give them again;
+- apply: the model's own mask with the dropped positions removed from it; drops asked for block by block run
+  through :func:`~addrop_cli.core.blockwise_attention.blockwise_masked_attention` when the call is larger than
+  one block and sdpa could have run it.
 
 What a query row can see (its *visible* keys) is read from the mask the model built for that call:
 padding, causal and sliding-window masks all arrive there, and a None mask means "everything" or, for a
@@ -37,9 +41,12 @@ from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from addrop_cli.core.blockwise_attention import RowBlock, blockwise_masked_attention, row_blocks
 from addrop_cli.core.masking import allowed_keys
 from addrop_cli.core.routes.base import (
+    GRADIENT,
     ForwardState,
+    KeptCall,
     ProbedCall,
     hides_every_later_key,
     probe_inputs,
@@ -66,6 +73,7 @@ class InterfaceRoute:
     attention call (see the module docstring), so each call, recomputed or not, carries its own forward's."""
 
     state_per_call = True
+    keeps_factors = True
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], state: ForwardState):
         return model(**batch, addrop_state=state)
@@ -116,6 +124,11 @@ def eager_attention(module, query, key, value, allowed, dropout, scaling, kwargs
     return output, probs
 
 
+def _shaped(kwargs: dict) -> bool:
+    """Whether the call's probabilities are shaped by a variant sdpa does not run (soft-capping, sinks, bias)."""
+    return any(kwargs.get(name) is not None for name in (SOFTCAP, SINKS, POSITION_BIAS))
+
+
 def _attend(module, query, key, value, allowed, attention_mask, dropout, scaling, kwargs):
     """The model's attention with ``allowed`` as its mask (None: the incoming mask, untouched)."""
     if kwargs.get(SOFTCAP) is not None or kwargs.get(SINKS) is not None:
@@ -145,7 +158,7 @@ def addrop_attention_forward(
     if state is None:
         return _attend(module, query, key, value, None, attention_mask, dropout, scaling, kwargs)
     call = state.next_call(module)
-    wanted = state.probe or call in state.record or call in state.drops
+    wanted = state.probe or call in state.record or call in state.keep or call in state.drops
     visible = state.visible_keys(attention_mask, query, key, _is_causal(module, kwargs)) if wanted else None
     if state.probe:
         state.probed.append(ProbedCall(query.shape[-2], key.shape[-2], query.shape[1], hides_every_later_key(visible),
@@ -153,15 +166,56 @@ def addrop_attention_forward(
     if call in state.record:
         output, probs = eager_attention(module, query, key, value, visible, dropout, scaling, kwargs, True)
         state.recorded[call], state.visible[call] = probs, visible
+    elif call in state.keep:
+        output, probs, state.kept[call] = _keep(module, query, key, value, visible, attention_mask, dropout, scaling,
+                                                kwargs, state.keep[call])
+        state.visible[call] = visible
+    elif call in state.drops:
+        output, probs = _attend_dropped(module, query, key, value, visible, state.drops[call], attention_mask,
+                                        dropout, scaling, kwargs)
     else:
-        allowed = None
-        if call in state.drops:
-            drops = state.drops[call]
-            allowed = allowed_keys(visible, drops(visible) if callable(drops) else drops)
-        output, probs = _attend(module, query, key, value, allowed, attention_mask, dropout, scaling, kwargs)
+        output, probs = _attend(module, query, key, value, None, attention_mask, dropout, scaling, kwargs)
     if call in state.context_scale:
         output = output * state.context_scale[call]
     return output, probs
+
+
+def _keep(module, query, key, value, visible, attention_mask, dropout, scaling, kwargs, wanted: str):
+    """Keep mode: (output, probs, :class:`KeptCall`). GA keeps the output in the graph and V; AA the scaled Q and K.
+    Where attention dropout draws the probabilities or a variant shapes them, they come from the eager formula
+    (the dropout draws as in record mode): GA still keeps only the output and V, AA the probabilities."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    eager = dropout > 0 or _shaped(kwargs)
+    if eager:
+        output, probs = eager_attention(module, query, key, value, visible, dropout, scaling, kwargs)
+    else:
+        output, probs = _attend(module, query, key, value, None, attention_mask, dropout, scaling, kwargs)
+    if wanted == GRADIENT:
+        if torch.is_grad_enabled() and not output.requires_grad:
+            output = output.detach().requires_grad_(True)  # nothing before it is trainable: it becomes a leaf
+        return output, None, KeptCall(output=output, value=repeat_kv(value, groups).detach())
+    if eager:
+        return output, None, KeptCall(probs=probs.detach())
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return output, probs, KeptCall(query=(query * scale).detach(), key=repeat_kv(key, groups).detach())
+
+
+def _attend_dropped(module, query, key, value, visible, drops, attention_mask, dropout, scaling, kwargs):
+    """Apply mode: the call's attention with ``drops`` (a mask, or asked for by block) taken from its visible keys;
+    blockwise when the call spans several blocks and sdpa could have run it with a bool mask."""
+    if not callable(drops):
+        return _attend(module, query, key, value, allowed_keys(visible, drops), attention_mask, dropout, scaling,
+                       kwargs)
+    blocks = row_blocks(visible, query.shape[1])
+    bool_mask = attention_mask is None or attention_mask.dtype == torch.bool
+    if len(blocks) == 1 or _shaped(kwargs) or not bool_mask:
+        whole = drops(RowBlock.whole(*visible.shape[-2:]), visible)
+        return _attend(module, query, key, value, allowed_keys(visible, whole), attention_mask, dropout, scaling,
+                       kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    output = blockwise_masked_attention(query, repeat_kv(key, groups), repeat_kv(value, groups), visible, drops,
+                                        blocks, dropout, scaling)
+    return output.transpose(1, 2).contiguous(), None
 
 
 def register() -> None:
