@@ -140,5 +140,4 @@ def small_blocks(monkeypatch):
     """Blockwise attention at test sizes: every call split into blocks of a few rows (see row_blocks)."""
     from addrop_cli.core import blockwise_attention
 
-    monkeypatch.setattr(blockwise_attention, "WHOLE_ELEMENTS", 0)
     monkeypatch.setattr(blockwise_attention, "BLOCK_ELEMENTS", 300)

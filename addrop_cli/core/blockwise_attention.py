@@ -3,12 +3,13 @@
 AD-DROP's masked forward gives every head and query row its own mask (Eq. 7). Handed to
 ``scaled_dot_product_attention`` whole, that mask is one (B, H, Q, K) tensor per layer, which the fused kernels
 keep (as floats) for their backward: quadratic memory per layer, for every layer until the backward. Here a
-layer's rows are split into blocks of at most ``BLOCK_ELEMENTS`` (B, H, R, S) positions, each block over the span
+layer's rows are split into blocks of at most ``BLOCK_ELEMENTS`` (B, H, R, K) positions, each block over the span
 S of keys its rows can see (half the keys on average under a causal mask). Each block runs the fused kernel on
-its own mask, keeps only that mask bit-packed, and is recomputed in the backward (activation checkpointing per
-block): a layer holds B·H·Q·K / 8 bytes until the backward, and one block's float mask at a time.
+its own mask and keeps only that mask, bit-packed, for the backward, which runs the kernel's backward per block
+(on a CPU without attention dropout) or recomputes the block first (activation checkpointing, elsewhere): a
+layer holds B·H·Q·K / 8 bytes until the backward, and one block's float mask at a time.
 
-Pure torch, no model code. Shapes: B batch, H heads, Q query rows, K keys, D head size.
+Pure torch (numpy's packbits on a CPU), no model code. Shapes: B batch, H heads, Q query rows, K keys, D head size.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from torch.utils.checkpoint import checkpoint
 
 from addrop_cli.core.masking import allowed_keys
 
-# A call of up to WHOLE_ELEMENTS (B, H, Q, K) positions (16 MB as float32) is one block: the fused kernel keeps
-# its mask whole, as stock attention would. Larger calls go in blocks of up to BLOCK_ELEMENTS (8 MB as float32),
-# the size that ran fastest here (2,048 tokens, 8 heads: 16 blocks of 128 rows).
-WHOLE_ELEMENTS, BLOCK_ELEMENTS = 1 << 22, 1 << 21
+# (B, H, R, K) positions of a block at most (4 MB as float32): the size that ran fastest on a 2-core CPU, from
+# 128 tokens (MiniLM, batch 16) to 2,048 (8 heads: 32 blocks of 64 rows). A call within it is one block.
+BLOCK_ELEMENTS = 1 << 20
 BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.uint8)
 
 
@@ -44,8 +44,8 @@ class RowBlock:
 
 
 def row_blocks(visible: torch.Tensor, heads: int) -> list[RowBlock]:
-    """Blocks of consecutive query rows, each of at most ``BLOCK_ELEMENTS`` (B, H, R, K) positions, in row order;
-    one block when the whole call has at most ``WHOLE_ELEMENTS``.
+    """Blocks of consecutive query rows, each of at most ``BLOCK_ELEMENTS`` (B, H, R, K) positions (or one row), in
+    row order.
 
     A block's key span runs from the first key any of its rows sees to the last (every key when none sees any,
     so such rows meet exactly the mask stock attention would).
@@ -55,7 +55,7 @@ def row_blocks(visible: torch.Tensor, heads: int) -> list[RowBlock]:
     """
     batch, _, queries, keys = visible.shape
     rows_per_block = max(1, BLOCK_ELEMENTS // (batch * heads * keys))
-    if rows_per_block >= queries or batch * heads * queries * keys <= WHOLE_ELEMENTS:
+    if rows_per_block >= queries:
         return [RowBlock.whole(queries, keys)]
     seen = visible.any(0)[0]  # (Q, K): a key some example's row sees
     sees_any = seen.any(-1)

@@ -54,6 +54,17 @@ def test_low_strategy_matches_brute_force(p):
     assert torch.equal(candidate_region(scores, key_mask, p, highest=False), expected)
 
 
+@pytest.mark.parametrize("highest", [True, False])
+def test_rows_of_tied_scores_match_brute_force(highest):
+    """Rows no gradient reaches (all scores 0) skip the selection; rows tied at another value do not."""
+    scores, key_mask = random_case(seed=11)
+    scores[:, 0] = 0.0  # a whole head silent
+    scores[1, 1, 2:5] = 0.0
+    scores[2, 2, 4] = 0.25  # tied, but not at 0
+    expected = brute_force_candidates(scores, key_mask, 0.3, highest=highest)
+    assert torch.equal(candidate_region(scores, key_mask, 0.3, highest=highest), expected)
+
+
 def test_keep_count_avoids_float_rounding_trap():
     # In floating point int((1 - 0.9) * 10) == 0; Eq. 6 means 1.
     assert int((1 - 0.9) * 10) == 0

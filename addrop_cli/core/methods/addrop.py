@@ -174,7 +174,9 @@ class ADDrop:
         return (1 - weight) * masked + weight * self.model(**batch).loss
 
     def drop_masks(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Call index -> (B, H, Q, K) bool dropped positions (Eq. 7) for every selected layer.
+        """Call index -> (B, H, Q, K) bool dropped positions (Eq. 7) for every selected layer, all at once: what
+        :meth:`loss` uses for IGA and on the module-hook route (GA and AA on the interface route build each layer's
+        drops inside the masked forward instead, see :meth:`block_drops`).
 
         Applied, a row whose every visible key is dropped keeps them all (the attention function spares it, see
         :func:`~addrop_cli.core.masking.allowed_keys`).
