@@ -6,9 +6,11 @@ intermediate 1,024, vocabulary 32,000), and ``smollm2-135m``, SmolLM2-135M-Instr
 being what the training loop does: forward, backward, fused AdamW update. Variants: ``plain``, ``ga_first`` and
 ``ga_all`` (AD-DROP, GA, p = q = 0.3, the first or every layer).
 
-Each (model, length, variant) runs in a fresh process: one plain step (the optimizer state then exists), then
-``--warmup`` steps of the variant, then ``--steps`` timed ones (median); memory is the peak RSS above the process
-after its plain step (CUDA: ``max_memory_allocated`` above the allocated memory then). Run it alone.
+Each (model, length, variant) runs in a fresh process: one plain step (the optimizer state then exists), ``--steps``
+timed plain steps, then ``--warmup`` steps of the variant and ``--steps`` timed ones; the time ratio is of the two
+medians in that process (this shared machine's speed drifts between processes by ±20 %). Memory is the peak RSS
+above the process after its first plain step (CUDA: ``max_memory_allocated`` above the allocated memory then),
+so a variant's is at least the plain step's. Run it alone.
 
     python benchmarks/length_scaling.py                              # llama-random, 256 to 4,096 tokens
     python benchmarks/length_scaling.py --models llama-random,smollm2-135m --lengths 256,1024,2048
@@ -50,7 +52,8 @@ def build_model(name: str) -> torch.nn.Module:
 
 
 def measure(model_name: str, length: int, variant: str, steps: int, warmup: int, device: str) -> dict:
-    """One variant's median step time and peak memory above the post-plain-step state (this process)."""
+    """One variant's and the plain step's median times, and the peak memory above the post-plain-step state (this
+    process)."""
     from addrop_cli import ADDrop, ADDropConfig
 
     model = build_model(model_name).to(device)
@@ -77,17 +80,19 @@ def measure(model_name: str, length: int, variant: str, steps: int, warmup: int,
     else:
         base = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
         base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
-    for index in range(warmup + steps):
-        start = time.perf_counter()
-        step(plain=False)
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for plain, count, skipped in ((True, steps, 0), (False, warmup + steps, warmup)):
+        for index in range(count):
+            start = time.perf_counter()
+            step(plain)
+            if index >= skipped:
+                times[plain].append(time.perf_counter() - start)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, base_peak) - base
-    return {"seconds": statistics.median(times), "peak_bytes": peak}
+    return {"seconds": statistics.median(times[False]), "plain_seconds": statistics.median(times[True]),
+            "peak_bytes": peak}
 
 
 def in_fresh_process(args, model_name: str, length: int, variant: str) -> dict:
@@ -105,13 +110,14 @@ def cpu_model() -> str:
 
 
 def table(results: list[dict]) -> str:
-    """Markdown: plain time and memory, then each AD-DROP variant's ratios to them."""
+    """Markdown: plain time and memory, then each AD-DROP variant's ratios to them (time: to the plain steps of
+    its own process)."""
     lines = ["| model | tokens | plain step | plain peak | GA first: time, memory | GA all: time, memory |",
              "|---|---|---|---|---|---|"]
     for row in results:
         plain = row["plain"]
-        cells = [f"{row[v]['seconds'] / plain['seconds']:.2f}×, {row[v]['peak_bytes'] / plain['peak_bytes']:.2f}×"
-                 for v in VARIANTS[1:]]
+        cells = [f"{row[v]['seconds'] / row[v]['plain_seconds']:.2f}×, "
+                 f"{row[v]['peak_bytes'] / plain['peak_bytes']:.2f}×" for v in VARIANTS[1:]]
         lines.append(f"| {row['model']} | {row['length']:,} | {plain['seconds']:.2f} s | "
                      f"{plain['peak_bytes'] / 2**20:,.0f} MB | {' | '.join(cells)} |")
     return "\n".join(lines)
@@ -148,8 +154,9 @@ def main() -> None:
             row = {"model": model_name, "length": length}
             for variant in VARIANTS:
                 row[variant] = in_fresh_process(args, model_name, length, variant)
-                print(f"{model_name} {length} {variant}: {row[variant]['seconds']:.3f} s, "
-                      f"{row[variant]['peak_bytes'] / 2**20:.0f} MB", file=sys.stderr, flush=True)
+                print(f"{model_name} {length} {variant}: {row[variant]['seconds']:.3f} s (plain "
+                      f"{row[variant]['plain_seconds']:.3f} s), {row[variant]['peak_bytes'] / 2**20:.0f} MB",
+                      file=sys.stderr, flush=True)
             results.append(row)
     summary = {"cpu": cpu_model(), "device": args.device, "torch": torch.__version__, "results": results}
     print(table(results))
