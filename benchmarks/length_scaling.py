@@ -6,11 +6,11 @@ intermediate 1,024, vocabulary 32,000), and ``smollm2-135m``, SmolLM2-135M-Instr
 being what the training loop does: forward, backward, fused AdamW update. Variants: ``plain``, ``ga_first`` and
 ``ga_all`` (AD-DROP, GA, p = q = 0.3, the first or every layer).
 
-Each (model, length, variant) runs in a fresh process: one plain step (the optimizer state then exists), ``--steps``
-timed plain steps, then ``--warmup`` steps of the variant and ``--steps`` timed ones; the time ratio is of the two
-medians in that process (this shared machine's speed drifts between processes by ±20 %). Memory is the peak RSS
-above the process after its first plain step (CUDA: ``max_memory_allocated`` above the allocated memory then),
-so a variant's is at least the plain step's. Run it alone.
+Each (model, length, variant) runs in a fresh process: one plain step (the optimizer state then exists),
+``--warmup`` steps of the variant, then ``--steps`` pairs of a plain and a variant step, alternating which goes
+first; the time ratio is of the two medians, so that drift in the machine's speed (±15 % here, over seconds) hits
+both alike. Memory is the peak RSS above the process after its first plain step (CUDA: ``max_memory_allocated``
+above the allocated memory then), so a variant's is at least the plain step's. Run it alone.
 
     python benchmarks/length_scaling.py                              # llama-random, 256 to 4,096 tokens
     python benchmarks/length_scaling.py --models llama-random,smollm2-135m --lengths 256,1024,2048
@@ -80,13 +80,14 @@ def measure(model_name: str, length: int, variant: str, steps: int, warmup: int,
     else:
         base = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
         base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for _ in range(warmup):
+        step(plain=False)
     times: dict[bool, list[float]] = {True: [], False: []}
-    for plain, count, skipped in ((True, steps, 0), (False, warmup + steps, warmup)):
-        for index in range(count):
+    for index in range(steps):
+        for plain in (True, False) if index % 2 else (False, True):
             start = time.perf_counter()
             step(plain)
-            if index >= skipped:
-                times[plain].append(time.perf_counter() - start)
+            times[plain].append(time.perf_counter() - start)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
@@ -161,7 +162,7 @@ def main() -> None:
     summary = {"cpu": cpu_model(), "device": args.device, "torch": torch.__version__, "results": results}
     print(table(results))
     print(f"\n{summary['device']}: {summary['cpu']}, torch {summary['torch']}, batch 1, "
-          f"median of {args.steps} steps after {args.warmup} warm-up")
+          f"medians of {args.steps} interleaved plain and AD-DROP steps after {args.warmup} warm-up")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

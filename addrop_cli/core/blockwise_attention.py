@@ -177,6 +177,10 @@ def blockwise_masked_attention(
     Returns:
         (B, H, Q, D).
     """
-    if query.device.type == "cpu" and dropout == 0:
+    device = query.device.type
+    if torch.is_autocast_enabled(device):  # as autocast casts sdpa's inputs (RoPE leaves Q and K in float32)
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    if device == "cpu" and dropout == 0:
         return FusedCpuBlocks.apply(query, key, value, visible, drops, blocks, scale)
     return checkpointed_blocks(query, key, value, visible, drops, blocks, dropout, scale)

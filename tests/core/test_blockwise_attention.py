@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from addrop_cli.core.blockwise_attention import (
     FusedCpuBlocks,
     RowBlock,
+    blockwise_masked_attention,
     checkpointed_blocks,
     pack_bits,
     row_blocks,
@@ -84,6 +85,21 @@ def test_blockwise_attention_equals_stock_sdpa_with_the_whole_mask(small_blocks,
     torch.testing.assert_close(output[real], stock[real], rtol=1e-5, atol=1e-6)
     for mine, theirs in zip(got, expected, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_under_bf16_autocast_inputs_are_cast_as_sdpa_casts_them(small_blocks, dropout):
+    """RoPE leaves Q and K in float32 while V is bf16: the fused kernel needs one dtype, as autocast gives sdpa."""
+    query, key, value = qkv(2, 3, 40)
+    visible = visible_keys(2, 40)
+    whole, drops = drops_of(3, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = blockwise_masked_attention(query, key, value.bfloat16(), visible, drops, row_blocks(visible, 3),
+                                            dropout)
+        stock = F.scaled_dot_product_attention(query, key, value.bfloat16(), attn_mask=allowed_keys(visible, whole))
+    assert output.dtype == torch.bfloat16
+    if dropout == 0:
+        torch.testing.assert_close(output, stock, rtol=2e-2, atol=2e-2)
 
 
 def test_each_blocks_drops_are_asked_for_once(small_blocks):
