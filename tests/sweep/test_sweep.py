@@ -357,7 +357,8 @@ def test_p_seed_and_lr_each_change_a_trial_of_the_retry_grid(tmp_path, unbroken_
     move with p, with the seed and with the lr; the tiny 0.02-initialised model predicts one class throughout."""
     base = unbroken_sweep / "trials" / "addrop_p0.1_q0.5_seed1"
     results = {"base": trial_result(base), "p": trial_result(unbroken_sweep / "trials" / "addrop_p0.5_q0.5_seed1")}
-    for name, extra in (("seed", ["--seed", "2"]), ("lr", ["--lr", "3e-3"])):
+    # lr 1e-2 against the grid's 1e-3: at 3e-3 the accuracy (13 of 24) happened to stay put under block-drawn drops.
+    for name, extra in (("seed", ["--seed", "2"]), ("lr", ["--lr", "1e-2"])):
         with one_thread():
             trained = runner.invoke(app, ["train", "--recipe", str(base / "recipe.yaml"), "--output-dir",
                                           str(tmp_path / name), *extra])
