@@ -119,12 +119,16 @@ class BlockDrops:
 
     def region(self, block: RowBlock, visible: torch.Tensor) -> torch.Tensor:
         """(B, H, R, S) bool: the block's candidate discard region (Eq. 6), given its (B, 1, R, S) visible keys."""
-        return candidate_region(self.scores.block(block), self.seen(block, visible), self.p, highest=self.highest)
+        return self._region(block, self.seen(block, visible))
+
+    def _region(self, block: RowBlock, seen: torch.Tensor) -> torch.Tensor:
+        return candidate_region(self.scores.block(block), seen, self.p, highest=self.highest)
 
     def __call__(self, block: RowBlock, visible: torch.Tensor) -> torch.Tensor:
         """(B, H, R, S) bool: the block's drops (Eq. 7), the same however often the block is asked for."""
-        drops = sample_drops(self.region(block, visible), self.q, block_generator(self.seed, block, visible.device))
+        seen = self.seen(block, visible)
+        drops = sample_drops(self._region(block, seen), self.q, block_generator(self.seed, block, visible.device))
         if self.tally is not None and block.rows.start not in self.counted:  # checkpointing asks again
             self.counted.add(block.rows.start)
-            self.tally(drops, self.seen(block, visible))
+            self.tally(drops, seen)
         return drops

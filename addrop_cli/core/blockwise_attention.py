@@ -97,6 +97,17 @@ def additive_mask(packed: torch.Tensor, width: int, dtype: torch.dtype) -> torch
     return values.view(*packed.shape[:-1], -1)[..., :width]
 
 
+def _width(block: RowBlock) -> int:
+    return block.keys.stop - block.keys.start
+
+
+def packed_allowed(visible: torch.Tensor, drops, block: RowBlock) -> torch.Tensor:
+    """The block's allowed keys (its visible ones less its drops, :func:`allowed_keys`), bit-packed: the one thing a
+    block keeps for its backward."""
+    seen = visible[:, :, block.rows, block.keys]
+    return pack_bits(allowed_keys(seen, drops(block, seen)))
+
+
 def _attend_block(query, key, value, packed, width: int, dropout: float, scale: float | None) -> torch.Tensor:
     """One block's fused attention under its unpacked mask; (B, H, R, D)."""
     return F.scaled_dot_product_attention(query, key, value, attn_mask=additive_mask(packed, width, query.dtype),
@@ -108,10 +119,9 @@ def checkpointed_blocks(query, key, value, visible, drops, blocks, dropout: floa
     run again in the backward (activation checkpointing, which replays the same dropout draws)."""
     outputs = []
     for block in blocks:
-        seen = visible[:, :, block.rows, block.keys]
-        packed = pack_bits(allowed_keys(seen, drops(block, seen)))
+        packed = packed_allowed(visible, drops, block)
         outputs.append(checkpoint(_attend_block, query[:, :, block.rows], key[:, :, block.keys],
-                                  value[:, :, block.keys], packed, seen.shape[-1], dropout, scale,
+                                  value[:, :, block.keys], packed, _width(block), dropout, scale,
                                   use_reentrant=False))
     return torch.cat(outputs, dim=2)
 
@@ -126,9 +136,8 @@ class FusedCpuBlocks(torch.autograd.Function):
         output = query.new_empty(query.shape[:-1] + value.shape[-1:])
         ctx.blocks, ctx.scale, ctx.packed, ctx.logsumexp = blocks, scale, [], []
         for block in blocks:
-            seen = visible[:, :, block.rows, block.keys]
-            packed = pack_bits(allowed_keys(seen, drops(block, seen)))
-            mask = additive_mask(packed, seen.shape[-1], query.dtype)
+            packed = packed_allowed(visible, drops, block)
+            mask = additive_mask(packed, _width(block), query.dtype)
             output[:, :, block.rows], logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 query[:, :, block.rows], key[:, :, block.keys], value[:, :, block.keys], attn_mask=mask, scale=scale)
             ctx.packed.append(packed)
@@ -142,10 +151,9 @@ class FusedCpuBlocks(torch.autograd.Function):
         grad_query, grad_key, grad_value = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
         for block, packed, logsumexp in zip(ctx.blocks, ctx.packed, ctx.logsumexp, strict=True):
             rows, keys = block.rows, block.keys
-            width = keys.stop - keys.start
             grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                 grad_output[:, :, rows], query[:, :, rows], key[:, :, keys], value[:, :, keys], output[:, :, rows],
-                logsumexp, 0.0, False, attn_mask=additive_mask(packed, width, query.dtype), scale=ctx.scale)
+                logsumexp, 0.0, False, attn_mask=additive_mask(packed, _width(block), query.dtype), scale=ctx.scale)
             grad_query[:, :, rows] = grads[0]
             grad_key[:, :, keys] += grads[1]
             grad_value[:, :, keys] += grads[2]

@@ -89,7 +89,8 @@ def candidate_region(
     fill = padding_fill(visible, p) if fill is None else fill
     padded = scores + fill.to(scores.dtype)  # the fill is 0 at visible keys: one pass, unlike a where
     k = int(keep_counts(torch.tensor(scores.shape[-1]), p))
-    silent = ~scores.ne(0).any(-1, keepdim=True)  # rows no gradient reached: all 0, so is their threshold
+    # Rows no gradient reached are all 0, and so is their threshold; only the CPU selection needs them told apart.
+    silent = ~scores.ne(0).any(-1, keepdim=True) if scores.device.type == "cpu" else None
     threshold = kth_smallest(padded, k, silent)
     region = (padded >= threshold) & visible
     if query_mask is not None:

@@ -213,15 +213,12 @@ class ADDrop:
         state = ForwardState(keep=dict.fromkeys(self.selected, GRADIENT if gradient else PROBABILITY),
                              call_of=self.call_of)
         inputs, gold = self._attribution_inputs(batch)
-        device = next(self.base.parameters()).device.type
-        precision = nullcontext() if self.attribution_dtype is None else \
-            torch.autocast(device, dtype=self.attribution_dtype)
         if not gradient:
-            with precision, torch.no_grad():
+            with self._attribution_precision(), torch.no_grad():
                 self.route.forward(self.base, inputs, state)
             return {call: WholeRows(kept.probs) if kept.probs is not None else
                     ProbabilityRows(kept.query, kept.key, state.visible[call]) for call, kept in state.kept.items()}
-        with precision, parameters_frozen(self.base):
+        with self._attribution_precision(), parameters_frozen(self.base):
             logits = self.route.forward(self.base, inputs, state).logits
             target = self._target(logits, self._labels(logits, gold), batch)
             calls = list(state.kept)
@@ -271,10 +268,11 @@ class ADDrop:
                                              fill=fill)
         return regions, seen_by_call
 
-    def _seen(self, batch, call: int, visible: torch.Tensor) -> torch.Tensor:
-        """The visible keys of real query rows only: padding query rows see nothing, so get no candidates."""
-        rows = query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder)
-        return visible & rows[:, None, :, None]
+    def _seen(self, batch, call: int, visible: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """The visible keys of real query rows only (of ``rows``, those ``visible`` covers): padding query rows see
+        nothing, so get no candidates."""
+        real = query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder)
+        return visible & real[:, None, rows, None]
 
     def scores(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Call index -> (B, H, Q, K) attribution scores for the configured method."""
@@ -289,11 +287,16 @@ class ADDrop:
         """
         if self.attribution_dtype is None:
             return self._attribute(batch)
-        device = next(self.base.parameters()).device.type
-        with torch.autocast(device, dtype=self.attribution_dtype):
+        with self._attribution_precision():
             found = self._attribute(batch)
         return Attribution({c: a.float() for c, a in found.attention.items()},
                            {c: s.float() for c, s in found.scores.items()}, found.visible, found.logits.float())
+
+    def _attribution_precision(self):
+        """Autocast in ``attribution_precision``'s dtype, or nothing when it is ``same``."""
+        if self.attribution_dtype is None:
+            return nullcontext()
+        return torch.autocast(next(self.base.parameters()).device.type, dtype=self.attribution_dtype)
 
     def _attribute(self, batch) -> Attribution:
         if self.config.attribution == "ga":
@@ -379,8 +382,7 @@ class ADDrop:
 
     def _random_drops(self, batch, call: int, block: RowBlock, visible: torch.Tensor) -> torch.Tensor:
         """RD's drops for one block of a call, given its (B, 1, R, S) visible keys: Eq. 6-7 on uniform noise."""
-        rows = query_rows(batch, self.sites[call], self.base.config.is_encoder_decoder)
-        seen = visible & rows[:, None, block.rows, None]
+        seen = self._seen(batch, call, visible, block.rows)
         drops = sample_drops(candidate_region(self._noise(call, visible), seen, self.config.p), self.config.q)
         self._tally(drops, seen)
         return drops

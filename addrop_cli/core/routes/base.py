@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from addrop_cli.core.blockwise_attention import RowBlock, row_blocks
 from addrop_cli.errors import UserError
 
 # The probe's input lengths: encoder-decoders get a shorter decoder input, so a call's lengths tell its kind.
@@ -99,6 +100,7 @@ class ForwardState:
     call_of: dict[int, int] | None = None
     calls: int = 0
     seen_masks: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = field(default_factory=dict)
+    planned_blocks: dict[tuple, tuple[torch.Tensor, list[RowBlock]]] = field(default_factory=dict)
 
     def next_call(self, module: torch.nn.Module) -> int:
         """This call's index: its module's, or the next in order."""
@@ -119,6 +121,15 @@ class ForwardState:
         if seen is None or seen[0] is not attention_mask:  # holding the mask keeps its id from being reused
             seen = self.seen_masks[signature] = (attention_mask, visible_keys(attention_mask, query, key, causal))
         return seen[1]
+
+    def row_blocks(self, visible: torch.Tensor, heads: int) -> list[RowBlock]:
+        """:func:`~addrop_cli.core.blockwise_attention.row_blocks`, planned once per visible-keys tensor (the
+        layers of a forward share it, see :meth:`visible_keys`)."""
+        signature = (id(visible), heads)
+        planned = self.planned_blocks.get(signature)
+        if planned is None or planned[0] is not visible:  # holding the tensor keeps its id from being reused
+            planned = self.planned_blocks[signature] = (visible, row_blocks(visible, heads))
+        return planned[1]
 
 
 class AttentionRoute(Protocol):

@@ -41,7 +41,7 @@ from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from addrop_cli.core.blockwise_attention import RowBlock, blockwise_masked_attention, row_blocks
+from addrop_cli.core.blockwise_attention import RowBlock, blockwise_masked_attention
 from addrop_cli.core.masking import allowed_keys
 from addrop_cli.core.routes.base import (
     GRADIENT,
@@ -171,8 +171,9 @@ def addrop_attention_forward(
                                                 kwargs, state.keep[call])
         state.visible[call] = visible
     elif call in state.drops:
-        output, probs = _attend_dropped(module, query, key, value, visible, state.drops[call], attention_mask,
-                                        dropout, scaling, kwargs)
+        output, probs = _attend_dropped(module, query, key, value, visible, state.drops[call],
+                                        state.row_blocks(visible, query.shape[1]), attention_mask, dropout, scaling,
+                                        kwargs)
     else:
         output, probs = _attend(module, query, key, value, None, attention_mask, dropout, scaling, kwargs)
     if call in state.context_scale:
@@ -200,13 +201,12 @@ def _keep(module, query, key, value, visible, attention_mask, dropout, scaling, 
     return output, probs, KeptCall(query=(query * scale).detach(), key=repeat_kv(key, groups).detach())
 
 
-def _attend_dropped(module, query, key, value, visible, drops, attention_mask, dropout, scaling, kwargs):
+def _attend_dropped(module, query, key, value, visible, drops, blocks, attention_mask, dropout, scaling, kwargs):
     """Apply mode: the call's attention with ``drops`` (a mask, or asked for by block) taken from its visible keys;
-    blockwise when the call spans several blocks and sdpa could have run it with a bool mask."""
+    blockwise (over ``blocks``) when the call spans several blocks and sdpa could have run it with a bool mask."""
     if not callable(drops):
         return _attend(module, query, key, value, allowed_keys(visible, drops), attention_mask, dropout, scaling,
                        kwargs)
-    blocks = row_blocks(visible, query.shape[1])
     bool_mask = attention_mask is None or attention_mask.dtype == torch.bool
     if len(blocks) == 1 or _shaped(kwargs) or not bool_mask:
         whole = drops(RowBlock.whole(*visible.shape[-2:]), visible)
