@@ -14,7 +14,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from addrop_cli.outputs import write_text
+from addrop_cli.outputs import write_text, writing
 from addrop_cli.training.run_dir import CHECKPOINT_PREFIX, CHECKPOINTS_DIR, STATE_FILE, checkpoint_dirs
 
 
@@ -65,32 +65,75 @@ def _quiet(name: str):
         logger.setLevel(level)
 
 
+# What a checkpoint folder is called while it is written, replaced by a save at the same step, or deleted.
+STAGING, SUPERSEDED, DELETING = "tmp", "superseded", "deleting"
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainingState, keep: int | None) -> Path:
     """Save model, optimizer, scheduler, RNG states and ``state``; keep the newest ``keep`` checkpoints.
 
     Every process calls this (Accelerate saves per-process RNG states). Files go to a temporary directory that
-    is renamed into place only when complete, so a kill mid-save leaves the previous checkpoint intact.
+    is renamed into place only when complete, and a checkpoint is renamed away before it is deleted, so a process
+    killed at any point leaves the previous checkpoint or the new one whole (:func:`recover_checkpoints` tidies
+    what it left). A write the file system refuses raises :class:`~addrop_cli.errors.WriteFailed` with the
+    temporary directory removed.
     """
     root = output_dir / CHECKPOINTS_DIR
     final = root / f"{CHECKPOINT_PREFIX}{state.global_step:08d}"
-    staging = root / f".{final.name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    with _quiet(TIED_WEIGHTS_LOGGER):
-        accelerator.save_state(str(staging), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (staging / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
+    staging = _aside(final, STAGING)
+    main = accelerator.is_main_process
+    with writing(staging):
+        try:
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            with _quiet(TIED_WEIGHTS_LOGGER):
+                accelerator.save_state(str(staging), safe_serialization=True)
+            accelerator.wait_for_everyone()
+            if main:
+                (staging / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
+        except BaseException:
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+    if main:
         if final.exists():  # the epoch-end save supersedes a step save at the same update
-            shutil.rmtree(final)
+            os.replace(final, _aside(final, SUPERSEDED))
         os.replace(staging, final)
+        _delete(_aside(final, SUPERSEDED))
         if keep is not None:
             for old in checkpoint_dirs(output_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                _delete(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _aside(checkpoint: Path, why: str) -> Path:
+    """Where ``checkpoint`` goes while it is replaced or deleted: a dot name, so never taken for a checkpoint."""
+    return checkpoint.with_name(f".{checkpoint.name}.{why}")
+
+
+def _delete(checkpoint: Path) -> None:
+    """Delete a checkpoint, renamed first so that a kill mid-delete leaves no partial checkpoint behind."""
+    doomed = checkpoint if checkpoint.name.startswith(".") else _aside(checkpoint, DELETING)
+    if doomed != checkpoint and checkpoint.exists():
+        os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def recover_checkpoints(output_dir: Path) -> None:
+    """Tidy what a process killed in :func:`save_checkpoint` left: a checkpoint renamed away to be superseded
+    comes back if its successor never arrived; half-written and half-deleted ones go. Main process only."""
+    root = output_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return
+    for leftover in sorted(root.glob(f".{CHECKPOINT_PREFIX}*.*")):
+        name, why = leftover.name[1:].rsplit(".", 1)
+        if why == SUPERSEDED and not (root / name).exists():
+            os.replace(leftover, root / name)
+        elif why in (SUPERSEDED, DELETING, STAGING):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> TrainingState:
