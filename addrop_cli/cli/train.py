@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors, say
 from addrop_cli.errors import DIVERGED_EXIT_CODE
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.training.run_dir import model_dir
@@ -52,6 +51,8 @@ def train(
     save_total_limit: options.SaveTotalLimit = None,
     resume: Annotated[bool, option("--resume", help="Continue from the newest checkpoint in --output-dir.")] = False,
     overwrite: Annotated[bool, option("--overwrite", help="Replace a different run in --output-dir.")] = False,
+    skip_space_check: Annotated[bool, option("--skip-space-check", help="Train even when --output-dir's free space "
+                                             "looks too small for the run's checkpoints.")] = False,
     trust_remote_code: options.TrustRemoteCode = False,
     set_: options.Overrides = None,
 ) -> None:
@@ -68,12 +69,12 @@ def train(
     console = Console(stderr=True)
     try:
         result = run_training(resolved, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code,
-                              console=console)
+                              console=console, check_space=not skip_space_check)
     except TrainingInterrupted as stop:
-        print(f"{stop}; run the same command again (or add --resume) to continue", file=sys.stderr)
+        say(f"{stop}; run the same command again (or add --resume) to continue")
         raise typer.Exit(stop.exit_code) from None
     except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         raise typer.Exit(DIVERGED_EXIT_CODE) from None
     if not result.main_process:
         return

@@ -35,20 +35,27 @@ from addrop_cli.core.methods.base import Regularizer
 from addrop_cli.core.methods.registry import make_regularizer, method_spec
 from addrop_cli.core.model_setup import build_no_kv_cache
 from addrop_cli.core.settings import CLASSIFICATION, FT_PHASE, epoch_phase
-from addrop_cli.errors import UserError, first_line
+from addrop_cli.errors import UserError, WriteFailed, first_line
 from addrop_cli.interrupts import Interrupted, StopRequest, signal_name
-from addrop_cli.outputs import write_dir, write_json, write_jsonl, write_text
+from addrop_cli.outputs import check_writable_folder, recover_dir, write_dir, write_json, write_jsonl, write_text
 from addrop_cli.recipe import Recipe, dump_yaml
 from addrop_cli.tasks.metrics import validate_metric
 from addrop_cli.tasks.models import ensure_pad_token, load_tokenizer, max_model_length
 from addrop_cli.tasks.pipelines import Pipeline, pipeline_for
 from addrop_cli.training.batching import EncodedDataset, LengthGroupedBatchSampler
-from addrop_cli.training.checkpoints import TrainingState, load_checkpoint, save_checkpoint, update_state
+from addrop_cli.training.checkpoints import (
+    TrainingState,
+    load_checkpoint,
+    recover_checkpoints,
+    save_checkpoint,
+    update_state,
+)
+from addrop_cli.training.disk_space import DiskPlan, checkpoints_per_run, plan_disk
 from addrop_cli.training.evaluation import build_accelerator, eval_loader, labelled_split
 from addrop_cli.training.lora import apply_lora, save_lora_model
 from addrop_cli.training.model_card import CARD_FILE, build_card, check_hub_access, push_to_hub
 from addrop_cli.training.one_class import ONE_CLASS_SHARE, majority_share
-from addrop_cli.training.process_group import end_process_group
+from addrop_cli.training.process_group import ending_process_group
 from addrop_cli.training.run_dir import (
     BEST_DIR,
     HISTORY_FILE,
@@ -111,6 +118,7 @@ class Run:
     state: TrainingState
     console: Console
     set_aside: SetAside | None = None  # --overwrite: the previous run, until this run's first checkpoint
+    disk: DiskPlan | None = None  # what the run will write, against the output folder's free space
 
     @property
     def show(self) -> bool:
@@ -134,25 +142,41 @@ def train(
     resume: bool = False,
     trust_remote_code: bool = False,
     console: Console | None = None,
+    check_space: bool = True,
 ) -> RunResult:
     """Fine-tune ``recipe.model`` on ``recipe.task``; AD-DROP per the cross-tuning schedule.
 
     Writes ``recipe.yaml``, ``history.jsonl``, ``metrics.json``, ``best/`` and ``checkpoints/`` to
     ``recipe.train.output_dir``. A directory holding a checkpoint of the same run is resumed exactly where it
-    stopped. Raises :class:`TrainingInterrupted` on SIGINT/SIGTERM (after checkpointing) and
-    :class:`TrainingDiverged` on a non-finite loss.
+    stopped. Raises :class:`TrainingInterrupted` on SIGINT/SIGTERM (after checkpointing),
+    :class:`TrainingDiverged` on a non-finite loss, a UserError before training when ``check_space`` and the output
+    folder lacks the room the run's checkpoints need (:mod:`.disk_space`), and
+    :class:`~addrop_cli.errors.WriteFailed` when the file system refuses a write (the last checkpoint is whole).
     """
     with contextlib.ExitStack() as held:  # the output directory's lock while the run goes on; then the teardown
-        held.push(end_process_group)  # pushed first, so it runs last: once the run is unreachable
-        return _train(recipe, overwrite, resume, trust_remote_code, console or Console(stderr=True), held)
+        held.enter_context(ending_process_group())  # entered first, so it ends last: once the run is unreachable
+        try:
+            return _train(recipe, overwrite, resume, trust_remote_code, console or Console(stderr=True), held,
+                          check_space)
+        except WriteFailed as failure:
+            raise failure.advised(_after_write_failure(Path(recipe.train.output_dir))) from failure
+
+
+def _after_write_failure(output_dir: Path) -> str:
+    """What to do once a write failed: the last checkpoint is whole, and the same command goes on from it."""
+    last = latest_checkpoint(output_dir)
+    if last is None:
+        return "no checkpoint was written yet; once there is room, run the same command again"
+    return (f"the last complete checkpoint, {last}, is intact: once there is room, run the same command again "
+            "(or add --resume) to go on from it")
 
 
 def _train(recipe: Recipe, overwrite: bool, resume: bool, trust_remote_code: bool, console: Console,
-           held: contextlib.ExitStack) -> RunResult:
+           held: contextlib.ExitStack, check_space: bool) -> RunResult:
     """:func:`train`'s body. The run lives only in this frame: unreachable once it returns or its exception's
     frames are cleared, and collected by :func:`~addrop_cli.training.process_group.end_process_group`."""
     run = setup(recipe, overwrite=overwrite, resume=resume, trust_remote_code=trust_remote_code, console=console,
-                held=held)
+                held=held, check_space=check_space)
     if run.complete:
         if run.show:
             run.console.print(f"run in {run.output_dir} is already complete (best epoch {run.state.best_epoch}); "
@@ -192,7 +216,7 @@ def _published(run: Run) -> RunResult:
 
 
 def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: bool, console: Console,
-          held: contextlib.ExitStack) -> Run:
+          held: contextlib.ExitStack, check_space: bool = True) -> Run:
     """Data, model, optimizer and schedule, prepared by Accelerate; the saved state when resuming.
 
     The output directory is left alone until every input has been checked and the data, tokenizer and model
@@ -200,6 +224,7 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     there; then :func:`_claim_output_dir` takes it.
     """
     cfg = recipe.train
+    check_writable_folder(Path(cfg.output_dir), "train.output_dir (--output-dir)")
     pipeline = pipeline_for(recipe)
     metric = validate_metric(cfg.metric or pipeline.default_metric, pipeline.task)
     if cfg.push_to_hub:  # hours of training must not end in a push that could never happen
@@ -233,11 +258,24 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     run = Run(recipe, pipeline, metric, Path(cfg.output_dir), accelerator, tokenizer, model, optimizer, scheduler,
               batches, train_loader, loaders[0], loaders[1] if len(loaders) > 1 else None, addrop, recipe_text,
               TrainingState(), console)
+    run.disk = _plan_disk(run, overwrite, check_space)
     checkpoint = _claim_output_dir(run, overwrite, resume, held, notices)
     if run.show:
         _print_header(run, {"train": train_items, "validation": eval_items, "test": test_items}, notices)
     _restore_state(run, checkpoint, overwrite)
     return run
+
+
+def _plan_disk(run: Run, overwrite: bool, check_space: bool) -> DiskPlan:
+    """The run's disk plan; a UserError, before anything is written, when ``check_space`` and it does not fit (a
+    finished run writes nothing more and is not checked)."""
+    cfg = run.recipe.train
+    updates = math.ceil(len(run.train_loader) / cfg.gradient_accumulation_steps)
+    plan = plan_disk(run.accelerator.unwrap_model(run.model), run.tokenizer, run.output_dir, cfg.save_total_limit,
+                     checkpoints_per_run(cfg.epochs, updates, cfg.save_steps), reuse=not overwrite)
+    if check_space and not plan.fits and (overwrite or finished_run(run.output_dir) is None):
+        raise UserError(plan.refusal())
+    return plan
 
 
 def _claim_output_dir(run: Run, overwrite: bool, resume: bool, held: contextlib.ExitStack,
@@ -250,6 +288,8 @@ def _claim_output_dir(run: Run, overwrite: bool, resume: bool, held: contextlib.
         held.enter_context(locks.held(output_dir / locks.TRAIN_LOCK, "training"))
         restored = recover_set_aside(output_dir)
         notices += [restored] if restored else []
+        recover_checkpoints(output_dir)  # what a process killed mid-write left
+        recover_dir(output_dir / BEST_DIR)
     accelerator.wait_for_everyone()
     checkpoint = check_output_dir(output_dir, run.recipe, overwrite, resume)
     if overwrite and accelerator.is_main_process:
@@ -328,6 +368,7 @@ def _print_header(run: Run, splits: dict[str, list | None], notices: list[str]) 
     if recipe.lora.enabled:
         lines.append(f"LoRA r {recipe.lora.r} alpha {recipe.lora.alpha:g} dropout {recipe.lora.dropout:g} on "
                      f"{', '.join(sorted(model.peft_config['default'].target_modules))}")
+    lines.append(run.disk.summary())
     lines += [f"note: {notice}" for notice in notices]
     for line in lines:
         run.console.print(line, highlight=False, soft_wrap=True)
