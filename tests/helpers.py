@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,15 @@ def tree_hash(root: Path) -> dict[str, str]:
     """Every file and folder under ``root`` (hidden ones too): relative path -> SHA-256 of its bytes (or 'dir')."""
     return {str(path.relative_to(root)): "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(root.rglob("*"))}
+
+
+def wait_for(condition, seconds: float, what: str):
+    """Poll ``condition`` until it holds, returning its value (a state to wait for, never a fixed sleep); fail
+    after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,9 +14,10 @@ from rich.table import Table
 
 from addrop_cli import locks
 from addrop_cli.cli import recipe_options as options
-from addrop_cli.cli.common import option, quiet_libraries, reports_user_errors
+from addrop_cli.cli.common import is_main_rank, option, quiet_libraries, reports_user_errors, say
 from addrop_cli.core.methods.registry import method_names
 from addrop_cli.errors import UserError
+from addrop_cli.outputs import check_writable_folder
 from addrop_cli.recipe import resolve_recipe
 from addrop_cli.sweep.backends import BackendSettings, open_backend
 from addrop_cli.sweep.grid import (
@@ -134,14 +135,28 @@ def sweep(
 
 def _checked_run(trials: list[Trial], directory: Path, wanted: dict[str, Any], console: Console,
                  settings: BackendSettings, *, force: bool, trust_remote_code: bool, **run_options: Any) -> None:
-    """Check every trial's inputs before anything is written, then run the sweep under its lock and summarize."""
-    from addrop_cli.training.inputs import check_inputs  # torch only once the plan is valid
+    """Check every trial's inputs before anything is written, then run the sweep under its lock and summarize.
 
+    Under ``torchrun`` every process runs each trial together (in-process trials only); the main process alone
+    holds the lock and writes the sweep's files, and the process group lasts until the last trial.
+    """
+    from addrop_cli.training.inputs import check_inputs  # torch only once the plan is valid
+    from addrop_cli.training.process_group import ending_process_group
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (settings.name, settings.workers) != ("local", 1):
+        raise UserError("under torchrun a sweep trains its trials in the launched processes: use --backend local "
+                        "--workers 1 (the default)")
+    check_writable_folder(directory, "--output-dir")
     check_inputs([trial.recipe for trial in trials], trust_remote_code)
-    with locks.held(directory / locks.SWEEP_LOCK, "a sweep"):  # one live driver per sweep directory
-        check_manifest(directory, wanted, force)
-        progress = _run(trials, directory, console, settings, force=force, trust_remote_code=trust_remote_code,
-                        **run_options)
+    with ending_process_group():
+        if not is_main_rank():
+            _run(trials, directory, Console(quiet=True), settings, force=force, trust_remote_code=trust_remote_code,
+                 record=False, **run_options)
+            return
+        with locks.held(directory / locks.SWEEP_LOCK, "a sweep"):  # one live driver per sweep directory
+            check_manifest(directory, wanted, force)
+            progress = _run(trials, directory, console, settings, force=force, trust_remote_code=trust_remote_code,
+                            **run_options)
     if progress.skipped:
         console.print(f"{progress.skipped} trial(s) were already finished and skipped")
     _print_summary(directory, console)
@@ -183,8 +198,8 @@ def _run(trials: list[Trial], directory: Path, console: Console, settings: Backe
                              on_change=board.update if show else _LineLog(console).update, **run_options)
     except (SweepInterrupted, KeyboardInterrupt) as stop:
         code = stop.exit_code if isinstance(stop, SweepInterrupted) else 130
-        print(f"sweep interrupted; finished trials are in {directory / RESULTS_FILE}; run the same command "
-              "again to resume", file=sys.stderr)
+        say(f"sweep interrupted; finished trials are in {directory / RESULTS_FILE}; run the same command "
+            "again to resume")
         raise typer.Exit(code) from None
 
 

@@ -162,9 +162,11 @@ def run_sweep(
     keep_checkpoints: bool = False,
     max_retries: int = 2,
     on_change: Callable[[SweepProgress], None] | None = None,
+    record: bool = True,
 ) -> SweepProgress:
     """Run every trial without a result yet on ``backend``; results.jsonl is rewritten atomically by this
-    process alone, one row as each trial ends.
+    process alone, one row as each trial ends (not at all without ``record``: a ``torchrun`` process other than
+    the main one, training the same trials).
 
     A finished trial's resumable checkpoints are deleted once its row is written (its ``best/``, history and
     metrics stay), unless ``keep_checkpoints``; a diverged trial keeps them. An attempt lost with its worker or
@@ -181,15 +183,16 @@ def run_sweep(
     for trial in todo:
         _check_trial_dir(trial, force)
 
-    def record(trial: Trial, outcome: Outcome, attempts: int) -> None:
+    def recorded(trial: Trial, outcome: Outcome, attempts: int) -> None:
         row = _result_row(trial, outcome, attempts)
-        rows[:] = [r for r in rows if r["trial"] != row["trial"]] + [row]
-        write_jsonl(directory / RESULTS_FILE, rows)
-        if row["status"] == "ok" and not keep_checkpoints:
-            shutil.rmtree(progress.directories[row["trial"]] / CHECKPOINTS_DIR, ignore_errors=True)
+        if record:
+            rows[:] = [r for r in rows if r["trial"] != row["trial"]] + [row]
+            write_jsonl(directory / RESULTS_FILE, rows)
+            if row["status"] == "ok" and not keep_checkpoints:
+                shutil.rmtree(progress.directories[row["trial"]] / CHECKPOINTS_DIR, ignore_errors=True)
         progress.finished.append(row)
 
-    _drive(todo, backend, progress, record, max_retries, on_change or (lambda _: None))
+    _drive(todo, backend, progress, recorded, max_retries, on_change or (lambda _: None))
     return progress
 
 

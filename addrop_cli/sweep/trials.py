@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -68,9 +70,29 @@ def replaces_another_run(trial: Trial) -> bool:
 def start_train(command: list[str], directory: Path, env: dict[str, str] | None = None,
                 cwd: str | None = None) -> subprocess.Popen:
     """Start the train process with its output appended to the trial's log; it stays in the caller's process
-    group, so whoever cleans up the caller's group (Ray, a job scheduler) reaches it too."""
+    group, so whoever cleans up the caller's group (Ray, a job scheduler) reaches it too, and on Linux it gets
+    SIGTERM (checkpoint, then exit) when the caller dies, even by SIGKILL, so that no trial outlives its sweep."""
+    ends_with_caller = _ends_with(os.getpid()) if sys.platform.startswith("linux") else None
     with open(directory / LOG_FILE, "a", encoding="utf-8") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                preexec_fn=ends_with_caller)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _ends_with(parent: int):
+    """A ``preexec_fn`` asking Linux to send the child SIGTERM when the thread that started it exits; if the parent
+    already died between fork and this call, the child ends at once. The libc function is looked up here, in the
+    parent: between fork and exec the child should not load anything (another thread may have held the lock)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
+
+    return arm
 
 
 def run_train(command: list[str], directory: Path, cwd: str) -> tuple[int, float]:

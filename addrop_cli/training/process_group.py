@@ -42,13 +42,26 @@ def _exception_chain(error: BaseException | None) -> list[BaseException]:
     return chain
 
 
+_sessions = 0  # ending_process_group blocks entered and not yet left in this process
+
+
 @contextlib.contextmanager
 def ending_process_group() -> Iterator[None]:
-    """A whole command's distributed session (``addrop eval``, ``addrop predict``): on leaving, also on an error,
-    the process group is ended with :func:`end_process_group`. Outside ``torchrun`` there is none to end."""
-    with contextlib.ExitStack() as held:
-        held.push(end_process_group)
-        yield
+    """A whole command's distributed session (``addrop train``, ``eval``, ``predict``, ``sweep``): on leaving, also on
+    an error, the process group is ended with :func:`end_process_group`. Outside ``torchrun`` there is none to end.
+
+    Sessions nest: the trials of an in-process sweep are each a ``train``, and only the sweep's own session, the
+    outermost, ends the group (ended after the first trial, the next could not start).
+    """
+    global _sessions
+    _sessions += 1
+    try:
+        with contextlib.ExitStack() as held:
+            if _sessions == 1:
+                held.push(end_process_group)
+            yield
+    finally:
+        _sessions -= 1
 
 
 def is_main_process() -> bool:

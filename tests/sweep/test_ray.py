@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from test_sweep import ONE_THREAD, RETRY_GRID, assert_same_trials, finished_rows, learnable_sweep_args
 
 INITIAL_PID_NAMESPACE = "pid:[4026531836]"  # the kernel's fixed inode for the host's PID namespace
@@ -93,16 +94,6 @@ def _ray_start(arguments: list[str], env: dict[str, str]) -> None:
     assert started.returncode == 0, f"ray start {' '.join(arguments)} failed: {started.stderr[-3000:]}"
 
 
-def _wait(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-
-
 def _gone(pid: int) -> bool:
     return _state(pid) in (None, "Z")
 
@@ -118,13 +109,13 @@ def test_ray_sweep_survives_a_killed_worker_and_matches_the_local_backend(cluste
                               stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     victim = out / "trials" / "addrop_p0.1_q0.5_seed1"
     try:
-        _wait(lambda: list((victim / "checkpoints").glob("step-*")) and (victim / "train.lock").is_file(), 240,
+        wait_for(lambda: list((victim / "checkpoints").glob("step-*")) and (victim / "train.lock").is_file(), 240,
               "the first checkpoint of the trial to kill")
         train_pid = json.loads((victim / "train.lock").read_text())["pid"]
         worker_pid = _parent(train_pid)
         os.kill(worker_pid, signal.SIGKILL)
         killed = time.monotonic()
-        _wait(lambda: _gone(train_pid), 5, "the killed worker's train process to end")
+        wait_for(lambda: _gone(train_pid), 5, "the killed worker's train process to end")
         gone_after = time.monotonic() - killed
         _, stderr = driver.communicate(timeout=300)
     finally:

@@ -69,7 +69,8 @@ def final_weights(out):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, dropout_free_checkpoint, shared_data):
-    """(processes, q) -> (run directory, stderr): one process with batch 8, two with 4 each (the same global batch).
+    """(processes, q) -> (run directory, stderr): one process with batch 8, two with 4 each (the same global batch);
+    q "1 unmasked" is q 1 with addrop.unmasked_weight 0.5.
 
     q = 0 drops nothing. q = 1 drops exactly the candidate region (p = 0.3 of each row's keys, chosen from the
     attribution, no random draw): a real AD-DROP step whose drops are the same however the batch is split.
@@ -78,10 +79,12 @@ def runs(tmp_path_factory, dropout_free_checkpoint, shared_data):
     """
     folder = tmp_path_factory.mktemp("distributed")
     out = {}
-    for processes, q in [(1, "0"), (2, "0"), (1, "1"), (2, "1")]:
-        directory = folder / f"{processes}-q{q}"
+    for processes, q in [(1, "0"), (2, "0"), (1, "1"), (2, "1"), (1, "1 unmasked"), (2, "1 unmasked")]:
+        directory = folder / f"{processes}-q{q.replace(' ', '-')}"
+        mixed = ["--set", "addrop.unmasked_weight=0.5"] if q.endswith("unmasked") else []
         result = launch(processes, train_args(directory, dropout_free_checkpoint, shared_data,
-                                              "--batch-size", str(8 // processes), "--q", q, "--p", "0.3"))
+                                              "--batch-size", str(8 // processes), "--q", q.split()[0], "--p", "0.3",
+                                              *mixed))
         out[processes, q] = directory, result.stderr
     return out
 
@@ -126,6 +129,13 @@ def test_two_processes_with_real_drops_match_one_with_the_same_global_batch(runs
     moved = final_weights(runs[1, "1"][0]), final_weights(runs[1, "0"][0])
     assert max((moved[0][name] - moved[1][name]).abs().max().item() for name in moved[0]) > 20 * WEIGHT_ABS
     assert_same_run(runs[1, "1"][0], runs[2, "1"][0])
+
+
+def test_two_processes_with_the_unmasked_loss_mixed_in_match_one(runs):
+    """unmasked_weight > 0 runs the DDP-wrapped model twice (masked, then plain) before one backward."""
+    masked_only, mixed = history(runs[1, "1"][0]), history(runs[1, "1 unmasked"][0])
+    assert mixed[1]["train_loss"] != pytest.approx(masked_only[1]["train_loss"], rel=LOSS_REL)  # the mix is used
+    assert_same_run(runs[1, "1 unmasked"][0], runs[2, "1 unmasked"][0])
 
 
 def test_two_processes_evaluate_and_predict_as_one_does_and_report_once(runs, shared_data, tmp_path):
