@@ -9,6 +9,8 @@ import sys
 import pytest
 from faults import in_tmpfs, one_error_line
 
+from addrop_cli.errors import UserError
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
 
 
@@ -18,12 +20,17 @@ def addrop(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, tiny_checkpoint):
+    from addrop_cli.recipe import resolve_recipe
+    from addrop_cli.training.loop import train
+
     taken = tmp_path / "notes.txt"
     taken.write_text("mine")
-    for output in (taken, taken / "run"):
-        done = addrop("train", "--model", str(tiny_checkpoint), "--output-dir", str(output))
-        assert done.returncode == 2
-        one_error_line(done.stderr, str(output), "a file", "give a folder")
+    done = addrop("train", "--model", str(tiny_checkpoint), "--output-dir", str(taken))
+    assert done.returncode == 2
+    one_error_line(done.stderr, f"{taken} is a file", "give a folder")
+    inside = taken / "run"  # the library says the same, before loading anything
+    with pytest.raises(UserError, match=f"{inside} is inside {taken}, a file: give a folder"):
+        train(resolve_recipe("demo", overrides=[f"model={tiny_checkpoint}", f"train.output_dir={inside}"]))
     assert taken.read_text() == "mine"
 
 
