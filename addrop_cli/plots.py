@@ -159,13 +159,17 @@ def loss_curves(runs: dict[str, list[dict]]) -> Figure:
 
 
 def sensitivity_heatmap(values: np.ndarray, ps: Sequence[str], qs: Sequence[str], *, cmap: str,
-                        limits: tuple[float, float], title: str, colorbar: str, fmt: str) -> Figure:
+                        limits: tuple[float, float], title: str, colorbar: str, fmt: str,
+                        labels: np.ndarray | None = None) -> Figure:
     """Fig. 6: one cell per (p, q), coloured by ``values`` within ``limits`` and labelled with ``fmt``.
 
     Args:
         values: (len(ps), len(qs)), nan where no trial finished.
         ps, qs: the axis labels (p down, q across).
+        labels: what each cell says, shaped like ``values`` (default: ``values``), e.g. a difference in points
+            where the colour shows it scaled.
     """
+    labels = values if labels is None else labels
     low, high = limits
     if not (math.isfinite(low) and math.isfinite(high)) or low == high:
         low, high = (low - 1, high + 1) if math.isfinite(low) else (0, 1)
@@ -183,7 +187,7 @@ def sensitivity_heatmap(values: np.ndarray, ps: Sequence[str], qs: Sequence[str]
         for j in range(len(qs)):
             if np.isfinite(values[i, j]):
                 dark = values[i, j] < middle if cmap == "viridis" else abs(values[i, j]) > 0.6
-                axes.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=size,
+                axes.text(j, i, fmt.format(labels[i, j]), ha="center", va="center", fontsize=size,
                           color="white" if dark else "black")
     figure.colorbar(image, ax=axes, label=colorbar)
     return figure

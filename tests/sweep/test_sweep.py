@@ -22,7 +22,7 @@ from addrop_cli.cli import app
 from addrop_cli.recipe import Recipe
 from addrop_cli.sweep.grid import parse_grid, parse_seeds, parse_values
 from addrop_cli.sweep.plan import plan_trials, trial_id
-from addrop_cli.sweep.summary import scaled_difference
+from addrop_cli.sweep.summary import scaled_difference, sensitivity_figures, summarize
 
 runner = CliRunner()
 
@@ -156,6 +156,11 @@ def test_two_by_two_grid_with_two_seeds_and_a_baseline_writes_every_file(tmp_pat
         with Image.open(out / name) as image:
             image.load()
             assert image.size == (700, 600)  # every heatmap the same size, whatever the grid
+    # heatmap-vs-baseline's cells say AD-DROP − FT in accuracy points, from summary.csv's means.
+    ft = float(next(r for r in table if r["kind"] == "ft")["eval.accuracy_mean"])
+    expected = [f"{(float(r['eval.accuracy_mean']) - ft) * 100:+.1f}" for r in table if r["kind"] == "addrop"]
+    versus = sensitivity_figures(summarize(out))[1]
+    assert sorted(text.get_text() for text in versus.axes[0].texts) == sorted(expected)
 
     again = runner.invoke(app, ["sweep", "--summarize", str(out)])
     assert again.exit_code == 0, again.output
