@@ -1,6 +1,6 @@
 """The real SmolLM2-135M-Instruct through the bundled LLM recipes, a handful of steps each: generative fine-tuning
 with an AD-DROP epoch, and the LoRA classification head. Skipped until ``addrop assemble smollm2-135m`` has run (CI
-assembles it); the full runs and their figures are in README "Decoder LLMs: generative fine-tuning"."""
+assembles it); the full runs and their figures are in docs/generation.md."""
 
 from __future__ import annotations
 
