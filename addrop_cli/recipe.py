@@ -45,25 +45,25 @@ DEMO = "demo"
 class DataConfig:
     """Where the examples come from and how they are tokenized."""
 
-    dataset: str | None = None
-    dataset_config: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    text_columns: list[str] | None = None
-    label_column: str | None = None
+    dataset: str | None = None  # a Hub dataset id (e.g. glue), read when no local file is given
+    dataset_config: str | None = None  # the Hub dataset's configuration (e.g. mrpc)
+    train_file: str | None = None  # local training data: TSV, CSV, JSON or JSONL (--train-file)
+    validation_file: str | None = None  # local validation data, which selects the best epoch
+    test_file: str | None = None  # local test data, scored once with the best checkpoint
+    text_columns: list[str] | None = None  # a file's text column(s) (default: the task's)
+    label_column: str | None = None  # a file's label column (default: the task's)
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     k_shot: int | None = None
     train_fraction: float | None = None
     holdout_fraction: float | None = None
-    group_by_length: bool = True
-    label_all_tokens: bool = False
-    source_lang: str | None = None
-    target_lang: str | None = None
-    max_target_length: int = 128
-    source_prefix: str = ""
+    group_by_length: bool = True  # batch training examples of similar length (less padding)
+    label_all_tokens: bool = False  # NER: label every sub-word piece, not only each word's first
+    source_lang: str | None = None  # translation: the source language code (default: the task's)
+    target_lang: str | None = None  # translation: the target language code (default: the task's)
+    max_target_length: int = 128  # translation: the most target tokens
+    source_prefix: str = ""  # translation: text put before each source sentence (T5-style task prefix)
 
     def __post_init__(self) -> None:
         require(self.max_length >= 8, "data.max_length", self.max_length, "use at least 8 tokens")
@@ -88,29 +88,29 @@ MAX_SEED = 2**32 - 1  # numpy's and torch's seeding take 32 bits
 class TrainConfig:
     """Optimisation, schedule, selection and output (HF Trainer's defaults where the paper is silent)."""
 
-    output_dir: str = "runs/addrop"
+    output_dir: str = "runs/addrop"  # the run directory (--output-dir)
     seed: int = 42
     epochs: int = 3
     lr: float | None = None  # FULL_LR, or LORA_LR for a LoRA run (see Recipe)
     batch_size: int = 16
     eval_batch_size: int = 64
     weight_decay: float = 0.01
-    adam_epsilon: float = 1e-6
+    adam_epsilon: float = 1e-6  # AdamW's epsilon
     warmup_ratio: float = 0.0
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
-    metric: str | None = None
+    metric: str | None = None  # the metric that selects the best epoch (default: the task's)
     patience: int | None = None
     log_every: int = 10
     save_steps: int | None = None
     save_total_limit: int | None = 2
-    num_beams: int = 1
+    num_beams: int = 1  # beam width when evaluating translation
     model_dtype: str = "float32"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     report_to: str | list[str] = "none"
-    push_to_hub: str | None = None
-    hub_private: bool = False
+    push_to_hub: str | None = None  # a Hub repository id to upload best/ to when the run ends
+    hub_private: bool = False  # create that Hub repository as private
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU rows of the README: step-time and peak-memory ratios of AD-DROP on base-sized random models (12 layers,
+# The GPU rows of docs/performance.md: step-time and peak-memory ratios of AD-DROP on base-sized random models (12 layers,
 # 768 hidden, 12 heads): BERT-base (the AttentionInterface route), DeBERTa-v3-base and MPNet-base (the module-hook
 # route); MRPC pairs when ../shared/data is there, random word pairs otherwise; then AD-DROP's cost as sequences
 # grow (length_scaling.py: the blockwise masked attention's GPU path); one CUDA device, about 10 minutes.

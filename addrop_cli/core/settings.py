@@ -47,16 +47,16 @@ class ADDropConfig:
     """AD-DROP settings (paper Section 2.3-2.4, Table 2), and which regularizer the regularized epochs use
     (``method``: AD-DROP, or another method of the method table with its own section's settings)."""
 
-    enabled: bool = True
+    enabled: bool = True  # false: plain fine-tuning (--no-addrop)
     method: str = "addrop"  # checked against the method table (core/methods/registry.py) where it is used
     p: float = 0.3
     q: float = 0.3
-    layers: str | list[int] = "first"
+    layers: str | list[int] = "first"  # first, all, or layer indices such as [0, 3, 5]
     attribution: str = "ga"
     labels: str = "pseudo"
-    cross_tuning: bool = True
+    cross_tuning: bool = True  # alternate plain and regularized epochs (Algorithm 1)
     iga_steps: int = 20
-    attention: str | list[str] = AUTO
+    attention: str | list[str] = AUTO  # auto, or a list drawn from encoder, decoder, cross
     strategy: str = "high"
     unmasked_weight: float = 0.0
     attribution_precision: str = "same"
@@ -125,7 +125,7 @@ class HiddenCutConfig:
 
     ratio: float = 0.1
     select_ratio: float = 0.4
-    layers: str | list[int] = "all"
+    layers: str | list[int] = "all"  # all, first, or layer indices such as [0, 3, 5]
     js_weight: float = 0.5
 
     def __post_init__(self) -> None:
