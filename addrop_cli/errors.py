@@ -33,9 +33,12 @@ class WriteFailed(Exception):
     the CLI prints one line naming the path and the errno, and exits with status 1."""
 
     def __init__(self, path: object, code: int | None, detail: str, advice: str = ""):
-        self.path, self.code, self.detail = path, code, detail
+        self.path, self.code, self.detail, self.advice = path, code, detail, advice
         reason = f"{errno.errorcode.get(code, code)} ({os.strerror(code)})" if code is not None else detail
         super().__init__(f"could not write {path}: {reason}" + (f"; {advice}" if advice else ""))
+
+    def __reduce__(self):  # picklable with its fields (a Ray task or a subprocess may raise it)
+        return WriteFailed, (self.path, self.code, self.detail, self.advice)
 
     def advised(self, advice: str) -> WriteFailed:
         """The same failure, saying what to do next."""

@@ -98,13 +98,14 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainingS
                 shutil.rmtree(staging, ignore_errors=True)
             raise
     if main:
-        if final.exists():  # the epoch-end save supersedes a step save at the same update
-            os.replace(final, _aside(final, SUPERSEDED))
-        os.replace(staging, final)
-        _delete(_aside(final, SUPERSEDED))
-        if keep is not None:
-            for old in checkpoint_dirs(output_dir)[:-keep]:
-                _delete(old)
+        with writing(final):
+            if final.exists():  # the epoch-end save supersedes a step save at the same update
+                os.replace(final, _aside(final, SUPERSEDED))
+            os.replace(staging, final)
+            _delete(_aside(final, SUPERSEDED))
+            if keep is not None:
+                for old in checkpoint_dirs(output_dir)[:-keep]:
+                    _delete(old)
     accelerator.wait_for_everyone()
     return final
 

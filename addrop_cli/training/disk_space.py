@@ -8,6 +8,7 @@ tokenizer. The run holds ``train.save_total_limit`` checkpoints, one more while 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -61,7 +62,7 @@ class DiskPlan:
         return (f"the output folder {self.folder} has {size(self.free)} free, and this run needs about "
                 f"{size(self.needed)} (checkpoints of {size(self.checkpoint)}, up to {self.at_once} at once, and "
                 f"best/ {size(self.best)}): free some space, lower train.save_total_limit, choose another "
-                "--output-dir, or pass --skip-space-check to train anyway")
+                "output folder, or train anyway (addrop train --skip-space-check)")
 
 
 def size(count: int) -> str:
@@ -108,7 +109,10 @@ def tokenizer_bytes(tokenizer) -> int:
 
 
 def tree_bytes(path: Path) -> int:
-    """Bytes of the files under ``path`` (0 when it does not exist)."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum((Path(folder) / name).stat().st_size for folder, _, names in os.walk(path) for name in names)
+    """Bytes of the files under the folder ``path`` (0 when it does not exist)."""
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile (a run rotating its checkpoints)
+                total += (Path(folder) / name).stat().st_size
+    return total

@@ -25,10 +25,16 @@ def end_process_group(exc_type, exc, tb) -> None:
     """
     if not torch.distributed.is_initialized():
         return
+    free_command_objects(exc_type, exc, tb)
+    torch.distributed.destroy_process_group()
+
+
+def free_command_objects(exc_type, exc, tb) -> None:
+    """Free what a finished command (or trial) held: the frames of its exception chain and its reference cycles,
+    so that its model and optimizer go before the next one loads (an exit callback, as ``end_process_group``)."""
     for error in _exception_chain(exc):
         traceback.clear_frames(error.__traceback__)
     gc.collect()
-    torch.distributed.destroy_process_group()
 
 
 def _exception_chain(error: BaseException | None) -> list[BaseException]:
@@ -51,14 +57,14 @@ def ending_process_group() -> Iterator[None]:
     an error, the process group is ended with :func:`end_process_group`. Outside ``torchrun`` there is none to end.
 
     Sessions nest: the trials of an in-process sweep are each a ``train``, and only the sweep's own session, the
-    outermost, ends the group (ended after the first trial, the next could not start).
+    outermost, ends the group (ended after the first trial, the next could not start); an inner one only frees
+    what its command held.
     """
     global _sessions
     _sessions += 1
     try:
         with contextlib.ExitStack() as held:
-            if _sessions == 1:
-                held.push(end_process_group)
+            held.push(end_process_group if _sessions == 1 else free_command_objects)
             yield
     finally:
         _sessions -= 1
