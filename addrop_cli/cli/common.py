@@ -41,7 +41,9 @@ def option(*param_decls: str, help: str, metavar: str = "", recipe_default: bool
 def reports_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Print each error a user can cause as one ``error: ...`` line on stderr, without a traceback: bad input
     (UserError, exit 2), a file system that refuses a read or write (exit 1) and Ctrl-C before the work has
-    its own handler (exit 130). Under ``torchrun`` only the main process prints. ``ADDROP_DEBUG=1`` re-raises."""
+    its own handler (exit 130). Under ``torchrun`` only the main process prints bad input and Ctrl-C (every process
+    meets them); a file-system error is printed by the process it happened in, prefixed with its rank unless it is
+    the main one. ``ADDROP_DEBUG=1`` re-raises."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -53,8 +55,13 @@ def reports_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(error, KeyboardInterrupt):
                 say("interrupted")
                 raise typer.Exit(EXIT_SIGINT) from None
-            say(f"error: {first_line(error)}")
-            raise typer.Exit(EXIT_USAGE if isinstance(error, UserError) else EXIT_FAULT) from None
+            if isinstance(error, UserError):  # every process finds the same bad input: the main one says it
+                say(f"error: {first_line(error)}")
+                raise typer.Exit(EXIT_USAGE) from None
+            # A file system can fail one process alone (its own RNG-state file): each says so, naming its rank.
+            prefix = "" if is_main_rank() else f"[rank {os.environ['RANK']}] "
+            print(f"{prefix}error: {first_line(error)}", file=sys.stderr)
+            raise typer.Exit(EXIT_FAULT) from None
 
     return wrapper
 

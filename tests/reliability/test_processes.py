@@ -87,6 +87,22 @@ def test_a_process_other_than_rank_0_prints_no_error_line(tmp_path):
         assert done.stderr.count("error: train.seed=-5 is invalid") == lines, done.stderr
 
 
+def test_a_file_system_error_in_another_process_is_printed_with_its_rank(tmp_path):
+    """A write that fails in rank 1 alone must not go unsaid (rank 0 may be waiting for it in a barrier)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.jsonl").write_text('{"epoch": 1, "phase": "ft", "train_loss": 0.5, "eval_loss": 0.4}\n')
+    taken = tmp_path / "file"
+    taken.write_text("")
+    for rank, prefix in (("0", "error: could not write"), ("1", "[rank 1] error: could not write")):
+        done = subprocess.run([sys.executable, "-m", "addrop_cli", "plot", str(run), "--output",
+                               str(taken / "loss.png")], capture_output=True, text=True, env={**ENV, "RANK": rank},
+                              timeout=120)
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == [line for line in done.stderr.splitlines() if line.startswith(prefix)]
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
 def test_under_torchrun_only_the_main_process_prints_the_interrupt_line(tmp_path, tiny_checkpoint):
     out = tmp_path / "run"
     launcher = subprocess.Popen(torchrun("train", *demo(tiny_checkpoint, "--epochs", "400"), "--output-dir",
