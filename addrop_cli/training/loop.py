@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -273,7 +273,8 @@ def _plan_disk(run: Run, overwrite: bool, check_space: bool) -> DiskPlan:
     updates = math.ceil(len(run.train_loader) / cfg.gradient_accumulation_steps)
     plan = plan_disk(run.accelerator.unwrap_model(run.model), run.tokenizer, run.output_dir, cfg.save_total_limit,
                      checkpoints_per_run(cfg.epochs, updates, cfg.save_steps), reuse=not overwrite)
-    if check_space and not plan.fits and (overwrite or finished_run(run.output_dir) is None):
+    refuse = check_space and not plan.fits and (overwrite or finished_run(run.output_dir) is None)
+    if broadcast_object_list([refuse])[0]:  # the main process's reading decides for all (free space moves)
         raise UserError(plan.refusal())
     return plan
 
