@@ -261,13 +261,13 @@ def sensitivity_figures(summary: SweepSummary) -> list[Figure]:
         reference = baseline.mean(summary.metric)
         scaled, scale = scaled_difference(grid, reference)
         # Cells say the difference itself (in points for a metric in [0, 1]); the colour shows it scaled (Fig. 6).
-        points = 100.0 if METRIC_RANGES.get(metric) == (0.0, 1.0) else 1.0
-        unit = ", in points" if points == 100.0 else ""
+        in_points = METRIC_RANGES.get(metric) == (0.0, 1.0)
+        points, unit, digits = (100.0, ", in points", 1) if in_points else (1.0, "", 3)
         figures.append(plots.sensitivity_heatmap(
             scaled, ps, qs, cmap="RdBu_r", limits=(-1.0, 1.0), labels=(grid - reference) * points,
             title=f"AD-DROP − fine-tuning ({metric} {reference:.4f}){unit}; colour scaled by max |Δ| = "
-                  f"{scale * points:.{1 if points == 100.0 else 3}f}{suffix}",
-            colorbar="(AD-DROP − FT) / max |AD-DROP − FT|", fmt="{:+.1f}" if points == 100.0 else "{:+.3f}"))
+                  f"{scale * points:.{digits}f}{suffix}",
+            colorbar="(AD-DROP − FT) / max |AD-DROP − FT|", fmt=f"{{:+.{digits}f}}"))
     return figures
 
 

@@ -99,10 +99,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainingS
             raise
     if main:
         with writing(final):
+            superseded = _aside(final, SUPERSEDED)
             if final.exists():  # the epoch-end save supersedes a step save at the same update
-                os.replace(final, _aside(final, SUPERSEDED))
+                os.replace(final, superseded)
             os.replace(staging, final)
-            _delete(_aside(final, SUPERSEDED))
+            shutil.rmtree(superseded, ignore_errors=True)
             if keep is not None:
                 for old in checkpoint_dirs(output_dir)[:-keep]:
                     _delete(old)
@@ -117,9 +118,8 @@ def _aside(checkpoint: Path, why: str) -> Path:
 
 def _delete(checkpoint: Path) -> None:
     """Delete a checkpoint, renamed first so that a kill mid-delete leaves no partial checkpoint behind."""
-    doomed = checkpoint if checkpoint.name.startswith(".") else _aside(checkpoint, DELETING)
-    if doomed != checkpoint and checkpoint.exists():
-        os.replace(checkpoint, doomed)
+    doomed = _aside(checkpoint, DELETING)
+    os.replace(checkpoint, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
 
 
