@@ -39,7 +39,10 @@ def wait_for_checkpoint(process: subprocess.Popen, out: Path, epoch: int, timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for checkpoint in checkpoint_dirs(out):
-            state = json.loads((checkpoint / STATE_FILE).read_text())
+            try:
+                state = json.loads((checkpoint / STATE_FILE).read_text())
+            except FileNotFoundError:  # retired by save_total_limit between listing and reading
+                continue
             if state["epoch"] == epoch and state["step_in_epoch"] > 0:
                 return state
         if process.poll() is not None:
