@@ -139,14 +139,17 @@ def loss_curves(runs: dict[str, list[dict]]) -> Figure:
     """Fig. 2: training and validation loss per epoch, one line per run (same colour in both panels).
 
     Args:
-        runs: legend label -> the run's ``history.jsonl`` rows (``epoch``, ``train_loss``, ``eval_loss``).
+        runs: legend label -> the run's ``history.jsonl`` rows (``epoch``, ``train_loss``, and ``eval_loss`` in
+            the epochs that were evaluated).
     """
     figure = Figure(figsize=(10, 4))
     train_axes, dev_axes = figure.subplots(1, 2)
     for label, rows in runs.items():
-        epochs = [row["epoch"] for row in rows]
-        (line,) = train_axes.plot(epochs, [row["train_loss"] for row in rows], marker="o", label=label)
-        dev_axes.plot(epochs, [row["eval_loss"] for row in rows], marker="o", color=line.get_color(), label=label)
+        (line,) = train_axes.plot([row["epoch"] for row in rows], [row["train_loss"] for row in rows], marker="o",
+                                  label=label)
+        evaluated = [row for row in rows if "eval_loss" in row]
+        dev_axes.plot([row["epoch"] for row in evaluated], [row["eval_loss"] for row in evaluated], marker="o",
+                      color=line.get_color(), label=label)
     for axes, title in ((train_axes, "Training loss"), (dev_axes, "Validation loss")):
         axes.set_title(title)
         axes.set_xlabel("epoch")

@@ -101,7 +101,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     metric: str | None = None  # the metric that selects the best epoch (default: the task's)
-    patience: int | None = None
+    eval_every: int = 1  # evaluate every N epochs and after the last; only evaluated epochs can be selected
+    patience: int | None = None  # stop after this many evaluations without a gain in train.metric
     log_every: int = 10
     save_steps: int | None = None
     save_total_limit: int | None = 2
@@ -113,7 +114,8 @@ class TrainConfig:
     hub_private: bool = False  # create that Hub repository as private
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
+        for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every",
+                    "eval_every"):
             value = getattr(self, key)
             require(value >= 1, f"train.{key}", value, "use a positive integer")
         require(0 <= self.seed <= MAX_SEED, "train.seed", self.seed, f"use an integer from 0 to {MAX_SEED}")
@@ -124,7 +126,7 @@ class TrainConfig:
         require(self.mixed_precision in MIXED_PRECISION, "train.mixed_precision", self.mixed_precision,
                  f"choose one of {', '.join(MIXED_PRECISION)}")
         require(self.patience is None or self.patience >= 1, "train.patience", self.patience,
-                 "use a positive number of epochs or leave it unset")
+                 "use a positive number of evaluations or leave it unset")
         for key in ("save_steps", "save_total_limit"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"train.{key}", value, "use a positive integer or leave it unset")
@@ -135,6 +137,9 @@ class TrainConfig:
 
 # Keys that do not change a run: where it is written, reported and published.
 PLACE_KEYS = ("output_dir", "report_to", "push_to_hub", "hub_private")
+# Train keys added after runs and sweeps were recorded, at the value that behaves as before the key: left out of a
+# run's identity at that value, so those runs and sweeps keep theirs.
+LATER_TRAIN_DEFAULTS = {"eval_every": 1}
 
 
 def _section_owners() -> dict[str, MethodSpec]:
@@ -154,8 +159,9 @@ def run_identity(values: dict[str, Any]) -> dict[str, Any]:
     does not change the run, so adding a tracker to a run being resumed is allowed. Nor do the settings of a
     method the run does not use: a method's section counts only when ``addrop.method`` names it, and the default
     method is left out, so runs and sweeps from before those keys (or from before a plugin was installed) keep
-    their identity."""
-    train = {key: value for key, value in values.get("train", {}).items() if key not in PLACE_KEYS}
+    their identity; so do train keys added later, at the value that behaves as before them."""
+    train = {key: value for key, value in values.get("train", {}).items()
+             if key not in PLACE_KEYS and (key, value) not in LATER_TRAIN_DEFAULTS.items()}
     addrop = dict(values.get("addrop", {}))
     method = addrop.get("method", DEFAULT_METHOD)
     if method == DEFAULT_METHOD:

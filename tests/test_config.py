@@ -96,3 +96,18 @@ def test_a_generation_section_at_its_defaults_is_not_part_of_a_runs_identity():
     assert "generation" in values and "generation" not in run_identity(values)
     templated = build(Recipe, {"generation": {"template": "{text} ?"}}).to_dict()
     assert run_identity(templated)["generation"]["template"] == "{text} ?"
+
+
+def test_eval_every_must_be_a_positive_number_of_epochs():
+    with pytest.raises(UserError, match=r"train.eval_every=0 is invalid: use a positive integer"):
+        build(Recipe, {"train": {"eval_every": 0}})
+
+
+def test_eval_every_at_one_keeps_the_identity_of_runs_recorded_before_the_key():
+    from addrop_cli.recipe import run_identity
+
+    values = build(Recipe, {}).to_dict()
+    before_the_key = {**values, "train": {k: v for k, v in values["train"].items() if k != "eval_every"}}
+    assert run_identity(values) == run_identity(before_the_key)
+    every_second = build(Recipe, {"train": {"eval_every": 2}}).to_dict()
+    assert run_identity(every_second)["train"]["eval_every"] == 2

@@ -30,7 +30,7 @@ def plot(
     from addrop_cli import plots  # matplotlib is imported only once the input is valid
     from addrop_cli.training.run_dir import read_history
 
-    histories = {name: read_history(run, ("epoch", "train_loss", "eval_loss"))
+    histories = {name: read_history(run, ("epoch", "train_loss"))
                  for name, run in zip(names, run_dirs, strict=True)}
     plots.save_figure(plots.loss_curves(histories), output)
     Console(stderr=True).print(f"wrote {output}")

@@ -31,7 +31,7 @@ class TrainingState:
     best_value: float = -math.inf
     best_epoch: int = 0
     best_eval: dict[str, float] = field(default_factory=dict)
-    stale_epochs: int = 0
+    stale_evaluations: int = 0  # evaluations since the best one (train.patience counts these)
     history: list[dict[str, Any]] = field(default_factory=list)
     test: dict[str, float] | None = None
     finished: bool = False
@@ -44,6 +44,8 @@ class TrainingState:
     @classmethod
     def from_json(cls, text: str) -> TrainingState:
         values = json.loads(text)
+        if "stale_epochs" in values:  # written before train.eval_every, when every epoch was evaluated
+            values["stale_evaluations"] = values.pop("stale_epochs")
         if values.get("best_value") is None:
             values["best_value"] = -math.inf
         return cls(**values)

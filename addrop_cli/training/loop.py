@@ -476,26 +476,21 @@ def _train_step(run: Run, batch: dict[str, torch.Tensor], phase: str) -> torch.T
 
 
 def end_epoch(run: Run, seconds: float, progress: Progress) -> None:
-    """Evaluate, record the epoch in ``history.jsonl``, keep the best checkpoint, decide on early stopping,
-    and checkpoint the loop at the epoch boundary."""
+    """Record the epoch in ``history.jsonl``; evaluate it when due (every ``train.eval_every`` epochs and the last),
+    keeping the best checkpoint and deciding on early stopping; checkpoint the loop at the epoch boundary."""
     state, cfg = run.state, run.recipe.train
     epoch = state.epoch
-    train_loss = state.loss_sum / max(len(run.train_loader), 1)
-    result = run.pipeline.evaluate(run.model, _tracked(run.eval_loader, progress, "evaluating"), run.accelerator,
-                                   run.tokenizer)
     phase = epoch_phase(epoch, run.recipe.addrop)
-    state.history.append({"epoch": epoch, "phase": phase, "train_loss": train_loss, "eval": result.metrics,
-                          "eval_loss": result.loss, "eval_predictions": result.prediction_counts,
-                          "seconds": round(seconds, 3),
+    record = {"epoch": epoch, "phase": phase, "train_loss": state.loss_sum / max(len(run.train_loader), 1)}
+    due = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+    result = _evaluate_epoch(run, progress) if due else None
+    if result is not None:
+        record.update({"eval": result.metrics, "eval_loss": result.loss, "eval_predictions": result.prediction_counts})
+    state.history.append({**record, "seconds": round(seconds, 3),
                           "train_samples_per_second": round(state.samples / seconds, 3)})
     _log_epoch(run, result, phase)
-    improved = result.metrics[run.metric] > state.best_value
-    if improved:
-        state.best_value, state.best_epoch, state.best_eval = result.metrics[run.metric], epoch, result.metrics
-        state.stale_epochs = 0
-    else:
-        state.stale_epochs += 1
-    early_stop = cfg.patience is not None and state.stale_epochs >= cfg.patience
+    improved = result is not None and state.best_epoch == epoch
+    early_stop = result is not None and cfg.patience is not None and state.stale_evaluations >= cfg.patience
     state.epoch, state.step_in_epoch, state.loss_sum, state.samples, state.seconds = epoch + 1, 0, 0.0, 0, 0.0
     state.finished = early_stop or state.epoch > cfg.epochs
     if run.show:
@@ -503,28 +498,52 @@ def end_epoch(run: Run, seconds: float, progress: Progress) -> None:
         if improved:
             _save_best(run)
         write_json(run.output_dir / METRICS_FILE, _metrics_summary(run))
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        run.console.print(f"epoch {epoch} ({phase}) train loss {train_loss:.4f} | eval {shown}"
-                          f"{' (best)' if improved else ''} | {seconds:.1f}s", highlight=False, soft_wrap=True)
-        warning = one_class_warning(result.prediction_counts) if run.pipeline.task_type == CLASSIFICATION else None
-        if warning:
-            run.console.print(f"  warning: {warning}", highlight=False, soft_wrap=True)
+        _print_epoch(run, record, result, seconds, improved)
         if early_stop:
-            run.console.print(f"early stopping: no {run.metric} gain for {state.stale_epochs} epochs")
+            run.console.print(f"early stopping: no {run.metric} gain in {state.stale_evaluations} evaluations")
     _checkpoint(run)
 
 
+def _evaluate_epoch(run: Run, progress: Progress):
+    """Evaluate the model on the evaluation split; a new best score makes this epoch the best one, any other
+    counts towards ``train.patience``."""
+    state = run.state
+    result = run.pipeline.evaluate(run.model, _tracked(run.eval_loader, progress, "evaluating"), run.accelerator,
+                                   run.tokenizer)
+    if result.metrics[run.metric] > state.best_value:
+        state.best_value, state.best_epoch, state.best_eval = result.metrics[run.metric], state.epoch, result.metrics
+        state.stale_evaluations = 0
+    else:
+        state.stale_evaluations += 1
+    return result
+
+
+def _print_epoch(run: Run, record: dict[str, Any], result, seconds: float, improved: bool) -> None:
+    """The epoch's line (and a one-class warning) on the console."""
+    shown = " | eval " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) if result is not None else ""
+    run.console.print(f"epoch {record['epoch']} ({record['phase']}) train loss {record['train_loss']:.4f}{shown}"
+                      f"{' (best)' if improved else ''} | {seconds:.1f}s", highlight=False, soft_wrap=True)
+    warning = None
+    if result is not None and run.pipeline.task_type == CLASSIFICATION:
+        warning = one_class_warning(result.prediction_counts)
+    if warning:
+        run.console.print(f"  warning: {warning}", highlight=False, soft_wrap=True)
+
+
 def _log_epoch(run: Run, result, phase: str) -> None:
-    """The epoch's evaluation and AD-DROP signals to the trackers: the share of attention positions dropped
-    (AD-DROP epochs) and the share of evaluation predictions in the most-predicted class."""
+    """The epoch's evaluation (``result``, None when the epoch was not evaluated) and AD-DROP signals to the
+    trackers: the share of attention positions dropped (AD-DROP epochs) and the share of evaluation predictions in
+    the most-predicted class."""
     counts = run.addrop.take_drop_counts() if run.addrop is not None else None
-    values = {f"eval/{name}": value for name, value in result.metrics.items()}
-    values.update({"eval/loss": result.loss, "epoch": run.state.epoch, "addrop_epoch": int(phase != FT_PHASE)})
+    values = {"epoch": run.state.epoch, "addrop_epoch": int(phase != FT_PHASE)}
+    if result is not None:
+        values.update({f"eval/{name}": value for name, value in result.metrics.items()})
+        values["eval/loss"] = result.loss
+        if run.pipeline.task_type == CLASSIFICATION and result.prediction_counts:
+            values["eval/majority_class_share"] = majority_share(result.prediction_counts)
     if counts is not None:
         dropped, seen = run.accelerator.reduce(counts, "sum").tolist()  # every process ran AD-DROP steps
         values["addrop/dropped_share"] = dropped / seen if seen else 0.0
-    if run.pipeline.task_type == CLASSIFICATION and result.prediction_counts:
-        values["eval/majority_class_share"] = majority_share(result.prediction_counts)
     run.accelerator.log(values, step=run.state.global_step)
 
 

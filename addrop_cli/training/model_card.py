@@ -44,8 +44,10 @@ def build_card(recipe: Recipe, task: Any, task_type: str, history: list[dict[str
                          model_name=name, eval_results=results)
     addrop, train = recipe.addrop, recipe.train
     metrics = list(best_eval)
-    epochs = [[row["epoch"], row["phase"], f"{row['train_loss']:.4f}", f"{row['eval_loss']:.4f}",
-               *(f"{row['eval'][m]:.4f}" for m in metrics)] for row in history]
+    epochs = [[row["epoch"], row["phase"], f"{row['train_loss']:.4f}",
+               *((f"{row['eval_loss']:.4f}", *(f"{row['eval'][m]:.4f}" for m in metrics)) if "eval" in row
+                 else ["–"] * (1 + len(metrics)))]  # an epoch train.eval_every skipped
+              for row in history]
     body = "\n\n".join([
         f"# {name}",
         f"`{recipe.model}` fine-tuned on {recipe.task} with AD-DROP (Attribution-Driven Dropout, NeurIPS 2022) by "
