@@ -38,6 +38,7 @@ from pathlib import Path
 
 import evidence_overview
 import evidence_record
+import evidence_regime
 
 from addrop_cli.outputs import write_text
 from addrop_cli.sweep import summary as sweep_summary
@@ -53,9 +54,15 @@ SELECTION_GRID = ["--p", "0.1,0.3", "--q", "0.1,0.3", "--grid", "layers=first,al
 BASE_SELECTION_GRID = ["--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "0.1,0.3", "--grid", "rdrop.alpha=1,4"]
 COMMON = ["--batch-size", "16", "--set", "data.holdout_fraction=0.1", "--set", "data.group_by_length=true",
           "--set", "train.patience=null", "--set", "train.save_total_limit=1"]
-MODELS = ("minilm", "mpnet-base")
+# minilm: the first study; mpnet-base: at base size with R-Drop; mpnet-base-overfit: base size again, with schedules
+# where plain fine-tuning overfits and AD-DROP's layers in the grid; smollm2: a decoder LLM trained generatively.
+SUITES = ("minilm", "mpnet-base", "mpnet-base-overfit", "smollm2")
+OVERVIEW_SUITES = SUITES[1:]  # reported together in docs/results.md
+# AD-DROP's p, q and layers (the paper picks the layers per task) and R-Drop's alpha, as in the base-size grid.
+OVERFIT_SELECTION_GRID = ["--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "0.1,0.3", "--grid",
+                          "layers=first,all", "--grid", "rdrop.alpha=1,4"]
 MINILM_REPORT, MINILM_FIGURE = "results-minilm.md", "results-minilm.png"  # the first study's own report
-OVERVIEW, BASE_FIGURE = "results.md", "results-mpnet-base.png"  # both models, written by the base-size study
+OVERVIEW = "results.md"  # every suite, written by any suite but MiniLM's
 
 
 @dataclass
@@ -73,10 +80,25 @@ class Study:
     selection_from: str | None = None  # reuse another study's selected setting instead of sweeping
     model: str = "minilm"
     selection_grid: tuple[str, ...] = tuple(SELECTION_GRID)
+    # The overfitting-regime studies keep epochs and learning rate apart from the other options: the schedule
+    # chosen by the regime probes (evidence_regime.py), after the ones tried before it.
+    schedule: tuple[str, ...] = ()
+    tried: tuple[tuple[str, ...], ...] = ()
+    eval_every: int = 1
 
-    def base(self, data: Path) -> list[str]:
+    def fixed(self, data: Path) -> list[str]:
+        """The options every run of the study shares, schedule aside."""
         return ["--recipe", self.recipe, "--train-file", str(data / self.train_file),
                 "--test-file", str(data / self.test_file), "--model", self.model, *COMMON, *self.options]
+
+    def base(self, data: Path) -> list[str]:
+        every = ["--set", f"train.eval_every={self.eval_every}"] if self.eval_every > 1 else []
+        return [*self.fixed(data), *self.schedule, *every]
+
+    @property
+    def probes(self) -> list[tuple[str, ...]]:
+        """The schedules its regime probes try, the chosen one last (none for a study without probes)."""
+        return [*self.tried, self.schedule] if self.schedule else []
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -86,19 +108,20 @@ class Study:
     def selection_arms(self) -> dict[str, int]:
         """Trials per arm of the selection sweep (one seed): FT once, AD-DROP's p x q (x layers when swept),
         R-Drop's alphas."""
-        grid = dict(zip(self.selection_grid[::2], self.selection_grid[1::2], strict=True))
-        swept = grid.get("--grid", "=").split("=", 1)
-        values = len(swept[1].split(",")) if swept[1] else 1
+        words = list(zip(self.selection_grid[::2], self.selection_grid[1::2], strict=True))
+        grid = {flag: value for flag, value in words if flag != "--grid"}
+        swept = dict(value.split("=", 1) for flag, value in words if flag == "--grid")
         addrop = len(grid["--p"].split(",")) * len(grid["--q"].split(","))
-        if swept[0] == "layers":
-            return {"ft": 1, "addrop": addrop * values}
-        return {"ft": 1, "addrop": addrop, "rdrop": values}
+        addrop *= len(swept["layers"].split(",")) if "layers" in swept else 1
+        if "rdrop" not in self.arms:
+            return {"ft": 1, "addrop": addrop}
+        return {"ft": 1, "addrop": addrop, "rdrop": len(swept.get("rdrop.alpha", "1").split(","))}
 
 
-def studies(model: str = "minilm") -> list[Study]:
+def studies(suite: str = "minilm") -> list[Study]:
     """In running order: the cheap few-shot studies first, the overfitting regime last (it reuses MRPC's choice)."""
-    if model == "mpnet-base":
-        return base_studies()
+    if suite != "minilm":
+        return {"mpnet-base": base_studies, "mpnet-base-overfit": overfit_studies, "smollm2": llm_studies}[suite]()
 
     def k_shot(k: int, epochs: int, paper: tuple[float, float]) -> Study:
         return Study(f"sst2-{k}shot", f"SST-2 {k}-shot", "sst2", "SST-2/train.tsv", "SST-2/dev.tsv", "accuracy",
@@ -156,7 +179,53 @@ def base_studies() -> list[Study]:
     ]
 
 
+def overfit_studies() -> list[Study]:
+    """all-mpnet-base-v2 again, each study on a schedule where plain fine-tuning overfits (found by the regime
+    probes, evidence_regime.py), AD-DROP's layers in the grid; sized to about eight hours of 2 CPU cores."""
+    model, grid = "mpnet-base", tuple(OVERFIT_SELECTION_GRID)
+
+    def k_shot(k: int, schedule: tuple[str, ...], tried: tuple[tuple[str, ...], ...], eval_every: int,
+               paper: tuple[float, float]) -> Study:
+        return Study(f"sst2-{k}shot", f"SST-2 {k}-shot", "sst2", "SST-2/train.tsv", "SST-2/dev.tsv", "accuracy",
+                     ["--max-length", "64", "--set", f"data.k_shot={k}", "--set", "data.max_eval_samples=500"],
+                     paper, "Table 5, RoBERTa-base",
+                     f"{k} sentences per class drawn with the seed from the 90 % left after the hold-out; the "
+                     "selection set is the first 500 held-out sentences, the test set the first 500 of the 872 dev "
+                     f"sentences; evaluated every {eval_every} epochs and after the last", model=model,
+                     selection_grid=grid, schedule=schedule, tried=tried, eval_every=eval_every)
+
+    warmup = ("--set", "train.warmup_ratio=0.1")
+    return [
+        k_shot(16, ("--epochs", "40", "--lr", "1e-4", *warmup), (), 4, (74.5, 80.2)),
+        k_shot(64, ("--epochs", "30", "--lr", "5e-5", *warmup), (), 3, (89.1, 91.6)),
+        Study("mrpc-1000", "MRPC, 1,000 pairs", "mrpc", "MRPC/train.tsv", "MRPC/dev.tsv", "accuracy",
+              ["--max-length", "128", "--max-train-samples", "1000"], (85.2, 87.4), "Table 3, BERT-base, full MRPC",
+              "the first 1,000 training pairs left after the hold-out; the selection set is the 367 held-out pairs",
+              model=model, selection_grid=grid, schedule=("--epochs", "6", "--lr", "5e-5")),
+    ]
+
+
+def llm_studies() -> list[Study]:
+    """SmolLM2-135M-Instruct answering "positive" or "negative" (the bundled generative recipe: LoRA r 8, loss on
+    the answer tokens), FT, AD-DROP in the first layer and R-Drop, in what the budget left."""
+    return [Study("sst2-16shot-generate", "SST-2 16-shot, generative", "sst2_smollm2_generate", "SST-2/train.tsv",
+                  "SST-2/dev.tsv", "accuracy", ["--set", "data.k_shot=16", "--set", "data.max_eval_samples=200",
+                                                "--layers", "first"],
+                  (74.5, 80.2), "Table 5, RoBERTa-base; the paper tried no decoder LLM",
+                  "16 sentences per class drawn with the seed from the 90 % left after the hold-out; the selection "
+                  "set is the first 200 held-out sentences, the test set the first 200 dev sentences, each scored "
+                  "by the greedy answer", model="smollm2-135m",
+                  selection_grid=("--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "0.3", "--grid",
+                                  "rdrop.alpha=1"),
+                  schedule=("--epochs", "20", "--lr", "2e-4"), eval_every=2)]
+
+
 # ------------------------------------------------------------------------------------------- running
+
+
+def run_folder(suite: str) -> Path:
+    """Where a suite's sweeps run: runs/evidence for MiniLM, runs/evidence-SUITE for the others."""
+    return ROOT / "runs" / ("evidence" if suite == "minilm" else f"evidence-{suite}")
 
 
 class CommandLog:
@@ -179,8 +248,12 @@ def sweep_command(arguments: list[str], directory: Path) -> list[str]:
 
 
 def sweep(out: Path, arguments: list[str], log: CommandLog) -> None:
-    """Run (or resume) one ``addrop sweep``. Ctrl-C or SIGTERM lets it checkpoint, logs the time, and stops."""
-    command = sweep_command(arguments, out)
+    """Run (or resume) one ``addrop sweep``."""
+    launch(sweep_command(arguments, out), log)
+
+
+def launch(command: list[str], log: CommandLog) -> None:
+    """Run one ``addrop`` command. Ctrl-C or SIGTERM lets it checkpoint, logs the time, and stops."""
     print(f"\n$ {shlex.join(command)}", flush=True)
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "addrop_cli", *command[1:]])
@@ -238,7 +311,27 @@ def selection_complete(study: Study, selection: Path) -> bool:
     return all(ended[arm] >= count for arm, count in study.selection_arms().items()) and set(study.arms) <= finished
 
 
+def probe_dir(study: Study, out: Path, schedule: tuple[str, ...]) -> Path:
+    return out / study.name / evidence_regime.REGIME_DIR / evidence_regime.schedule_label(schedule)
+
+
+def run_probes(study: Study, out: Path, data: Path, log: CommandLog) -> None:
+    """Run (or resume) the study's regime probes; stop unless the chosen schedule reaches the regime."""
+    for schedule in study.probes:
+        directory = probe_dir(study, out, schedule)
+        if not evidence_record.finished_probe(directory):
+            resume = ["--resume"] if (directory / "recipe.yaml").is_file() else []
+            launch(["addrop", "train", *evidence_regime.probe_arguments(study.fixed(data), schedule, SELECTION_SEED),
+                    "--output-dir", str(directory), *resume], log)
+    chosen = evidence_regime.read_curve(probe_dir(study, out, study.schedule), study.schedule, study.metric)
+    if not chosen.reached:
+        raise SystemExit(f"{study.name}: plain fine-tuning with {evidence_regime.schedule_text(study.schedule)} "
+                         f"does not overfit (held-out loss lowest at epoch {chosen.lowest['epoch']} of "
+                         f"{len(chosen.rows)}, ending at {chosen.ratio:.2f}× it); choose another schedule")
+
+
 def run_study(study: Study, out: Path, data: Path, log: CommandLog) -> None:
+    run_probes(study, out, data, log)
     if study.selection_from is None:
         sweep(*sweeps_of(study, out, data)[0], log)
     test = [call for call in sweeps_of(study, out, data) if call[0].name == "test"]
@@ -372,7 +465,8 @@ def epoch_curves(histories: dict[str, list[dict]], rows: list[dict], metric: str
     epochs: dict[str, dict[int, list[dict]]] = {}
     for row in rows:
         for record in histories[row["trial"]]:
-            epochs.setdefault(arm_of(row), {}).setdefault(record["epoch"], []).append(record)
+            if "eval" in record:  # epochs train.eval_every skipped have no held-out numbers
+                epochs.setdefault(arm_of(row), {}).setdefault(record["epoch"], []).append(record)
     return {arm: [{"epoch": epoch, "phase": records[0]["phase"],
                    "train_loss": statistics.fmean(r["train_loss"] for r in records),
                    "eval_loss": statistics.fmean(r["eval_loss"] for r in records),
@@ -394,13 +488,15 @@ def _difference(stats: dict) -> tuple[str, str]:
     return f"{stats['difference']:+.1f} [{stats['ci_low']:+.1f}, {stats['ci_high']:+.1f}]", p_value
 
 
-def results_table(found: dict[str, dict], all_studies: list[Study]) -> list[str]:
+def results_table(found: dict[str, dict], all_studies: list[Study], overfitted: bool = False) -> list[str]:
     """One row per study: FT and AD-DROP (and R-Drop where the studies have it) with each method's difference
-    from FT, the chosen settings, seeds, hours and the paper's numbers."""
+    from FT, the chosen settings, seeds, hours, (with ``overfitted``) whether plain fine-tuning overfitted, and the
+    paper's numbers."""
     with_rdrop = any("rdrop" in study.arms for study in all_studies)
     header = ["study", "metric", "FT", "AD-DROP", "Δ [95 % CI]", "paired p",
               *(["R-Drop", "Δ [95 % CI]", "paired p", "chosen: AD-DROP; R-Drop"] if with_rdrop
-                else ["chosen p, q, layers"]), "seeds", "hours", "paper FT → AD-DROP"]
+                else ["chosen p, q, layers"]), "seeds", "hours",
+              *(["FT overfitted? (held-out loss last / lowest)"] if overfitted else []), "paper FT → AD-DROP"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for study in all_studies:
         result = found.get(study.name)
@@ -417,14 +513,15 @@ def results_table(found: dict[str, dict], all_studies: list[Study]) -> list[str]
         seeds = f"{len(result['seeds'])}" + ("" if result["complete"] else " (incomplete)")
         hours = result["selection_hours"] + result["test_hours"]
         cells = [study.title, study.metric, _mean_std(result["ft"]), _mean_std(result["addrop"]),
-                 *_difference(result), *rdrop, chosen, seeds, f"{hours:.2f}", paper]
+                 *_difference(result), *rdrop, chosen, seeds, f"{hours:.2f}",
+                 *([evidence_regime.verdict(loss_growth(result))] if overfitted else []), paper]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandLog, out: Path,
-                 data: Path) -> list[str]:
-    lines = ["## Where the time went", "",
+                 data: Path, label: str = "") -> list[str]:
+    lines = [f"## Where the time went{label}", "",
              "Hours of training and evaluation per study (one process on 2 CPU cores, trials run one after another):",
              "", "| study | selection sweep | five-seed test | total |", "|---|---|---|---|"]
     total = 0.0
@@ -460,8 +557,8 @@ def _command_key(words: list[str]) -> tuple[str, ...]:
                  for previous, word in zip(["", *words], words, strict=False))
 
 
-def selection_lines(all_studies: list[Study], out: Path) -> list[str]:
-    lines = ["## Selection sweeps (held-out 10 %, seed 1)", ""]
+def selection_lines(all_studies: list[Study], out: Path, label: str = "") -> list[str]:
+    lines = [f"## Selection sweeps{label} (held-out 10 %, seed 1)", ""]
     for study in all_studies:
         rows = finished_selection(study, out)
         if rows:
@@ -470,13 +567,19 @@ def selection_lines(all_studies: list[Study], out: Path) -> list[str]:
     return [*lines, ""]
 
 
+def loss_growth(result: dict) -> float:
+    """Plain fine-tuning's mean held-out loss at the last epoch over its lowest."""
+    ft = result["curves"]["ft"]
+    return ft[-1]["eval_loss"] / min(row["eval_loss"] for row in ft)
+
+
 def overfit_cells(result: dict) -> list[str]:
     """Plain runs' held-out curve in one table row: epochs, best score (epoch), last score, the fall between them,
     held-out loss from its lowest (epoch) to the last epoch, and the last train loss."""
     ft = result["curves"]["ft"]
     best, last = max(ft, key=lambda row: row["score"]), ft[-1]
     lowest = min(ft, key=lambda row: row["eval_loss"])
-    return [str(len(ft)), f"{best['score']:.1f} ({best['epoch']})", f"{last['score']:.1f}",
+    return [str(last["epoch"]), f"{best['score']:.1f} ({best['epoch']})", f"{last['score']:.1f}",
             f"{best['score'] - last['score']:.1f}", f"{lowest['eval_loss']:.3f} ({lowest['epoch']}) → "
             f"{last['eval_loss']:.3f}", f"{last['train_loss']:.3f}"]
 
@@ -518,9 +621,9 @@ def overfit_lines(found: dict[str, dict], all_studies: list[Study]) -> list[str]
 ARM_NAMES = {"ft": "FT", "addrop": "AD-DROP", "rdrop": "R-Drop"}
 
 
-def curve_lines(found: dict[str, dict], study: Study) -> list[str]:
+def curve_lines(found: dict[str, dict], study: Study, label: str = "") -> list[str]:
     """The per-epoch table that shows whether plain fine-tuning overfits (held-out score falls as loss drops), with
-    each regularized arm beside it."""
+    each regularized arm beside it (the evaluated epochs, where train.eval_every skipped some)."""
     result = found.get(study.name)
     if not result:
         return []
@@ -531,7 +634,7 @@ def curve_lines(found: dict[str, dict], study: Study) -> list[str]:
         name = ARM_NAMES[arm]
         header += [*([f"{name} phase"] if arm == "addrop" else []), f"{name} train loss", f"{name} held-out loss",
                    f"{name} held-out"]
-    lines = [f"## Epoch by epoch: {study.title}", "",
+    lines = [f"## Epoch by epoch: {label}{study.title}", "",
              f"Means over the test seeds; held-out {study.metric} (the selection split), not the dev file.", "",
              "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for index, plain in enumerate(ft):
@@ -546,7 +649,8 @@ def curve_lines(found: dict[str, dict], study: Study) -> list[str]:
               f"{ft[-1]['score']:.1f} while its train loss goes {ft[0]['train_loss']:.3f} → "
               f"{ft[-1]['train_loss']:.3f} and its held-out loss {ft[0]['eval_loss']:.3f} → {ft[-1]['eval_loss']:.3f} "
               f"(lowest {min(row['eval_loss'] for row in ft):.3f}); the epochs its seeds' checkpoints were selected "
-              f"at (best held-out {study.metric}): {', '.join(map(str, result['ft_best_epochs']))} of {len(ft)}.", ""]
+              f"at (best held-out {study.metric}): {', '.join(map(str, result['ft_best_epochs']))} of "
+              f"{ft[-1]['epoch']}.", ""]
     return lines
 
 
@@ -681,72 +785,144 @@ def selection_entries(found: dict[str, dict], all_studies: list[Study], out: Pat
     return entries
 
 
-def overfit_comparison_lines(found: dict[str, dict], all_studies: list[Study],
-                             minilm: dict[str, evidence_overview.MiniLMStudy]) -> list[str]:
-    """Plain fine-tuning's held-out curves at base size beside MiniLM's, compared on the studies both ran."""
-    lines = ["## Does plain fine-tuning overfit more at base size?", "",
+def overfit_comparison_lines(suites: list[Suite], minilm: dict[str, evidence_overview.MiniLMStudy]) -> list[str]:
+    """Plain fine-tuning's held-out curves in every study of every suite, MiniLM's beside them, and in how many
+    plain fine-tuning overfitted."""
+    ratio = evidence_regime.OVERFIT_RATIO
+    lines = ["## Did plain fine-tuning overfit?", "",
              "Plain runs' held-out curves, means over the five test seeds: the best epoch's score against the last "
              "epoch's, and the held-out loss from its lowest to the last epoch (MiniLM's rows from "
-             f"[{MINILM_REPORT}]({MINILM_REPORT})).", "", "| model | study | " + OVERFIT_HEADER, "|---" * 8 + "|"]
-    base = {study.title: overfit_cells(found[study.name]) for study in all_studies if study.name in found}
-    small = {study.title: study.overfit[1:] for study in minilm.values() if study.overfit}
-    for model, cells_by_title in (("MPNet-base", base), ("MiniLM", small)):
-        lines += [f"| {model} | {title} | " + " | ".join(cells) + " |" for title, cells in cells_by_title.items()]
-    shared = [title for title in base if title in small]
-    if not shared:
-        return [*lines, ""]
-    compared = []
-    for title in shared:
-        (base_fall, base_growth), (small_fall, small_growth) = _fall_and_growth(base[title]), \
-            _fall_and_growth(small[title])
-        compared.append(f"{title}: the held-out score falls {base_fall:.1f} points after its peak at base size and "
-                        f"{small_fall:.1f} with MiniLM, the held-out loss ends at {base_growth:.1f}× its lowest "
-                        f"against {small_growth:.1f}×")
-    lines += ["", f"On the {len(shared)} {'study' if len(shared) == 1 else 'studies'} both models ran (the schedules "
-              "differ, see Studies): " + "; ".join(compared) + ".", ""]
+             f"[{MINILM_REPORT}]({MINILM_REPORT})). A study counts as overfitting when the held-out loss ends at "
+             f"least {ratio}× its lowest: the model keeps growing confident on its training set after held-out data "
+             "stopped gaining, which is what a regularizer is meant to prevent.", "",
+             "| model | study | " + OVERFIT_HEADER + " overfitted? |", "|---" * 9 + "|"]
+    rows = [(suite.label, study.title, overfit_cells(suite.found[study.name]))
+            for suite in suites for study in suite.studies if study.name in suite.found]
+    rows += [("MiniLM", study.title, study.overfit[1:]) for study in minilm.values() if study.overfit]
+    growth = {(label, title): _fall_and_growth(cells)[1] for label, title, cells in rows}
+    lines += [f"| {label} | {title} | " + " | ".join(cells) + f" | {evidence_regime.verdict(growth[label, title])} |"
+              for label, title, cells in rows]
+    overfitted = [f"{label} {title} ({value:.2f}×)" for (label, title), value in growth.items() if value >= ratio]
+    lines += ["", f"Plain fine-tuning overfitted in {len(overfitted)} of {len(rows)} studies"
+              + (": " + "; ".join(overfitted) if overfitted else "") + ".", ""]
     return lines
 
 
-def write_overview(found: dict[str, dict], all_studies: list[Study], out: Path, data: Path, docs: Path,
-                   log: CommandLog) -> None:
-    """docs/results.md: the base-size study in full, MiniLM's table beside it, the selection-protocol arithmetic
-    for both, and the held-out curves compared."""
+@dataclass
+class Suite:
+    """One suite as the overview reports it: its studies, their results, its run folder and command log."""
+
+    name: str
+    studies: list[Study]
+    found: dict[str, dict]
+    out: Path
+    log: CommandLog
+
+    @property
+    def label(self) -> str:
+        return SUITE_TEXT[self.name][0]
+
+
+# Per suite: its label in shared tables, its section's heading and what its grid was.
+SUITE_TEXT = {
+    "mpnet-base": ("MPNet-base", "all-mpnet-base-v2 (12 layers, 768 hidden, 110 M parameters): short schedules",
+                   "Grid on the held-out split: AD-DROP p, q ∈ {0.1, 0.3} in the first layer only (the paper's choice "
+                   "for SST-2; all layers did not fit the budget), R-Drop α ∈ {1, 4} (1 as in R-Drop's README, 4 "
+                   "what its BERT GLUE code's summed KL weighs at batch 16). Plain fine-tuning was still improving "
+                   "when these schedules ended (see \"Did plain fine-tuning overfit?\"), so they cannot show what a "
+                   "regularizer does against overfitting; the next section can."),
+    "mpnet-base-overfit": ("MPNet-base, overfitting", "all-mpnet-base-v2 where plain fine-tuning overfits",
+                           "Each study's schedule (epochs, learning rate) was chosen before any regularized run, by "
+                           "plain fine-tuning on the selection seed evaluated after every epoch (Finding the regime, "
+                           "below), so that the held-out loss is lowest in the first half of the epochs and ends at "
+                           f"least {evidence_regime.OVERFIT_RATIO}× that. Grid on the held-out split: AD-DROP p, q ∈ "
+                           "{0.1, 0.3} × layers ∈ {first, all} (the paper picks the layers per task), R-Drop α ∈ "
+                           "{1, 4}."),
+    "smollm2": ("SmolLM2", "SmolLM2-135M-Instruct (decoder LLM, 30 layers, 135 M parameters), generative with LoRA",
+                "SST-2 as generation: the model answers \"positive\" or \"negative\" in its chat format, LoRA r 8 on "
+                "the attention projections, loss on the answer tokens; AD-DROP's target is minus the cross-entropy "
+                "of the model's own (argmax) answer tokens, in the first layer. Grid on the held-out split: "
+                "AD-DROP p ∈ {0.1, 0.3} at q 0.3, R-Drop α 1 (a smaller grid: the budget left)."),
+}
+
+
+def load_suite(suite: str) -> Suite:
+    """A suite's run folder, brought up to its committed record, and the results of its studies there."""
+    out = run_folder(suite)
+    evidence_record.restore(evidence_record.RECORDS / suite, out)
+    all_studies = studies(suite)
+    found = {study.name: result for study in all_studies if (result := collect(study, out)) is not None}
+    return Suite(suite, all_studies, found, out, CommandLog(out / evidence_record.COMMANDS_FILE))
+
+
+def regime_lines(suite: Suite) -> list[str]:
+    """The regime probes of a suite's studies: every schedule tried, and the chosen one's curve epoch by epoch."""
+    tried = [(study, schedule, evidence_regime.read_curve(probe_dir(study, suite.out, schedule), schedule,
+                                                          study.metric))
+             for study in suite.studies for schedule in study.probes]
+    finished = [(study, schedule, curve) for study, schedule, curve in tried if curve is not None]
+    if not finished:
+        return []
+    lines = ["### Finding the regime", "",
+             f"Plain fine-tuning on seed {SELECTION_SEED}, evaluated on the held-out split after every epoch, for each "
+             "schedule tried (the last one per study is the one used):", "",
+             *evidence_regime.regime_table([(study.title, curve) for study, _, curve in finished]), ""]
+    for study, schedule, curve in finished:
+        if schedule == study.schedule:
+            lines += [f"#### {study.title}: {evidence_regime.schedule_text(schedule)}", "",
+                      *evidence_regime.curve_table(curve), ""]
+    return lines
+
+
+def suite_section(suite: Suite, data: Path) -> list[str]:
+    """A suite's heading, grid, regime probes (where it has them), results table and per-seed figure."""
+    _, heading, grid = SUITE_TEXT[suite.name]
+    figure = f"results-{suite.name}.png"
+    return [f"## {heading}", "", grid, "", *regime_lines(suite),
+            *results_table(suite.found, suite.studies, overfitted=True), "",
+            *([f"![per-seed scores]({figure})", ""] if suite.found else [])]
+
+
+def write_overview(suites: list[Suite], data: Path, docs: Path) -> None:
+    """docs/results.md: every base-size and LLM suite in full, MiniLM's table beside them, the selection-protocol
+    arithmetic for all, and whether plain fine-tuning overfitted in each study."""
     minilm_report = (docs / MINILM_REPORT).read_text(encoding="utf-8")
     minilm = evidence_overview.read_minilm(minilm_report)
     entries = [*evidence_overview.minilm_selection_entries(minilm),
-               *selection_entries(found, all_studies, out, "MPNet-base")]
+               *(entry for suite in suites for entry in selection_entries(suite.found, suite.studies, suite.out,
+                                                                          suite.label))]
     lines = ["# Evidence: does AD-DROP help? Plain fine-tuning, AD-DROP and R-Drop on 2 CPU cores", "",
-             "Generated by `python benchmarks/evidence.py --model mpnet-base` from its sweeps (their small files are "
-             "kept in `benchmarks/evidence-runs/mpnet-base/`) and, for all-MiniLM-L6-v2, from "
+             "Generated by `python benchmarks/evidence.py --suite SUITE` for any suite but minilm, from the sweeps of "
+             + ", ".join(f"`{suite.name}`" for suite in suites) + " (their small files are kept in "
+             "`benchmarks/evidence-runs/SUITE/`) and, for all-MiniLM-L6-v2, from "
              f"[{MINILM_REPORT}]({MINILM_REPORT}), which `python benchmarks/evidence.py` generated from that "
              "study's sweeps; do not edit by hand.", "",
-             "Protocol (both models): a seeded 10 % of each training set is held out and used to select the epoch "
+             "Protocol (every suite): a seeded 10 % of each training set is held out and used to select the epoch "
              "and each method's settings on seed "
              f"{SELECTION_SEED}; the GLUE dev file is the test set, scored once per run with the selected "
              f"checkpoint, on seeds {', '.join(map(str, TEST_SEEDS))}. Scores in percent; Δ is the method − FT "
              "with a paired t-test over seeds and a 95 % bootstrap interval of the mean difference. AD-DROP: GA "
              "attribution, pseudo labels. Both regularizers use cross-tuning (odd epochs plain, even epochs "
-             "regularized), so they get the same regularized epochs. Batch 16, length-grouped batches.", "",
-             "## all-mpnet-base-v2 (12 layers, 768 hidden, 110 M parameters)", "",
-             "Grid on the held-out split: AD-DROP p, q ∈ {0.1, 0.3} in the first layer only (the paper's choice "
-             "for SST-2; all layers did not fit the budget), R-Drop α ∈ {1, 4} (1 as in R-Drop's README, 4 what "
-             "its BERT GLUE code's summed KL weighs at batch 16).", "",
-             *results_table(found, all_studies), "",
-             *([f"![per-seed scores]({BASE_FIGURE})", ""] if found else []),
-             "## all-MiniLM-L6-v2 (6 layers, 384 hidden, 22 M parameters)", "",
-             "Grid: AD-DROP p, q ∈ {0.1, 0.3} × layers ∈ {first, all}; no R-Drop arm. Details, curves and the "
-             f"drift analysis: [{MINILM_REPORT}]({MINILM_REPORT}).", "",
-             *evidence_overview.first_table(minilm_report), "",
-             *evidence_overview.selection_protocol_lines(entries),
-             *overfit_comparison_lines(found, all_studies, minilm)]
-    for study in all_studies:
-        lines += curve_lines(found, study)
-    lines += [*selection_lines(all_studies, out), *budget_lines(found, all_studies, log, out, data)]
-    lines += ["## Studies (MPNet-base)", "", *(f"- {study.title}: {study.notes}." for study in all_studies), "",
-              "## Commands", "", "Run from the repository root (what `python benchmarks/evidence.py --model "
-              "mpnet-base` runs):", "", "```", *commands(all_studies, out), "```", ""]
+             "regularized), so they get the same regularized epochs. Batch 16, length-grouped batches.", ""]
+    for suite in suites:
+        lines += suite_section(suite, data)
+    lines += ["## all-MiniLM-L6-v2 (6 layers, 384 hidden, 22 M parameters)", "",
+              "Grid: AD-DROP p, q ∈ {0.1, 0.3} × layers ∈ {first, all}; no R-Drop arm. Details, curves and the "
+              f"drift analysis: [{MINILM_REPORT}]({MINILM_REPORT}).", "",
+              *evidence_overview.first_table(minilm_report), "",
+              *evidence_overview.selection_protocol_lines(entries), *overfit_comparison_lines(suites, minilm)]
+    for suite in suites:
+        lines += [line for study in suite.studies for line in curve_lines(suite.found, study, f"{suite.label}, ")]
+    for suite in suites:
+        label = f" ({suite.label})"
+        lines += [*selection_lines(suite.studies, suite.out, label),
+                  *budget_lines(suite.found, suite.studies, suite.log, suite.out, data, label),
+                  f"## Studies{label}", "", *(f"- {study.title}: {study.notes}." for study in suite.studies), "",
+                  f"## Commands{label}", "", "Run from the repository root (what `python benchmarks/evidence.py "
+                  f"--suite {suite.name}` runs):", "", "```", *commands(suite.studies, suite.out), "```", ""]
     write_text(docs / OVERVIEW, "\n".join(lines))
-    draw(found, all_studies, docs / BASE_FIGURE)
+    for suite in suites:
+        draw(suite.found, suite.studies, docs / f"results-{suite.name}.png")
 
 
 ARM_COLOURS = {"ft": "tab:blue", "addrop": "tab:red", "rdrop": "tab:green"}
@@ -822,21 +998,22 @@ def status_lines(all_studies: list[Study], out: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=MODELS, default="minilm", help="minilm (the first study) or mpnet-base "
-                        "(FT, AD-DROP and R-Drop at base size)")
+    parser.add_argument("--suite", choices=SUITES, default="minilm", help="minilm (the first study), mpnet-base (FT, "
+                        "AD-DROP and R-Drop at base size), mpnet-base-overfit (the same where plain fine-tuning "
+                        "overfits) or smollm2 (a decoder LLM, generatively)")
     parser.add_argument("--data", type=Path, default=SHARED, help="the GLUE folder (default ../shared/data)")
-    parser.add_argument("--out", type=Path, help="where the sweeps go (default runs/evidence, runs/evidence-MODEL "
-                        "for other models, kept in step with the committed record benchmarks/evidence-runs/MODEL; "
+    parser.add_argument("--out", type=Path, help="where the sweeps go (default runs/evidence, runs/evidence-SUITE "
+                        "for other suites, kept in step with the committed record benchmarks/evidence-runs/SUITE; "
                         "another folder has no record)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md and results.png go")
     parser.add_argument("--only", action="append", help="run only this study (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report")
     parser.add_argument("--status", action="store_true", help="only say what is done and the time left")
     parser.add_argument("--save-record", action="store_true", help="only copy the finished trials into the "
-                        "committed record (benchmarks/evidence-runs/MODEL); safe while the study runs")
+                        "committed record (benchmarks/evidence-runs/SUITE); safe while the study runs")
     args = parser.parse_args()
-    out = args.out or ROOT / "runs" / ("evidence" if args.model == "minilm" else f"evidence-{args.model}")
-    record = evidence_record.RECORDS / args.model if args.out is None else None
+    out = args.out or run_folder(args.suite)
+    record = evidence_record.RECORDS / args.suite if args.out is None else None
     if args.save_record:
         if record is None:
             parser.error("--save-record keeps the record of the default run folder; leave out --out")
@@ -844,7 +1021,7 @@ def main() -> None:
         return
     if record is not None and (restored := evidence_record.restore(record, out)):
         print(f"restored {restored} finished trials from {record}")
-    all_studies = studies(args.model)
+    all_studies = studies(args.suite)
     chosen = [study for study in all_studies if not args.only or study.name in args.only]
     if args.status:
         print("\n".join(status_lines(chosen, out)))
@@ -859,14 +1036,14 @@ def main() -> None:
         finally:
             if record is not None:
                 evidence_record.save(out, record)
-    found = {study.name: result for study in all_studies if (result := collect(study, out)) is not None}
-    if args.model == "minilm":
+    if args.suite == "minilm":
+        found = {study.name: result for study in all_studies if (result := collect(study, out)) is not None}
         write_report(found, all_studies, out, args.data, args.docs, log)
         print(f"\nwrote {args.docs / MINILM_REPORT} and {args.docs / MINILM_FIGURE}")
     else:
-        write_overview(found, all_studies, out, args.data, args.docs, log)
+        write_overview([load_suite(suite) for suite in OVERVIEW_SUITES], args.data, args.docs)
         print("\n".join(status_lines(all_studies, out)))
-        print(f"\nwrote {args.docs / OVERVIEW} and {args.docs / BASE_FIGURE}")
+        print(f"\nwrote {args.docs / OVERVIEW} and its figures")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,30 @@
 """The evidence study's record: the small files of its sweeps, committed so that the study survives a fresh checkout.
 
-A study's run folder (``runs/evidence-MODEL``) holds checkpoints and best models (gigabytes at base size) and is
-not committed. Its record, ``benchmarks/evidence-runs/MODEL/``, holds what a resumed sweep and the report need:
-each sweep's ``sweep.json`` and ``results.jsonl``, each finished trial's ``history.jsonl`` and ``metrics.json``, and
-the study's ``commands.json``. :func:`restore` copies a record into an empty or older run folder (a sweep then
-skips the finished trials), :func:`save` copies a run folder's finished work into the record. The manifests and
-digests name the data files by absolute path, so a record resumes from a checkout with the data at the same place
-(``/work/shared/data`` here); the report reads the rows wherever they are.
+A study's run folder (``runs/evidence-SUITE``) holds checkpoints and best models (gigabytes at base size) and is
+not committed. Its record, ``benchmarks/evidence-runs/SUITE/``, holds what a resumed sweep and the report need:
+each sweep's ``sweep.json`` and ``results.jsonl``, each finished trial's ``history.jsonl`` and ``metrics.json``,
+the study's ``commands.json``, and each finished regime probe's (a plain ``addrop train`` run, see
+evidence_regime.py) ``recipe.yaml``, ``history.jsonl`` and ``metrics.json``. :func:`restore` copies a record into
+an empty or older run folder (a sweep then skips the finished trials), :func:`save` copies a run folder's finished
+work into the record. The manifests and digests name the data files by absolute path, so a record resumes from a
+checkout with the data at the same place (``/work/shared/data`` here); the report reads the rows wherever they are.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from addrop_cli.outputs import write_bytes, write_jsonl
 from addrop_cli.sweep.plan import RESULTS_FILE, SWEEP_FILE, TRIALS_DIR, read_results
-from addrop_cli.training.run_dir import HISTORY_FILE, METRICS_FILE
+from addrop_cli.training.run_dir import HISTORY_FILE, METRICS_FILE, RECIPE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "benchmarks" / "evidence-runs"
 COMMANDS_FILE = "commands.json"
 TRIAL_FILES = (HISTORY_FILE, METRICS_FILE)
+PROBE_FILES = (RECIPE_FILE, HISTORY_FILE, METRICS_FILE)
+PROBES = "*/regime/*"  # STUDY/regime/SCHEDULE: evidence_regime.py's runs
 
 
 def sweep_dirs(root: Path) -> list[Path]:
@@ -54,17 +58,46 @@ def _merge_sweep(source: Path, target: Path, source_wins: bool) -> int:
     return len(brought)
 
 
+def finished_probe(directory: Path) -> bool:
+    """Whether ``directory`` holds a regime probe that ran to its end (its metrics.json says so)."""
+    metrics = directory / METRICS_FILE
+    return metrics.is_file() and json.loads(metrics.read_text(encoding="utf-8")).get("finished", False)
+
+
+def _same_files(source: Path, target: Path) -> bool:
+    return all((target / name).is_file() and (target / name).read_bytes() == (source / name).read_bytes()
+               for name in PROBE_FILES)
+
+
+def _merge_probes(source: Path, target: Path, source_wins: bool) -> int:
+    """Bring ``source``'s finished regime probes into ``target``: those ``target`` has not finished, and with
+    ``source_wins`` those it holds differently (a probe run again); returns the probes brought in."""
+    brought = 0
+    for probe in sorted(source.glob(PROBES)) if source.is_dir() else []:
+        copy = target / probe.relative_to(source)
+        if not finished_probe(probe) or (finished_probe(copy) and (not source_wins or _same_files(probe, copy))):
+            continue
+        for name in PROBE_FILES:
+            write_bytes(copy / name, (probe / name).read_bytes())
+        brought += 1
+    return brought
+
+
 def save(out: Path, record: Path) -> int:
-    """Copy the finished work of the run folder ``out`` into ``record``; return the trials newly recorded.
-    Safe while a sweep runs there: it reads only finished trials and the atomically written result rows."""
+    """Copy the finished work of the run folder ``out`` into ``record``; return the trials and regime probes
+    newly recorded. Safe while a sweep runs there: it reads only finished trials and the atomically written
+    result rows."""
     added = sum(_merge_sweep(out / sweep, record / sweep, source_wins=True) for sweep in sweep_dirs(out))
+    added += _merge_probes(out, record, source_wins=True)
     _copy(out / COMMANDS_FILE, record / COMMANDS_FILE, replace=True)
     return added
 
 
 def restore(record: Path, out: Path) -> int:
-    """Bring the record's finished trials into the run folder ``out``; a trial that has a row there keeps its own
-    row and files (the run folder is as new as its record or newer); return the trials restored."""
+    """Bring the record's finished trials and regime probes into the run folder ``out``; a trial that has a row
+    there keeps its own row and files, a probe that finished there keeps its own (the run folder is as new as its
+    record or newer); return what was restored."""
     added = sum(_merge_sweep(record / sweep, out / sweep, source_wins=False) for sweep in sweep_dirs(record))
+    added += _merge_probes(record, out, source_wins=False)
     _copy(record / COMMANDS_FILE, out / COMMANDS_FILE, replace=False)
     return added

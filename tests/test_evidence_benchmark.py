@@ -15,6 +15,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import evidence_overview  # noqa: E402
 import evidence_record  # noqa: E402
+import evidence_regime  # noqa: E402
 
 
 def _row(trial: str) -> dict:
@@ -128,3 +129,54 @@ def test_protocol_summary_counts_wins_against_chance_and_reports_the_winners_tes
     assert "beat plain fine-tuning in 2 of 3 rows, about as many as the 2.1 that chance" in text
     assert "1 of the winning gains would arise from noise alone less than 5 % of the time (M study 6.0" in text
     assert "-0.5, +0.9 (mean +0.2), against selection gains averaging +3.8" in text
+
+
+def _probe(root: Path, schedule: str, losses: list[float], finished: bool = True) -> Path:
+    """A regime probe's run folder: one history row per epoch with the given held-out losses."""
+    folder = root / "study" / "regime" / schedule
+    folder.mkdir(parents=True)
+    rows = [{"epoch": epoch, "train_loss": 0.1, "eval_loss": loss, "eval": {"accuracy": 0.5}}
+            for epoch, loss in enumerate(losses, start=1)]
+    (folder / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "metrics.json").write_text(json.dumps({"finished": finished}))
+    (folder / "recipe.yaml").write_text("task: sst2\n")
+    return folder
+
+
+def test_record_keeps_finished_regime_probes_and_restores_them(tmp_path):
+    _probe(tmp_path / "run", "epochs4_lr1e-4", [0.6, 0.5, 0.7, 0.9])
+    _probe(tmp_path / "run", "epochs2_lr1e-4", [0.6], finished=False)
+    assert evidence_record.save(tmp_path / "run", tmp_path / "record") == 1
+    assert evidence_record.save(tmp_path / "run", tmp_path / "record") == 0  # saving again adds nothing
+    recorded = sorted(str(p.relative_to(tmp_path / "record")) for p in (tmp_path / "record").rglob("*") if p.is_file())
+    assert recorded == [f"study/regime/epochs4_lr1e-4/{name}" for name in ("history.jsonl", "metrics.json",
+                                                                            "recipe.yaml")]
+    assert evidence_record.restore(tmp_path / "record", tmp_path / "fresh") == 1
+    assert evidence_record.finished_probe(tmp_path / "fresh" / "study" / "regime" / "epochs4_lr1e-4")
+
+
+@pytest.mark.parametrize(("losses", "reached"), [
+    ([0.6, 0.5, 0.55, 0.6], True),     # lowest in the first half, ends 1.2x it
+    ([0.6, 0.5, 0.52, 0.56], False),   # ends only 1.12x its lowest
+    ([0.6, 0.55, 0.5, 0.6], False),    # lowest in the second half
+])
+def test_a_schedule_reaches_the_regime_when_the_held_out_loss_bottoms_early_and_ends_well_above(tmp_path, losses,
+                                                                                                reached):
+    folder = _probe(tmp_path, "s", losses)
+    curve = evidence_regime.read_curve(folder, ("--epochs", "4", "--lr", "1e-4"), "accuracy")
+    assert curve.reached is reached
+    assert evidence_regime.verdict(curve.ratio).startswith("yes" if curve.ratio >= 1.15 else "no")
+
+
+def test_schedule_label_names_each_option_once():
+    schedule = ("--epochs", "40", "--lr", "1e-4", "--set", "train.warmup_ratio=0.1")
+    assert evidence_regime.schedule_label(schedule) == "epochs40_lr1e-4_warmup_ratio0.1"
+    assert evidence_regime.schedule_text(schedule) == "40 epochs, lr 1e-4, warmup_ratio 0.1"
+
+
+def test_selection_arms_count_every_grid_axis_of_each_method():
+    import evidence
+
+    overfit, base = evidence.overfit_studies()[0], evidence.base_studies()[0]
+    assert overfit.selection_arms() == {"ft": 1, "addrop": 8, "rdrop": 2}  # p x q x layers; two alphas
+    assert base.selection_arms() == {"ft": 1, "addrop": 4, "rdrop": 2}
