@@ -242,6 +242,11 @@ class CommandLog:
     def hours(self) -> float:
         return sum(entry["seconds"] for entry in self.entries) / 3600
 
+    def seconds_of(self, commands) -> float:
+        """Wall seconds of the logged calls of any of ``commands`` (paths compared by their last two parts)."""
+        wanted = {_command_key(command) for command in commands}
+        return sum(entry["seconds"] for entry in self.entries if _command_key(shlex.split(entry["command"])) in wanted)
+
 
 def sweep_command(arguments: list[str], directory: Path) -> list[str]:
     return ["addrop", "sweep", *arguments, "--output-dir", str(directory)]
@@ -315,14 +320,18 @@ def probe_dir(study: Study, out: Path, schedule: tuple[str, ...]) -> Path:
     return out / study.name / evidence_regime.REGIME_DIR / evidence_regime.schedule_label(schedule)
 
 
+def probe_command(study: Study, out: Path, data: Path, schedule: tuple[str, ...]) -> list[str]:
+    return ["addrop", "train", *evidence_regime.probe_arguments(study.fixed(data), schedule, SELECTION_SEED),
+            "--output-dir", str(probe_dir(study, out, schedule))]
+
+
 def run_probes(study: Study, out: Path, data: Path, log: CommandLog) -> None:
     """Run (or resume) the study's regime probes; stop unless the chosen schedule reaches the regime."""
     for schedule in study.probes:
         directory = probe_dir(study, out, schedule)
         if not evidence_record.finished_probe(directory):
             resume = ["--resume"] if (directory / "recipe.yaml").is_file() else []
-            launch(["addrop", "train", *evidence_regime.probe_arguments(study.fixed(data), schedule, SELECTION_SEED),
-                    "--output-dir", str(directory), *resume], log)
+            launch([*probe_command(study, out, data, schedule), *resume], log)
     chosen = evidence_regime.read_curve(probe_dir(study, out, study.schedule), study.schedule, study.metric)
     if not chosen.reached:
         raise SystemExit(f"{study.name}: plain fine-tuning with {evidence_regime.schedule_text(study.schedule)} "
@@ -344,12 +353,16 @@ def run_study(study: Study, out: Path, data: Path, log: CommandLog) -> None:
 
 def commands(all_studies: list[Study], out: Path) -> list[str]:
     """The exact commands behind the report, as run from the repository root."""
-    lines = []
-    for study in all_studies:
-        for directory, arguments in sweeps_of(study, out, Path("../shared/data")):
-            shown = directory.relative_to(ROOT) if directory.is_relative_to(ROOT) else directory
-            lines.append(shlex.join(sweep_command(arguments, shown)))
+    shown = str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)
+    lines = [shlex.join(word.replace(str(out), shown, 1) for word in command)
+             for study in all_studies for command in planned_commands(study, out, Path("../shared/data"))]
     return list(dict.fromkeys(lines))  # the overfit study's reused selection appears once
+
+
+def planned_commands(study: Study, out: Path, data: Path) -> list[list[str]]:
+    """The study's regime probes and sweeps, as commands (the test sweep once the selection is complete)."""
+    return [*(probe_command(study, out, data, schedule) for schedule in study.probes),
+            *(sweep_command(arguments, directory) for directory, arguments in sweeps_of(study, out, data))]
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -521,29 +534,30 @@ def results_table(found: dict[str, dict], all_studies: list[Study], overfitted: 
 
 def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandLog, out: Path,
                  data: Path, label: str = "") -> list[str]:
+    probed = any(study.probes for study in all_studies)
     lines = [f"## Where the time went{label}", "",
-             "Hours of training and evaluation per study (one process on 2 CPU cores, trials run one after another):",
-             "", "| study | selection sweep | five-seed test | total |", "|---|---|---|---|"]
+             "Hours of training and evaluation per study (one process on 2 CPU cores, runs one after another):", "",
+             "| study | " + ("regime probes | " if probed else "") + "selection sweep | five-seed test | total |",
+             "|---" * (5 if probed else 4) + "|"]
     total = 0.0
     for study in all_studies:
+        probes = log.seconds_of(probe_command(study, out, data, schedule) for schedule in study.probes) / 3600
         if result := found.get(study.name):
             selection_hours, test_hours = result["selection_hours"], result["test_hours"]
-        elif selection_rows := finished_selection(study, out):  # selection done, the test not (or not all) run
-            selection_hours = trial_hours(selection_rows)
+        elif probes or finished_selection(study, out):  # the test not (or not all) run
+            selection_hours = trial_hours(finished_selection(study, out))
             test_hours = trial_hours(finished_trials(out / study.name / "test"))
         else:
             continue
         selection = f"{selection_hours:.2f}" if study.selection_from is None else f"– (uses {study.selection_from})"
         test = f"{test_hours:.2f}" if result else (f"{test_hours:.2f} so far" if test_hours else "not run yet")
-        lines.append(f"| {study.title} | {selection} | {test} | {selection_hours + test_hours:.2f} |")
-        total += selection_hours + test_hours
-    current = {_command_key(sweep_command(arguments, directory))
-               for study in all_studies for directory, arguments in sweeps_of(study, out, data)}
-    kept = sum(entry["seconds"] for entry in log.entries
-               if _command_key(shlex.split(entry["command"])) in current) / 3600
-    lines += ["", f"Total: {total:.1f} h in trials; {kept:.1f} h of wall time in these `addrop sweep` calls, over "
-              f"the sittings (a resumed sweep adds only what it ran), and {log.hours() - kept:.1f} h more in calls "
-              "with earlier settings that were discarded (see Studies).", ""]
+        lines.append(f"| {study.title} | " + (f"{probes:.2f} | " if probed else "")
+                     + f"{selection} | {test} | {probes + selection_hours + test_hours:.2f} |")
+        total += probes + selection_hours + test_hours
+    kept = log.seconds_of(command for study in all_studies for command in planned_commands(study, out, data)) / 3600
+    lines += ["", f"Total: {total:.1f} h in " + ("probes and " if probed else "") + f"trials; {kept:.1f} h of wall "
+              "time in these `addrop` calls, over the sittings (a resumed call adds only what it ran), and "
+              f"{log.hours() - kept:.1f} h more in calls with earlier settings that were discarded (see Studies).", ""]
     return lines
 
 
@@ -551,10 +565,10 @@ PATH_OPTIONS = {"--train-file", "--test-file", "--output-dir"}
 
 
 def _command_key(words: list[str]) -> tuple[str, ...]:
-    """A sweep command with each path cut to its last two parts (``MRPC/train.tsv``, ``mrpc/test``), so calls logged
-    from another checkout or data folder still match."""
+    """A command with each path cut to its last two parts (``MRPC/train.tsv``, ``mrpc/test``) and without
+    ``--resume``, so calls logged from another checkout or data folder, or resumed, still match."""
     return tuple("/".join(Path(word).parts[-2:]) if previous in PATH_OPTIONS else word
-                 for previous, word in zip(["", *words], words, strict=False))
+                 for previous, word in zip(["", *words], words, strict=False) if word != "--resume")
 
 
 def selection_lines(all_studies: list[Study], out: Path, label: str = "") -> list[str]:
