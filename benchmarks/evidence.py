@@ -326,12 +326,18 @@ def probe_command(study: Study, out: Path, data: Path, schedule: tuple[str, ...]
 
 
 def run_probes(study: Study, out: Path, data: Path, log: CommandLog) -> None:
-    """Run (or resume) the study's regime probes; stop unless the chosen schedule reaches the regime."""
+    """Run (or resume) the study's regime probes."""
     for schedule in study.probes:
         directory = probe_dir(study, out, schedule)
         if not evidence_record.finished_probe(directory):
             resume = ["--resume"] if (directory / "recipe.yaml").is_file() else []
             launch([*probe_command(study, out, data, schedule), *resume], log)
+
+
+def check_regime(study: Study, out: Path) -> None:
+    """Stop unless the study's chosen schedule reached the regime (a study without probes passes)."""
+    if not study.probes:
+        return
     chosen = evidence_regime.read_curve(probe_dir(study, out, study.schedule), study.schedule, study.metric)
     if not chosen.reached:
         raise SystemExit(f"{study.name}: plain fine-tuning with {evidence_regime.schedule_text(study.schedule)} "
@@ -339,8 +345,11 @@ def run_probes(study: Study, out: Path, data: Path, log: CommandLog) -> None:
                          f"{len(chosen.rows)}, ending at {chosen.ratio:.2f}× it); choose another schedule")
 
 
-def run_study(study: Study, out: Path, data: Path, log: CommandLog) -> None:
+def run_study(study: Study, out: Path, data: Path, log: CommandLog, probes_only: bool = False) -> None:
     run_probes(study, out, data, log)
+    if probes_only:
+        return
+    check_regime(study, out)
     if study.selection_from is None:
         sweep(*sweeps_of(study, out, data)[0], log)
     test = [call for call in sweeps_of(study, out, data) if call[0].name == "test"]
@@ -1022,6 +1031,8 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md and results.png go")
     parser.add_argument("--only", action="append", help="run only this study (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report")
+    parser.add_argument("--probes-only", action="store_true", help="run only the regime probes (plain fine-tuning "
+                        "on the selection seed with each schedule, evaluated every epoch), then report")
     parser.add_argument("--status", action="store_true", help="only say what is done and the time left")
     parser.add_argument("--save-record", action="store_true", help="only copy the finished trials into the "
                         "committed record (benchmarks/evidence-runs/SUITE); safe while the study runs")
@@ -1046,7 +1057,7 @@ def main() -> None:
         try:
             for index, study in enumerate(chosen, 1):
                 print(f"\n=== study {index}/{len(chosen)}: {study.title} ===", flush=True)
-                run_study(study, out, args.data, log)
+                run_study(study, out, args.data, log, probes_only=args.probes_only)
         finally:
             if record is not None:
                 evidence_record.save(out, record)
