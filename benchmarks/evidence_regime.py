@@ -19,8 +19,9 @@ REGIME_DIR = "regime"
 
 
 def schedule_label(schedule: tuple[str, ...]) -> str:
-    """A folder name for a schedule's options: ``("--epochs", "6", "--lr", "5e-5")`` -> ``epochs6_lr5e-5``; a
-    ``--set train.KEY=V`` pair becomes ``KEYV``."""
+    """A folder name for a schedule's options (epochs, learning rate, and whatever else a probe varies, such as the
+    training set's size): ``("--epochs", "6", "--lr", "5e-5")`` -> ``epochs6_lr5e-5``; a ``--set train.KEY=V`` pair
+    becomes ``KEYV``."""
     parts = []
     for flag, value in zip(schedule[::2], schedule[1::2], strict=True):
         key, _, setting = value.partition("=") if flag == "--set" else (flag.lstrip("-"), "", value)
@@ -29,11 +30,15 @@ def schedule_label(schedule: tuple[str, ...]) -> str:
 
 
 def schedule_text(schedule: tuple[str, ...]) -> str:
-    """A schedule as the report writes it: "6 epochs, lr 5e-5, warmup_ratio 0.1"."""
-    words = dict(zip(schedule[::2], schedule[1::2], strict=True))
-    text = [f"{words['--epochs']} epochs", f"lr {words['--lr']}"]
-    text += [value.replace("train.", "").replace("=", " ") for flag, value in zip(schedule[::2], schedule[1::2],
-                                                                                    strict=True) if flag == "--set"]
+    """A schedule as the report writes it: "500 training examples, 6 epochs, lr 5e-5, warmup_ratio 0.1"."""
+    text = []
+    for flag, value in zip(schedule[::2], schedule[1::2], strict=True):
+        if flag == "--set":
+            text.append(value.replace("train.", "").replace("=", " "))
+        elif flag == "--max-train-samples":
+            text.append(f"{int(value):,} training examples")
+        else:
+            text.append({"--epochs": f"{value} epochs", "--lr": f"lr {value}"}.get(flag, f"{flag} {value}"))
     return ", ".join(text)
 
 

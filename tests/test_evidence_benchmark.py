@@ -169,9 +169,9 @@ def test_a_schedule_reaches_the_regime_when_the_held_out_loss_bottoms_early_and_
 
 
 def test_schedule_label_names_each_option_once():
-    schedule = ("--epochs", "40", "--lr", "1e-4", "--set", "train.warmup_ratio=0.1")
-    assert evidence_regime.schedule_label(schedule) == "epochs40_lr1e-4_warmup_ratio0.1"
-    assert evidence_regime.schedule_text(schedule) == "40 epochs, lr 1e-4, warmup_ratio 0.1"
+    schedule = ("--max-train-samples", "1000", "--epochs", "40", "--lr", "1e-4", "--set", "train.warmup_ratio=0.1")
+    assert evidence_regime.schedule_label(schedule) == "max-train-samples1000_epochs40_lr1e-4_warmup_ratio0.1"
+    assert evidence_regime.schedule_text(schedule) == "1,000 training examples, 40 epochs, lr 1e-4, warmup_ratio 0.1"
 
 
 def test_selection_arms_count_every_grid_axis_of_each_method():
