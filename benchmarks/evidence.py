@@ -222,8 +222,8 @@ def llm_studies() -> list[Study]:
     """SmolLM2-135M-Instruct answering "positive" or "negative" (the bundled generative recipe: LoRA r 8, loss on
     the answer tokens), FT, AD-DROP in the first layer and R-Drop, in what the budget left."""
     return [Study("sst2-16shot-generate", "SST-2 16-shot, generative", "sst2_smollm2_generate", "SST-2/train.tsv",
-                  "SST-2/dev.tsv", "accuracy", ["--set", "data.k_shot=16", "--set", "data.max_eval_samples=200",
-                                                "--layers", "first"],
+                  "SST-2/dev.tsv", "accuracy", ["--set", "data.validation_file=null", "--set", "data.k_shot=16",
+                                                "--set", "data.max_eval_samples=200", "--layers", "first"],
                   (74.5, 80.2), "Table 5, RoBERTa-base; the paper tried no decoder LLM",
                   "16 sentences per class drawn with the seed from the 90 % left after the hold-out; the selection "
                   "set is the first 200 held-out sentences, the test set the first 200 dev sentences, each scored "
