@@ -1056,10 +1056,10 @@ def main() -> None:
     if args.save_record:
         if record is None:
             parser.error("--save-record keeps the record of the default run folder; leave out --out")
-        print(f"recorded {evidence_record.save(out, record)} more finished trials in {record}")
+        print(f"recorded {evidence_record.save(out, record)} more finished trials and probes in {record}")
         return
     if record is not None and (restored := evidence_record.restore(record, out)):
-        print(f"restored {restored} finished trials from {record}")
+        print(f"restored {restored} finished trials and probes from {record}")
     all_studies = studies(args.suite)
     chosen = [study for study in all_studies if not args.only or study.name in args.only]
     if args.status:

@@ -41,6 +41,7 @@ from addrop_cli.outputs import check_writable_folder, recover_dir, write_dir, wr
 from addrop_cli.recipe import Recipe, dump_yaml
 from addrop_cli.tasks.metrics import validate_metric
 from addrop_cli.tasks.models import ensure_pad_token, load_tokenizer, max_model_length
+from addrop_cli.tasks.pipeline_base import EvalResult
 from addrop_cli.tasks.pipelines import Pipeline, pipeline_for
 from addrop_cli.training.batching import EncodedDataset, LengthGroupedBatchSampler
 from addrop_cli.training.checkpoints import (
@@ -504,7 +505,7 @@ def end_epoch(run: Run, seconds: float, progress: Progress) -> None:
     _checkpoint(run)
 
 
-def _evaluate_epoch(run: Run, progress: Progress):
+def _evaluate_epoch(run: Run, progress: Progress) -> EvalResult:
     """Evaluate the model on the evaluation split; a new best score makes this epoch the best one, any other
     counts towards ``train.patience``."""
     state = run.state
@@ -518,7 +519,8 @@ def _evaluate_epoch(run: Run, progress: Progress):
     return result
 
 
-def _print_epoch(run: Run, record: dict[str, Any], result, seconds: float, improved: bool) -> None:
+def _print_epoch(run: Run, record: dict[str, Any], result: EvalResult | None, seconds: float,
+                 improved: bool) -> None:
     """The epoch's line (and a one-class warning) on the console."""
     shown = " | eval " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) if result is not None else ""
     run.console.print(f"epoch {record['epoch']} ({record['phase']}) train loss {record['train_loss']:.4f}{shown}"
@@ -530,7 +532,7 @@ def _print_epoch(run: Run, record: dict[str, Any], result, seconds: float, impro
         run.console.print(f"  warning: {warning}", highlight=False, soft_wrap=True)
 
 
-def _log_epoch(run: Run, result, phase: str) -> None:
+def _log_epoch(run: Run, result: EvalResult | None, phase: str) -> None:
     """The epoch's evaluation (``result``, None when the epoch was not evaluated) and AD-DROP signals to the
     trackers: the share of attention positions dropped (AD-DROP epochs) and the share of evaluation predictions in
     the most-predicted class."""
