@@ -1010,6 +1010,9 @@ def status_lines(all_studies: list[Study], out: Path) -> list[str]:
     lines, left_total, unknown = [], 0.0, []
     for study in all_studies:
         cost = dict(costs[study.name])
+        if study.probes:
+            done = sum(evidence_record.finished_probe(probe_dir(study, out, schedule)) for schedule in study.probes)
+            lines.append(f"{study.name}/regime: {done}/{len(study.probes)} probes done")
         guessed = {arm for arm in study.arms if arm not in cost and "ft" in cost and arm in ratios}
         cost.update({arm: cost["ft"] * ratios[arm] for arm in guessed})
         planned = {"selection": study.selection_arms() if study.selection_from is None else {},
