@@ -202,11 +202,11 @@ def overfit_studies() -> list[Study]:
     warmup = ("--set", "train.warmup_ratio=0.1")
     return [
         k_shot(16, ("--epochs", "20", "--lr", "1e-4", *warmup), (("--epochs", "40", "--lr", "1e-4", *warmup),), 2,
-               (74.5, 80.2), "40 epochs overfitted as well (held-out loss lowest at epoch 9, 1.79× that at the end) "
-               "but held-out loss and score had stopped moving after epoch 30, so the study takes 20"),
+               (74.5, 80.2), "40 epochs overfitted as well (held-out loss lowest at epoch 9, 1.79× that at the end, "
+               "moving by less than 0.01 over its last ten epochs), so the study takes 20, half the cost"),
         k_shot(64, ("--epochs", "15", "--lr", "5e-5", *warmup), (("--epochs", "30", "--lr", "5e-5", *warmup),), 2,
-               (89.1, 91.6), "30 epochs overfitted as well (held-out loss lowest at epoch 5, 1.76× that by epoch "
-               "26), so the study takes 15, half the cost"),
+               (89.1, 91.6), "30 epochs overfitted as well (held-out loss lowest at epoch 5, 1.78× that at the "
+               "end), so the study takes 15, half the cost"),
         Study("mrpc-500", "MRPC, 500 pairs", "mrpc", "MRPC/train.tsv", "MRPC/dev.tsv", "accuracy",
               ["--max-length", "128"], (85.2, 87.4), "Table 3, BERT-base, full MRPC",
               "the first 500 training pairs left after the hold-out; the selection set is the 367 held-out pairs; "
@@ -556,12 +556,9 @@ def results_table(found: dict[str, dict], all_studies: list[Study], overfitted: 
 
 def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandLog, out: Path,
                  data: Path, label: str = "") -> list[str]:
+    """Hours per study (regime probes, selection, test) and in all logged calls; nothing before any has run."""
     probed = any(study.probes for study in all_studies)
-    lines = [f"## Where the time went{label}", "",
-             "Hours of training and evaluation per study (one process on 2 CPU cores, runs one after another):", "",
-             "| study | " + ("regime probes | " if probed else "") + "selection sweep | five-seed test | total |",
-             "|---" * (5 if probed else 4) + "|"]
-    total = 0.0
+    rows, total = [], 0.0
     for study in all_studies:
         probes = log.seconds_of(probe_command(study, out, data, schedule) for schedule in study.probes) / 3600
         if result := found.get(study.name):
@@ -571,16 +568,22 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
             test_hours = trial_hours(finished_trials(out / study.name / "test"))
         else:
             continue
-        selection = f"{selection_hours:.2f}" if study.selection_from is None else f"– (uses {study.selection_from})"
+        selection = (f"– (uses {study.selection_from})" if study.selection_from is not None else
+                     f"{selection_hours:.2f}" if selection_hours else "not run yet")
         test = f"{test_hours:.2f}" if result else (f"{test_hours:.2f} so far" if test_hours else "not run yet")
-        lines.append(f"| {study.title} | " + (f"{probes:.2f} | " if probed else "")
-                     + f"{selection} | {test} | {probes + selection_hours + test_hours:.2f} |")
+        rows.append(f"| {study.title} | " + (f"{probes:.2f} | " if probed else "")
+                    + f"{selection} | {test} | {probes + selection_hours + test_hours:.2f} |")
         total += probes + selection_hours + test_hours
+    if not rows:
+        return []
     kept = log.seconds_of(command for study in all_studies for command in planned_commands(study, out, data)) / 3600
-    lines += ["", f"Total: {total:.1f} h in " + ("probes and " if probed else "") + f"trials; {kept:.1f} h of wall "
-              "time in these `addrop` calls, over the sittings (a resumed call adds only what it ran), and "
-              f"{log.hours() - kept:.1f} h more in calls with earlier settings that were discarded (see Studies).", ""]
-    return lines
+    return [f"## Where the time went{label}", "",
+            "Hours of training and evaluation per study (one process on 2 CPU cores, runs one after another):", "",
+            "| study | " + ("regime probes | " if probed else "") + "selection sweep | five-seed test | total |",
+            "|---" * (5 if probed else 4) + "|", *rows, "",
+            f"Total: {total:.1f} h in " + ("probes and " if probed else "") + f"trials; {kept:.1f} h of wall time in "
+            "these `addrop` calls, over the sittings (a resumed call adds only what it ran), and "
+            f"{log.hours() - kept:.1f} h more in calls with earlier settings that were discarded (see Studies).", ""]
 
 
 PATH_OPTIONS = {"--train-file", "--test-file", "--output-dir"}
@@ -600,7 +603,7 @@ def selection_lines(all_studies: list[Study], out: Path, label: str = "") -> lis
         if rows:
             scores = "; ".join(f"{setting} {score:.1f}" for setting, score in selection_scores(rows))
             lines.append(f"- {study.title}: {scores}.")
-    return [*lines, ""]
+    return [*lines, ""] if len(lines) > 2 else []  # nothing selected yet: no section
 
 
 def loss_growth(result: dict) -> float:
@@ -951,7 +954,7 @@ def write_overview(suites: list[Suite], data: Path, docs: Path) -> None:
     for suite in suites:
         lines += [line for study in suite.studies for line in curve_lines(suite.found, study, f"{suite.label}, ")]
     for suite in suites:
-        label = f" ({suite.label})"
+        label = f": {suite.label}"
         lines += [*selection_lines(suite.studies, suite.out, label),
                   *budget_lines(suite.found, suite.studies, suite.log, suite.out, data, label),
                   f"## Studies{label}", "", *(f"- {study.title}: {study.notes}." for study in suite.studies), "",
