@@ -32,5 +32,9 @@ def plot(
 
     histories = {name: read_history(run, ("epoch", "train_loss"))
                  for name, run in zip(names, run_dirs, strict=True)}
+    for run, rows in zip(run_dirs, histories.values(), strict=True):
+        if not any("eval_loss" in row for row in rows):  # epochs train.eval_every skipped have none
+            raise UserError(f"{run / 'history.jsonl'} has no evaluated epoch (no row has eval_loss): plot a run once "
+                            "it has evaluated its validation split")
     plots.save_figure(plots.loss_curves(histories), output)
     Console(stderr=True).print(f"wrote {output}")

@@ -228,7 +228,7 @@ def test_plot_of_a_folder_that_is_not_a_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "history.jsonl").write_text('{"epoch": 1, "train_loss": 0.5}\n')
-    fails(["plot", str(run), "--output", str(tmp_path / "f.png")], "history.jsonl line 1 has no eval_loss")
+    fails(["plot", str(run), "--output", str(tmp_path / "f.png")], "history.jsonl has no evaluated epoch")
     assert not (tmp_path / "f.png").exists()
 
 
