@@ -1,25 +1,31 @@
-"""Does AD-DROP beat plain fine-tuning on real data? A five-seed comparison with all-MiniLM-L6-v2 on CPU.
+"""Does AD-DROP beat plain fine-tuning on real data? Five-seed comparisons on CPU, in suites.
 
 Protocol (honest selection): every run holds out a seeded 10 % of its training set as the selection set
-(``data.holdout_fraction=0.1``) for the best epoch and for p, q and layers; the GLUE dev file is the test set,
-scored once with the selected checkpoint. For each study:
+(``data.holdout_fraction=0.1``) for the best epoch and for each method's settings; the GLUE dev file is the test
+set, scored once with the selected checkpoint. For each study:
 
-1. selection: ``addrop sweep`` over p x q x layers (8 settings) plus plain fine-tuning, on one seed
-   (SELECTION_SEED), scored on the held-out set;
-2. test: the best setting and plain fine-tuning on five other seeds (TEST_SEEDS), scored on the dev file.
+1. selection: ``addrop sweep`` over the method's grid plus plain fine-tuning, on one seed (SELECTION_SEED), scored on
+   the held-out set;
+2. test: the best setting of each method and plain fine-tuning on five other seeds (TEST_SEEDS), scored on the dev
+   file.
 
-Everything runs through ``addrop sweep``, so the study resumes where it stopped (run this script again) and
-can be spread over several sittings. The finished trials' small files are kept in the committed record
-``benchmarks/evidence-runs/MODEL`` (see evidence_record.py), so it also resumes from a fresh checkout. At the end it
-writes ``docs/results-minilm.md`` (and .png) for MiniLM, or the two-model overview ``docs/results.md`` (and
-``docs/results-mpnet-base.png``) for ``--model mpnet-base``.
+Suites: ``minilm`` (all-MiniLM-L6-v2, AD-DROP only), ``mpnet-base`` (all-mpnet-base-v2 with R-Drop, short
+schedules), ``mpnet-base-overfit`` (the same on schedules where plain fine-tuning overfits, chosen first by regime
+probes, see evidence_regime.py) and ``smollm2`` (SmolLM2-135M-Instruct, generative, LoRA). Everything runs through
+``addrop train`` and ``addrop sweep``, so a suite resumes where it stopped (run this script again) and can be spread
+over several sittings. The finished trials' and probes' small files are kept in the committed record
+``benchmarks/evidence-runs/SUITE`` (see evidence_record.py), so it also resumes from a fresh checkout. At the end it
+writes ``docs/results-minilm.md`` (and .png) for MiniLM, or, for any other suite, the overview ``docs/results.md``
+(and a figure per suite) from every suite's record.
 
-    python benchmarks/evidence.py                      # the MiniLM study (about six hours on 2 CPU cores)
-    python benchmarks/evidence.py --model mpnet-base   # the base-size study with R-Drop (about 5.5 hours)
-    python benchmarks/evidence.py --only mrpc          # one study
-    python benchmarks/evidence.py --model mpnet-base --status       # what is done, and the time left
-    python benchmarks/evidence.py --model mpnet-base --save-record  # record finished trials while it runs
-    python benchmarks/evidence.py --report-only        # rewrite docs/ from what has finished
+    python benchmarks/evidence.py                                # the MiniLM suite (about six hours on 2 CPU cores)
+    python benchmarks/evidence.py --suite mpnet-base             # base size with R-Drop (about 5.5 hours)
+    python benchmarks/evidence.py --suite mpnet-base-overfit     # base size where FT overfits (about 8.5 hours)
+    python benchmarks/evidence.py --suite smollm2 --probes-only  # only the regime probes
+    python benchmarks/evidence.py --only mrpc                    # one study
+    python benchmarks/evidence.py --suite mpnet-base --status       # what is done, and the time left
+    python benchmarks/evidence.py --suite mpnet-base --save-record  # record finished work while it runs
+    python benchmarks/evidence.py --suite mpnet-base --report-only  # rewrite docs/ from what has finished
 """
 
 from __future__ import annotations
