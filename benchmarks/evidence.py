@@ -567,10 +567,11 @@ def budget_lines(found: dict[str, dict], all_studies: list[Study], log: CommandL
     rows, total = [], 0.0
     for study in all_studies:
         probes = log.seconds_of(probe_command(study, out, data, schedule) for schedule in study.probes) / 3600
+        selection_rows = finished_selection(study, out)
         if result := found.get(study.name):
             selection_hours, test_hours = result["selection_hours"], result["test_hours"]
-        elif probes or finished_selection(study, out):  # the test not (or not all) run
-            selection_hours = trial_hours(finished_selection(study, out))
+        elif probes or selection_rows:  # the test not (or not all) run
+            selection_hours = trial_hours(selection_rows)
             test_hours = trial_hours(finished_trials(out / study.name / "test"))
         else:
             continue
