@@ -236,6 +236,7 @@ def setup(recipe: Recipe, *, overwrite: bool, resume: bool, trust_remote_code: b
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(recipe.model, trust_remote_code)
     model, notices = _load_model(recipe, pipeline, tokenizer, trust_remote_code)
+    notices += _evaluation_notices(recipe)
     _check_max_length(recipe, model, tokenizer)
     train_set = EncodedDataset(pipeline.encode(train_items, tokenizer, recipe))
     collate = pipeline.collator(tokenizer)
@@ -349,6 +350,16 @@ def _load_model(recipe: Recipe, pipeline: Pipeline, tokenizer, trust_remote_code
         notices.append(f"the trained weights are {recipe.train.model_dtype} without float32 copies; for full "
                        "fine-tuning prefer float32 weights with --mixed-precision bf16")
     return model, notices
+
+
+def _evaluation_notices(recipe: Recipe) -> list[str]:
+    """A warning where an even ``train.eval_every`` meets cross-tuning (odd epochs plain, even ones regularized):
+    only the regularized epochs and the last would be evaluated, so best/ could never be a plain epoch."""
+    cfg, addrop = recipe.train, recipe.addrop
+    if not (addrop.enabled and addrop.cross_tuning and cfg.eval_every % 2 == 0 and cfg.epochs > cfg.eval_every):
+        return []
+    return [f"train.eval_every={cfg.eval_every} with cross-tuning evaluates only {addrop.method} epochs (and the "
+            f"last), so best/ is chosen among those; an odd value evaluates plain and {addrop.method} epochs alike"]
 
 
 def _print_header(run: Run, splits: dict[str, list | None], notices: list[str]) -> None:
