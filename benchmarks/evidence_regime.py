@@ -69,7 +69,8 @@ class Curve:
 
     @property
     def reached(self) -> bool:
-        return self.lowest["epoch"] <= len(self.rows) / 2 and self.ratio >= OVERFIT_RATIO
+        """Lowest held-out loss in the first half of the epochs, and the last at least OVERFIT_RATIO times it."""
+        return self.lowest["epoch"] <= self.rows[-1]["epoch"] / 2 and self.ratio >= OVERFIT_RATIO
 
 
 def read_curve(directory: Path, schedule: tuple[str, ...], metric: str) -> Curve | None:
