@@ -105,6 +105,7 @@ class TrainConfig:
     patience: int | None = None  # stop after this many evaluations without a gain in train.metric
     log_every: int = 10
     save_steps: int | None = None
+    save_every: int = 1  # checkpoint every N epochs and after the last (a stop signal checkpoints at once)
     save_total_limit: int | None = 2
     num_beams: int = 1  # beam width when evaluating translation
     model_dtype: str = "float32"
@@ -115,7 +116,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every",
-                    "eval_every"):
+                    "eval_every", "save_every"):
             value = getattr(self, key)
             require(value >= 1, f"train.{key}", value, "use a positive integer")
         require(0 <= self.seed <= MAX_SEED, "train.seed", self.seed, f"use an integer from 0 to {MAX_SEED}")
@@ -135,8 +136,8 @@ class TrainConfig:
         self.report_to = parse_trackers(self.report_to)
 
 
-# Keys that do not change a run: where it is written, reported and published.
-PLACE_KEYS = ("output_dir", "report_to", "push_to_hub", "hub_private")
+# Keys that do not change a run: where it is written, how often it is checkpointed, where reported and published.
+PLACE_KEYS = ("output_dir", "save_every", "report_to", "push_to_hub", "hub_private")
 # Train keys added after runs and sweeps were recorded, at the value that behaves as before the key: left out of a
 # run's identity at that value, so those runs and sweeps keep theirs.
 LATER_TRAIN_DEFAULTS = {"eval_every": 1}

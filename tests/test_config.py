@@ -103,6 +103,17 @@ def test_eval_every_must_be_a_positive_number_of_epochs():
         build(Recipe, {"train": {"eval_every": 0}})
 
 
+def test_save_every_is_not_part_of_a_runs_identity_and_must_be_positive():
+    from addrop_cli.recipe import run_identity
+
+    values = build(Recipe, {}).to_dict()
+    before_the_key = {**values, "train": {k: v for k, v in values["train"].items() if k != "save_every"}}
+    every_fifth = build(Recipe, {"train": {"save_every": 5}}).to_dict()
+    assert run_identity(every_fifth) == run_identity(values) == run_identity(before_the_key)
+    with pytest.raises(UserError, match=r"train.save_every=0 is invalid: use a positive integer"):
+        build(Recipe, {"train": {"save_every": 0}})
+
+
 def test_eval_every_at_one_keeps_the_identity_of_runs_recorded_before_the_key():
     from addrop_cli.recipe import run_identity
 

@@ -86,10 +86,11 @@ def plan_disk(model: torch.nn.Module, tokenizer, output_dir: Path, keep: int | N
                     held, shutil.disk_usage(folder).free)
 
 
-def checkpoints_per_run(epochs: int, updates_per_epoch: int, save_steps: int | None) -> int:
-    """How many checkpoints a run writes: one per epoch, and one every ``save_steps`` updates within it."""
+def checkpoints_per_run(epochs: int, updates_per_epoch: int, save_steps: int | None, save_every: int = 1) -> int:
+    """How many checkpoints a run writes: one every ``save_every`` epochs and after the last, and one every
+    ``save_steps`` updates within them."""
     within = 0 if not save_steps else math.ceil(updates_per_epoch * epochs / save_steps)
-    return epochs + within
+    return math.ceil(epochs / save_every) + within
 
 
 def state_bytes(model: torch.nn.Module) -> int:

@@ -120,6 +120,7 @@ class Run:
     console: Console
     set_aside: SetAside | None = None  # --overwrite: the previous run, until this run's first checkpoint
     disk: DiskPlan | None = None  # what the run will write, against the output folder's free space
+    checkpointed_at: tuple[int, int] | None = None  # (epoch, step in it) of the last checkpoint this process wrote
 
     @property
     def show(self) -> bool:
@@ -274,7 +275,7 @@ def _plan_disk(run: Run, overwrite: bool, check_space: bool) -> DiskPlan:
     cfg = run.recipe.train
     updates = math.ceil(len(run.train_loader) / cfg.gradient_accumulation_steps)
     plan = plan_disk(run.accelerator.unwrap_model(run.model), run.tokenizer, run.output_dir, cfg.save_total_limit,
-                     checkpoints_per_run(cfg.epochs, updates, cfg.save_steps), reuse=not overwrite)
+                     checkpoints_per_run(cfg.epochs, updates, cfg.save_steps, cfg.save_every), reuse=not overwrite)
     refuse = check_space and not plan.fits and (overwrite or finished_run(run.output_dir) is None)
     if broadcast_object_list([refuse])[0]:  # the main process's reading decides for all (free space moves)
         raise UserError(plan.refusal())
@@ -308,6 +309,7 @@ def _restore_state(run: Run, checkpoint: Path | None, overwrite: bool) -> None:
         run.state = finished
     elif checkpoint is not None:
         run.state = load_checkpoint(run.accelerator, checkpoint)
+        run.checkpointed_at = (run.state.epoch, run.state.step_in_epoch)
         if run.show and not run.complete:
             run.console.print(f"resuming from {checkpoint} (epoch {run.state.epoch}, step {run.state.step_in_epoch})")
     elif run.show:
@@ -489,7 +491,8 @@ def _train_step(run: Run, batch: dict[str, torch.Tensor], phase: str) -> torch.T
 
 def end_epoch(run: Run, seconds: float, progress: Progress) -> None:
     """Record the epoch in ``history.jsonl``; evaluate it when due (every ``train.eval_every`` epochs and the last),
-    keeping the best checkpoint and deciding on early stopping; checkpoint the loop at the epoch boundary."""
+    keeping the best checkpoint and deciding on early stopping; checkpoint the loop at the epoch boundary when due
+    (every ``train.save_every`` epochs, and the run's end)."""
     state, cfg = run.state, run.recipe.train
     epoch = state.epoch
     phase = epoch_phase(epoch, run.recipe.addrop)
@@ -513,7 +516,8 @@ def end_epoch(run: Run, seconds: float, progress: Progress) -> None:
         _print_epoch(run, record, result, seconds, improved)
         if early_stop:
             run.console.print(f"early stopping: no {run.metric} gain in {state.stale_evaluations} evaluations")
-    _checkpoint(run)
+    if epoch % cfg.save_every == 0 or state.finished:
+        _checkpoint(run)
 
 
 def _evaluate_epoch(run: Run, progress: Progress) -> EvalResult:
@@ -588,6 +592,7 @@ def _checkpoint(run: Run) -> Path:
             + (str(last) if last else "none was written before it")
         )
     saved = save_checkpoint(run.accelerator, run.output_dir, state, run.recipe.train.save_total_limit)
+    run.checkpointed_at = (state.epoch, state.step_in_epoch)
     if run.set_aside is not None:
         run.set_aside.discard()  # this run has started: the run it replaces goes
     return saved
@@ -639,10 +644,12 @@ def _tracked(loader: DataLoader, progress: Progress, description: str):
 
 
 def _stop_if_requested(run: Run, stop: StopRequest) -> None:
-    """Raise :class:`TrainingInterrupted` if a signal came after the last step checked for one; the epoch's
-    checkpoint (or the test scores in it) is already written."""
+    """Raise :class:`TrainingInterrupted` if a signal came after the last step checked for one, checkpointing the
+    epoch first where ``train.save_every`` skipped it (the test scores go into the last checkpoint)."""
     if _stop_requested(stop, run.accelerator):
-        raise TrainingInterrupted(stop.signum or signal.SIGTERM, latest_checkpoint(run.output_dir))
+        position = (run.state.epoch, run.state.step_in_epoch)
+        saved = _checkpoint(run) if run.checkpointed_at != position else latest_checkpoint(run.output_dir)
+        raise TrainingInterrupted(stop.signum or signal.SIGTERM, saved)
 
 
 def _stop_requested(stop: StopRequest, accelerator: Accelerator) -> bool:

@@ -40,6 +40,7 @@ def test_tied_weights_are_counted_once(tiny_tokenizer, tmp_path):
     assert plan.checkpoint == 50 * 8 * 4 * 3  # stored once, two moments
 
 
-def test_a_run_checkpoints_every_epoch_and_every_save_steps_updates():
+def test_a_run_checkpoints_every_save_every_epochs_and_the_last_and_every_save_steps_updates():
     assert checkpoints_per_run(epochs=3, updates_per_epoch=10, save_steps=None) == 3
     assert checkpoints_per_run(epochs=3, updates_per_epoch=10, save_steps=5) == 3 + 6
+    assert checkpoints_per_run(epochs=5, updates_per_epoch=10, save_steps=None, save_every=2) == 3  # 2, 4 and 5
