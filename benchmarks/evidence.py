@@ -70,6 +70,10 @@ OVERFIT_SELECTION_GRID = ["--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "
 # MRPC's trials cost three times the few-shot ones: q at 0.3 only, the value every earlier MRPC selection chose.
 MRPC_OVERFIT_GRID = ("--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "0.3", "--grid", "layers=first,all",
                      "--grid", "rdrop.alpha=1,4")
+# The overfit and LLM studies' trials checkpoint only after their last epoch (save_every above any schedule's
+# epochs): at MPNet-base's 1.3 GB a checkpoint took longer to write than a few-shot epoch took to train, and a sweep
+# deletes a finished trial's checkpoints anyway.
+LAST_EPOCH_CHECKPOINT = ("--set", "train.save_every=100")
 # The overfit studies' notes say why they evaluate every epoch, though evaluating every second one saves time.
 EVERY_EPOCH = ("evaluated after every epoch: every second one (train.eval_every=2) would, with cross-tuning, have "
                "chosen the regularized arms' checkpoints among regularized epochs only (a first run of SST-2 16-shot "
@@ -97,6 +101,7 @@ class Study:
     # chosen by the regime probes (evidence_regime.py), after the ones tried before it.
     schedule: tuple[str, ...] = ()
     tried: tuple[tuple[str, ...], ...] = ()
+    checkpointing: tuple[str, ...] = ()  # options for how often the sweeps' trials checkpoint (not the results)
 
     def fixed(self, data: Path) -> list[str]:
         """The options every run of the study shares, schedule aside."""
@@ -104,7 +109,7 @@ class Study:
                 "--test-file", str(data / self.test_file), "--model", self.model, *COMMON, *self.options]
 
     def base(self, data: Path) -> list[str]:
-        return [*self.fixed(data), *self.schedule]
+        return [*self.fixed(data), *self.schedule, *self.checkpointing]
 
     @property
     def probes(self) -> list[tuple[str, ...]]:
@@ -204,7 +209,7 @@ def overfit_studies() -> list[Study]:
                      f"{k} sentences per class drawn with the seed from the 90 % left after the hold-out; the "
                      "selection set is the first 500 held-out sentences, the test set the first 500 of the 872 dev "
                      f"sentences; {why}; {EVERY_EPOCH}", model=model, selection_grid=grid, schedule=schedule,
-                     tried=tried)
+                     tried=tried, checkpointing=LAST_EPOCH_CHECKPOINT)
 
     warmup = ("--set", "train.warmup_ratio=0.1")
     return [
@@ -220,7 +225,7 @@ def overfit_studies() -> list[Study]:
               "1,000 pairs overfitted too (held-out loss lowest at epoch 3 of 6, 1.26× that at the end) but at "
               "17 to 22 minutes a trial the study alone would have taken seven of the eight hours, so it takes 500; "
               f"{EVERY_EPOCH}",
-              model=model, selection_grid=MRPC_OVERFIT_GRID,
+              model=model, selection_grid=MRPC_OVERFIT_GRID, checkpointing=LAST_EPOCH_CHECKPOINT,
               schedule=("--max-train-samples", "500", "--epochs", "6", "--lr", "5e-5"),
               tried=(("--max-train-samples", "1000", "--epochs", "6", "--lr", "5e-5"),)),
     ]
@@ -238,7 +243,7 @@ def llm_studies() -> list[Study]:
                   "by the greedy answer", model="smollm2-135m",
                   selection_grid=("--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "0.3", "--grid",
                                   "rdrop.alpha=1"),
-                  schedule=("--epochs", "20", "--lr", "2e-4"))]
+                  schedule=("--epochs", "20", "--lr", "2e-4"), checkpointing=LAST_EPOCH_CHECKPOINT)]
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -342,7 +347,8 @@ def probe_dir(study: Study, out: Path, schedule: tuple[str, ...]) -> Path:
 
 
 def probe_command(study: Study, out: Path, data: Path, schedule: tuple[str, ...]) -> list[str]:
-    return ["addrop", "train", *evidence_regime.probe_arguments(study.fixed(data), schedule, SELECTION_SEED),
+    fixed = [*study.fixed(data), *study.checkpointing]
+    return ["addrop", "train", *evidence_regime.probe_arguments(fixed, schedule, SELECTION_SEED),
             "--output-dir", str(probe_dir(study, out, schedule))]
 
 
@@ -600,9 +606,12 @@ PATH_OPTIONS = {"--train-file", "--test-file", "--output-dir"}
 
 def _command_key(words: list[str]) -> tuple[str, ...]:
     """A command with each path cut to its last two parts (``MRPC/train.tsv``, ``mrpc/test``) and without
-    ``--resume``, so calls logged from another checkout or data folder, or resumed, still match."""
+    ``--resume`` or ``--set train.save_every=N`` (neither changes what runs), so calls logged from another checkout
+    or data folder, resumed, or checkpointing less often, still match."""
+    saving = {i for i, word in enumerate(words) if word.startswith("train.save_every=")}
+    kept = [word for i, word in enumerate(words) if i not in saving and i + 1 not in saving and word != "--resume"]
     return tuple("/".join(Path(word).parts[-2:]) if previous in PATH_OPTIONS else word
-                 for previous, word in zip(["", *words], words, strict=False) if word != "--resume")
+                 for previous, word in zip(["", *kept], kept, strict=False))
 
 
 def selection_lines(all_studies: list[Study], out: Path, label: str = "") -> list[str]:

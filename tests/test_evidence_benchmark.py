@@ -184,11 +184,15 @@ def test_selection_arms_count_every_grid_axis_of_each_method():
     assert base.selection_arms() == {"ft": 1, "addrop": 4, "rdrop": 2}
 
 
-def test_a_logged_call_matches_its_command_from_another_checkout_and_when_resumed(tmp_path):
+def test_a_logged_call_matches_its_command_from_another_checkout_when_resumed_or_checkpointing_less(tmp_path):
     import evidence
 
     log = evidence.CommandLog(tmp_path / "commands.json")
     log.add("addrop train --train-file /elsewhere/MRPC/train.tsv --output-dir /old/regime/epochs6 --resume", 60.0)
+    log.add("addrop train --train-file /elsewhere/MRPC/train.tsv --set train.save_every=100 "
+            "--output-dir /old/regime/epochs6", 20.0)
     log.add("addrop train --train-file /elsewhere/MRPC/train.tsv --output-dir /old/regime/epochs3", 30.0)
+    log.add("addrop train --train-file /elsewhere/MRPC/train.tsv --set train.eval_every=2 "
+            "--output-dir /old/regime/epochs6", 40.0)
     wanted = ["addrop", "train", "--train-file", "/data/MRPC/train.tsv", "--output-dir", "/new/regime/epochs6"]
-    assert log.seconds_of([wanted]) == 60.0
+    assert log.seconds_of([wanted]) == 60.0 + 20.0
