@@ -71,7 +71,7 @@ OVERFIT_SELECTION_GRID = ["--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "
 MRPC_OVERFIT_GRID = ("--method", "addrop,rdrop", "--p", "0.1,0.3", "--q", "0.3", "--grid", "layers=first,all",
                      "--grid", "rdrop.alpha=1,4")
 # The overfit and LLM studies' trials checkpoint only after their last epoch (save_every above any schedule's
-# epochs): at MPNet-base's 1.3 GB a checkpoint took longer to write than a few-shot epoch took to train, and a sweep
+# epochs): at MPNet-base's 1.3 GB a checkpoint took about as long to write as a few-shot epoch to train, and a sweep
 # deletes a finished trial's checkpoints anyway.
 LAST_EPOCH_CHECKPOINT = ("--set", "train.save_every=100")
 # The overfit studies' notes say why they evaluate every epoch, though evaluating every second one saves time.
