@@ -46,11 +46,11 @@ def script(monkeypatch):
     return script
 
 
-def train(tmp_path, checkpoint, *overrides: str) -> tuple[list[dict], dict]:
+def train(tmp_path, checkpoint, *overrides: str, resume: bool = False) -> tuple[list[dict], dict]:
     out = tmp_path / "run"
     loop.train(resolve_recipe("demo", overrides=[f"model={checkpoint}", f"train.output_dir={out}", "train.lr=1e-3",
                                                  "data.max_train_samples=16", "data.max_eval_samples=16",
-                                                 *overrides]))
+                                                 *overrides]), resume=resume)
     history = [json.loads(line) for line in (out / HISTORY_FILE).read_text().splitlines()]
     return history, json.loads((out / METRICS_FILE).read_text())
 
@@ -95,15 +95,10 @@ def test_a_run_resumed_after_an_unevaluated_epoch_keeps_its_best_and_patience(tm
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path, tiny_checkpoint, *options)
     monkeypatch.setattr(loop, "train_epoch", train_epoch)
-    out = tmp_path / "run"
-    loop.train(resolve_recipe("demo", overrides=[f"model={tiny_checkpoint}", f"train.output_dir={out}",
-                                                 "train.lr=1e-3", "data.max_train_samples=16",
-                                                 "data.max_eval_samples=16", *options]), resume=True)
-    history = [json.loads(line) for line in (out / HISTORY_FILE).read_text().splitlines()]
-    metrics = json.loads((out / METRICS_FILE).read_text())
+    history, metrics = train(tmp_path, tiny_checkpoint, *options, resume=True)
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]  # stopped after the second stale evaluation
     assert sorted(script.seen) == [2, 4, 6] and metrics["best_epoch"] == 2 and metrics["finished"]
-    best = load_file(out / BEST_DIR / "model.safetensors")
+    best = load_file(tmp_path / "run" / BEST_DIR / "model.safetensors")
     assert all(torch.equal(best[k], script.seen[2][k]) for k in best.keys() & script.seen[2].keys())
 
 
