@@ -11,6 +11,14 @@ from pathlib import Path
 import pytest
 
 from addrop_cli.errors import UserError
+from addrop_cli.recipe import Recipe, resolve_recipe
+
+
+def demo_recipe(checkpoint: Path, out: Path, *overrides: str) -> Recipe:
+    """The bundled demo recipe on a tiny checkpoint, cut to 16 training and 16 evaluation sentences, writing to
+    ``out``."""
+    return resolve_recipe("demo", overrides=[f"model={checkpoint}", f"train.output_dir={out}",
+                                             "data.max_train_samples=16", "data.max_eval_samples=16", *overrides])
 
 
 def write(path: Path, text: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from faults import in_tmpfs, one_error_line
-from helpers import tree_hash
+from helpers import demo_recipe, tree_hash
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
@@ -122,13 +122,10 @@ def test_an_injected_enospc_mid_checkpoint_keeps_the_previous_one_byte_for_byte(
     same run unbroken, in this process (the same thread count)."""
     from accelerate import Accelerator
 
-    from addrop_cli.recipe import resolve_recipe
     from addrop_cli.training.loop import train
 
     def recipe(out: Path):
-        return resolve_recipe("demo", overrides=[f"model={tiny_checkpoint}", f"train.output_dir={out}",
-                                                 "data.max_train_samples=16", "data.max_eval_samples=16",
-                                                 "train.epochs=2", "train.batch_size=8"])
+        return demo_recipe(tiny_checkpoint, out, "train.epochs=2", "train.batch_size=8")
 
     train(recipe(tmp_path / "unbroken"))
     out = tmp_path / "run"

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from helpers import demo_recipe
 from safetensors.torch import load_file
 
-from addrop_cli.recipe import resolve_recipe
 from addrop_cli.tasks.pipelines import SequencePipeline
 from addrop_cli.training import loop
 from addrop_cli.training.checkpoints import TrainingState
@@ -48,9 +48,7 @@ def script(monkeypatch):
 
 def train(tmp_path, checkpoint, *overrides: str, resume: bool = False) -> tuple[list[dict], dict]:
     out = tmp_path / "run"
-    loop.train(resolve_recipe("demo", overrides=[f"model={checkpoint}", f"train.output_dir={out}", "train.lr=1e-3",
-                                                 "data.max_train_samples=16", "data.max_eval_samples=16",
-                                                 *overrides]), resume=resume)
+    loop.train(demo_recipe(checkpoint, out, "train.lr=1e-3", *overrides), resume=resume)
     history = [json.loads(line) for line in (out / HISTORY_FILE).read_text().splitlines()]
     return history, json.loads((out / METRICS_FILE).read_text())
 

@@ -7,8 +7,8 @@ import contextlib
 import weakref
 
 import pytest
+from helpers import demo_recipe
 
-from addrop_cli.recipe import resolve_recipe
 from addrop_cli.training import loop
 
 
@@ -29,9 +29,7 @@ def test_train_destroys_the_process_group_only_after_its_run_is_gone(gloo_group,
     monkeypatch.setattr(loop, "setup", watched_setup)
     if failure:
         monkeypatch.setattr(loop, "train_epoch", failing_epoch)
-    recipe = resolve_recipe("demo", overrides=[f"model={tiny_checkpoint}", f"train.output_dir={tmp_path / 'run'}",
-                                               "train.epochs=1", "data.max_train_samples=16",
-                                               "data.max_eval_samples=16"])
+    recipe = demo_recipe(tiny_checkpoint, tmp_path / "run", "train.epochs=1")
     with pytest.raises(RuntimeError) if failure else contextlib.nullcontext():
         loop.train(recipe)
     assert seen == [[False, False, False]]

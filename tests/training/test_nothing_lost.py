@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import tree_hash
+from helpers import demo_recipe, tree_hash
 
 from addrop_cli.training.run_dir import PREVIOUS_RUN_DIR, SetAside, recover_set_aside
 
@@ -106,7 +106,6 @@ def test_ctrl_c_during_setup_is_one_line_and_leaves_the_finished_run_byte_identi
 
 def test_a_failure_after_the_old_run_was_set_aside_puts_it_back(monkeypatch, run_copy, tiny_checkpoint):
     """Ctrl-C (or any error) after the output folder was claimed, before the new run's first checkpoint."""
-    from addrop_cli.recipe import resolve_recipe
     from addrop_cli.training import loop
 
     out, before = run_copy
@@ -117,8 +116,7 @@ def test_a_failure_after_the_old_run_was_set_aside_puts_it_back(monkeypatch, run
         raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "train_epoch", interrupted)
-    recipe = resolve_recipe("demo", overrides=[f"model={tiny_checkpoint}", f"train.output_dir={out}",
-                                               "data.max_train_samples=16", "data.max_eval_samples=16"])
+    recipe = demo_recipe(tiny_checkpoint, out)
     with pytest.raises(KeyboardInterrupt):
         loop.train(recipe, overwrite=True)
     assert PREVIOUS_RUN_DIR in seen[0] and "best" not in seen[0]  # it was really set aside

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import demo_recipe
 from torch.nn.parallel import DistributedDataParallel
 from typer.testing import CliRunner
 
 import addrop_cli
 from addrop_cli.cli import app
-from addrop_cli.recipe import resolve_recipe
 from addrop_cli.training import evaluation, loop, process_group
 
 DEMO_DEV = Path(addrop_cli.__file__).parent / "demo_data" / "sst2" / "dev.tsv"
@@ -67,9 +67,7 @@ def test_ending_process_group_frees_what_the_command_left_before_destroying_the_
 def trained(tmp_path_factory, tiny_checkpoint):
     """A finished one-epoch run of the tiny BERT on the bundled SST-2 sentences (trained with no process group)."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    recipe = resolve_recipe("demo", overrides=[f"model={tiny_checkpoint}", f"train.output_dir={out}",
-                                               "train.epochs=1", "data.max_train_samples=16",
-                                               "data.max_eval_samples=16"])
+    recipe = demo_recipe(tiny_checkpoint, out, "train.epochs=1")
     loop.train(recipe)
     return out
 

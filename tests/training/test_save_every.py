@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import demo_recipe
 from safetensors.torch import load_file
 
-from addrop_cli.recipe import resolve_recipe
 from addrop_cli.training import loop
 from addrop_cli.training.run_dir import BEST_DIR, CHECKPOINT_PREFIX, HISTORY_FILE, checkpoint_dirs
 
 
 def train(out, checkpoint, *overrides: str, resume: bool = False) -> list[dict]:
-    loop.train(resolve_recipe("demo", overrides=[f"model={checkpoint}", f"train.output_dir={out}", "train.lr=1e-3",
-                                                 "data.max_train_samples=16", "data.max_eval_samples=16",
-                                                 "train.save_total_limit=null", *overrides]), resume=resume)
+    loop.train(demo_recipe(checkpoint, out, "train.lr=1e-3", "train.save_total_limit=null", *overrides), resume=resume)
     return [json.loads(line) for line in (out / HISTORY_FILE).read_text().splitlines()]
 
 
