@@ -13,9 +13,10 @@ checkout with the data at the same place (``/work/shared/data`` here); the repor
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
-from addrop_cli.outputs import write_bytes, write_jsonl
+from addrop_cli.outputs import write_bytes, write_jsonl, write_text
 from addrop_cli.sweep.plan import RESULTS_FILE, SWEEP_FILE, TRIALS_DIR, read_results
 from addrop_cli.training.run_dir import HISTORY_FILE, METRICS_FILE, RECIPE_FILE
 
@@ -101,3 +102,36 @@ def restore(record: Path, out: Path) -> int:
     added += _merge_probes(record, out, source_wins=False)
     _copy(record / COMMANDS_FILE, out / COMMANDS_FILE, replace=False)
     return added
+
+
+PATH_OPTIONS = {"--train-file", "--test-file", "--output-dir"}
+
+
+class CommandLog:
+    """Every ``addrop sweep`` call with its wall seconds, saved after each call (interrupted ones too)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+
+    def add(self, command: str, seconds: float) -> None:
+        self.entries.append({"command": command, "seconds": round(seconds, 1)})
+        write_text(self.path, json.dumps(self.entries, indent=1))
+
+    def hours(self) -> float:
+        return sum(entry["seconds"] for entry in self.entries) / 3600
+
+    def seconds_of(self, commands) -> float:
+        """Wall seconds of the logged calls of any of ``commands`` (paths compared by their last two parts)."""
+        wanted = {_command_key(command) for command in commands}
+        return sum(entry["seconds"] for entry in self.entries if _command_key(shlex.split(entry["command"])) in wanted)
+
+
+def _command_key(words: list[str]) -> tuple[str, ...]:
+    """A command with each path cut to its last two parts (``MRPC/train.tsv``, ``mrpc/test``) and without
+    ``--resume`` or ``--set train.save_every=N`` (neither changes what runs), so calls logged from another checkout
+    or data folder, resumed, or checkpointing less often, still match."""
+    saving = {i for i, word in enumerate(words) if word.startswith("train.save_every=")}
+    kept = [word for i, word in enumerate(words) if i not in saving and i + 1 not in saving and word != "--resume"]
+    return tuple("/".join(Path(word).parts[-2:]) if previous in PATH_OPTIONS else word
+                 for previous, word in zip(["", *kept], kept, strict=False))

@@ -1,4 +1,4 @@
-"""benchmarks/evidence.py's helpers: the committed record that carries a study across fresh checkouts, the MiniLM
+"""The evidence benchmark's modules (benchmarks/evidence*.py): the committed record that carries a study across fresh
 report read back for the overview, and the best-of-k arithmetic."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import evidence_overview  # noqa: E402
 import evidence_record  # noqa: E402
 import evidence_regime  # noqa: E402
+import evidence_studies  # noqa: E402
 
 
 def _row(trial: str) -> dict:
@@ -177,17 +178,13 @@ def test_schedule_label_names_each_option_once():
 
 
 def test_selection_arms_count_every_grid_axis_of_each_method():
-    import evidence
-
-    overfit, base = evidence.overfit_studies()[0], evidence.base_studies()[0]
+    overfit, base = evidence_studies.overfit_studies()[0], evidence_studies.base_studies()[0]
     assert overfit.selection_arms() == {"ft": 1, "addrop": 8, "rdrop": 2}  # p x q x layers; two alphas
     assert base.selection_arms() == {"ft": 1, "addrop": 4, "rdrop": 2}
 
 
 def test_a_logged_call_matches_its_command_from_another_checkout_when_resumed_or_checkpointing_less(tmp_path):
-    import evidence
-
-    log = evidence.CommandLog(tmp_path / "commands.json")
+    log = evidence_record.CommandLog(tmp_path / "commands.json")
     log.add("addrop train --train-file /elsewhere/MRPC/train.tsv --output-dir /old/regime/epochs6 --resume", 60.0)
     log.add("addrop train --train-file /elsewhere/MRPC/train.tsv --set train.save_every=100 "
             "--output-dir /old/regime/epochs6", 20.0)
