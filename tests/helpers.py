@@ -7,16 +7,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from addrop_cli.errors import UserError
-from addrop_cli.recipe import Recipe, resolve_recipe
+
+if TYPE_CHECKING:
+    from addrop_cli.recipe import Recipe
 
 
 def demo_recipe(checkpoint: Path, out: Path, *overrides: str) -> Recipe:
     """The bundled demo recipe on a tiny checkpoint, cut to 16 training and 16 evaluation sentences, writing to
     ``out``."""
+    from addrop_cli.recipe import resolve_recipe  # on use: the many tests importing these helpers load no recipes
+
     return resolve_recipe("demo", overrides=[f"model={checkpoint}", f"train.output_dir={out}",
                                              "data.max_train_samples=16", "data.max_eval_samples=16", *overrides])
 
