@@ -132,12 +132,15 @@ def test_protocol_summary_counts_wins_against_chance_and_reports_the_winners_tes
     assert "-0.5, +0.9 (mean +0.2), against selection gains averaging +3.8" in text
 
 
-def _probe(root: Path, schedule: str, losses: list[float | None], finished: bool = True) -> Path:
+def _probe(root: Path, schedule: str, losses: list[float | None], finished: bool = True,
+           scores: list[float] | None = None) -> Path:
     """A regime probe's run folder: one history row per epoch with the given held-out losses (None: an epoch
-    train.eval_every skipped)."""
+    train.eval_every skipped) and accuracies (default: 0.5 throughout)."""
     folder = root / "study" / "regime" / schedule
     folder.mkdir(parents=True)
-    evaluated = [{} if loss is None else {"eval_loss": loss, "eval": {"accuracy": 0.5}} for loss in losses]
+    scores = scores or [0.5] * len(losses)
+    evaluated = [{} if loss is None else {"eval_loss": loss, "eval": {"accuracy": score}}
+                 for loss, score in zip(losses, scores, strict=True)]
     rows = [{"epoch": epoch, "train_loss": 0.1, **held_out} for epoch, held_out in enumerate(evaluated, start=1)]
     (folder / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (folder / "metrics.json").write_text(json.dumps({"finished": finished}))
@@ -157,15 +160,17 @@ def test_record_keeps_finished_regime_probes_and_restores_them(tmp_path):
     assert evidence_record.finished_probe(tmp_path / "fresh" / "study" / "regime" / "epochs4_lr1e-4")
 
 
-@pytest.mark.parametrize(("losses", "reached", "overfitted"), [
-    ([0.6, 0.5, 0.55, 0.6], True, "yes, 1.20×"),     # lowest in the first half, ends 1.2x it
-    ([0.6, 0.5, 0.52, 0.56], False, "no, 1.12×"),    # ends only 1.12x its lowest
-    ([0.6, 0.55, 0.5, 0.6], False, "yes, 1.20×"),    # lowest in the second half: overfitted, too late to count
-    ([None, 0.5, None, 0.55, None, 0.62], True, "yes, 1.24×"),  # lowest at epoch 2 of 6, evaluated every second
+@pytest.mark.parametrize(("losses", "scores", "reached", "overfitted"), [
+    ([0.6, 0.5, 0.55, 0.6], [0.6, 0.8, 0.7, 0.7], True, "yes, 1.20×"),  # lowest in the first half, ends 1.2x it
+    ([0.6, 0.5, 0.52, 0.56], [0.6, 0.8, 0.7, 0.7], False, "no, 1.12×"),  # ends only 1.12x its lowest
+    ([0.6, 0.55, 0.5, 0.6], [0.6, 0.8, 0.7, 0.7], False, "yes, 1.20×"),  # lowest in the second half: too late
+    ([None, 0.5, None, 0.55, None, 0.62], None, True, "yes, 1.24×"),  # lowest at epoch 2 of 6, evaluated every second
+    # MRPC, 500 pairs, 6 epochs at lr 5e-5: loss lowest at epoch 1 and 1.27x it at the end, but the score still climbs
+    ([0.635, 0.751, 0.692, 0.761, 0.799, 0.808], [0.643, 0.651, 0.700, 0.695, 0.703, 0.717], False, "yes, 1.27×"),
 ])
-def test_a_schedule_reaches_the_regime_when_the_held_out_loss_bottoms_early_and_ends_well_above(tmp_path, losses,
-                                                                                                reached, overfitted):
-    folder = _probe(tmp_path, "s", losses)
+def test_a_schedule_reaches_the_regime_when_the_held_out_loss_bottoms_early_ends_well_above_and_the_score_peaks_early(
+        tmp_path, losses, scores, reached, overfitted):
+    folder = _probe(tmp_path, "s", losses, scores=scores)
     curve = evidence_regime.read_curve(folder, ("--epochs", str(len(losses)), "--lr", "1e-4"), "accuracy")
     assert curve.reached is reached
     assert evidence_regime.verdict(curve.ratio) == overfitted
