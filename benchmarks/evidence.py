@@ -131,16 +131,28 @@ def _trial_costs(study: Study, out: Path) -> dict[str, float]:
             for arm in study.arms if any(arm_of(r) == arm for r in rows)}
 
 
+def _probe_cost(study: Study, out: Path) -> float | None:
+    """Seconds the chosen schedule's regime probe took (plain fine-tuning on the selection seed: an FT trial's
+    work), or None before it has finished."""
+    if not study.probes or not evidence_record.finished_probe(probe_dir(study, out, study.schedule)):
+        return None
+    log = CommandLog(out / evidence_record.COMMANDS_FILE)
+    return log.seconds_of([probe_command(study, out, SHARED, study.schedule)]) or None
+
+
 def status_lines(all_studies: list[Study], out: Path) -> list[str]:
     """What is done per study and sweep, and the time left at the measured cost of each method's finished trials
-    in that study; an arm not yet timed there costs FT's time there times its ratio to FT where both were timed.
-    The test sweep's count is known before it starts."""
+    in that study; before any FT trial there, FT costs what its regime probe took; an arm not yet timed there costs
+    FT's time there times its ratio to FT where both were timed. The test sweep's count is known before it starts."""
     costs = {study.name: _trial_costs(study, out) for study in all_studies}
     ratios = {arm: statistics.fmean(cost[arm] / cost["ft"] for cost in costs.values() if arm in cost and "ft" in cost)
               for arm in ("addrop", "rdrop") if any(arm in cost and "ft" in cost for cost in costs.values())}
     lines, left_total, unknown = [], 0.0, []
     for study in all_studies:
         cost = dict(costs[study.name])
+        probed = "ft" not in cost and (probe_seconds := _probe_cost(study, out)) is not None
+        if probed:
+            cost["ft"] = probe_seconds
         if study.probes:
             done = sum(evidence_record.finished_probe(probe_dir(study, out, schedule)) for schedule in study.probes)
             lines.append(f"{study.name}/regime: {done}/{len(study.probes)} probes done")
@@ -158,9 +170,10 @@ def status_lines(all_studies: list[Study], out: Path) -> list[str]:
             lines.append(f"{study.name}/{kind}: {sum(done.values())}/{sum(arms.values())} trials done ("
                          + ", ".join(f"{arm} {done[arm]}/{arms[arm]}" for arm in arms) + f"); {left:.2f} h left"
                          + ("" if f"{study.name}/{kind}" not in unknown else " + trials of a method not yet timed"))
-        lines.append("  per trial: " + ", ".join(f"{arm} {seconds / 60:.1f} min" + (" (from its ratio to FT in "
-                                                  "another study)" if arm in guessed else "")
-                                                  for arm, seconds in cost.items()) if cost else
+        notes = {arm: " (from its ratio to FT in another study)" for arm in guessed}
+        notes.update({"ft": " (from its regime probe)"} if probed else {})
+        lines.append("  per trial: " + ", ".join(f"{arm} {seconds / 60:.1f} min{notes.get(arm, '')}"
+                                                 for arm, seconds in cost.items()) if cost else
                      "  no trial finished yet")
     lines.append(f"time left: {left_total:.2f} h at the measured costs (and ratios, where marked)"
                  + (f", more for {', '.join(unknown)} (no trial of some method finished there yet)" if unknown else ""))

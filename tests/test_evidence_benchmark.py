@@ -1,5 +1,6 @@
 """The evidence benchmark's modules (benchmarks/evidence*.py): the committed record that carries a study across fresh
-report read back for the overview, and the best-of-k arithmetic."""
+checkouts, the regime probes, the status's time left, the MiniLM report read back for the overview, and the best-of-k
+arithmetic."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import evidence  # noqa: E402
 import evidence_overview  # noqa: E402
 import evidence_record  # noqa: E402
 import evidence_regime  # noqa: E402
@@ -174,6 +176,21 @@ def test_a_schedule_reaches_the_regime_when_the_held_out_loss_bottoms_early_ends
     curve = evidence_regime.read_curve(folder, ("--epochs", str(len(losses)), "--lr", "1e-4"), "accuracy")
     assert curve.reached is reached
     assert evidence_regime.verdict(curve.ratio) == overfitted
+
+
+def test_status_costs_plain_fine_tuning_at_its_regime_probe_before_any_ft_trial_finished(tmp_path):
+    study = evidence_studies.Study("study", "Study", "mrpc", "MRPC/train.tsv", "MRPC/dev.tsv", "accuracy", [], None,
+                                   selection_grid=evidence_studies.MRPC_OVERFIT_GRID,
+                                   schedule=("--epochs", "4", "--lr", "1e-4"))
+    _probe(tmp_path, "epochs4_lr1e-4", [0.6, 0.5, 0.7, 0.9])
+    probe = evidence_studies.probe_command(study, Path("/elsewhere"), Path("/data"), study.schedule)
+    evidence_record.CommandLog(tmp_path / evidence_record.COMMANDS_FILE).add(" ".join(probe), 1200.0)
+    lines = evidence.status_lines([study], tmp_path)
+    assert "study/selection: 0/7 trials done (ft 0/1, addrop 0/4, rdrop 0/2); 0.33 h left + trials of a method " \
+           "not yet timed" in lines
+    assert "study/test: 0/15 trials done (ft 0/5, addrop 0/5, rdrop 0/5); 1.67 h left + trials of a method not " \
+           "yet timed" in lines
+    assert "  per trial: ft 20.0 min (from its regime probe)" in lines
 
 
 def test_schedule_label_names_each_option_once():
