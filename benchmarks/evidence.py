@@ -131,12 +131,11 @@ def _trial_costs(study: Study, out: Path) -> dict[str, float]:
             for arm in study.arms if any(arm_of(r) == arm for r in rows)}
 
 
-def _probe_cost(study: Study, out: Path) -> float | None:
+def _probe_cost(study: Study, out: Path, log: CommandLog) -> float | None:
     """Seconds the chosen schedule's regime probe took (plain fine-tuning on the selection seed: an FT trial's
     work), or None before it has finished."""
     if not study.probes or not evidence_record.finished_probe(probe_dir(study, out, study.schedule)):
         return None
-    log = CommandLog(out / evidence_record.COMMANDS_FILE)
     return log.seconds_of([probe_command(study, out, SHARED, study.schedule)]) or None
 
 
@@ -148,9 +147,10 @@ def status_lines(all_studies: list[Study], out: Path) -> list[str]:
     ratios = {arm: statistics.fmean(cost[arm] / cost["ft"] for cost in costs.values() if arm in cost and "ft" in cost)
               for arm in ("addrop", "rdrop") if any(arm in cost and "ft" in cost for cost in costs.values())}
     lines, left_total, unknown = [], 0.0, []
+    log = CommandLog(out / evidence_record.COMMANDS_FILE)
     for study in all_studies:
         cost = dict(costs[study.name])
-        probed = "ft" not in cost and (probe_seconds := _probe_cost(study, out)) is not None
+        probed = "ft" not in cost and (probe_seconds := _probe_cost(study, out, log)) is not None
         if probed:
             cost["ft"] = probe_seconds
         if study.probes:
